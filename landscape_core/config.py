@@ -1,0 +1,224 @@
+"""Typed, frozen, validated configuration: one dataclass per concern, and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "PRESETS",
+    "AnalysisConfig",
+    "ConnectivityConfig",
+    "FlatnessConfig",
+    "HessianConfig",
+    "NoiseConfig",
+    "Preset",
+    "SharpnessConfig",
+    "SliceConfig",
+    "TrainConfig",
+    "get_preset",
+]
+
+ANALYSES = ("hessian", "trace", "density", "sharpness", "flatness", "noise", "slices", "connectivity", "tracking")
+
+
+def _check(condition: bool, name: str, expectation: str, value: Any) -> None:
+    if not condition:
+        raise ValueError(f"Expected `{name}` {expectation}, got {value!r}")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(value is None or value >= 1, name, ">= 1", value)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one trial trains: SGD with momentum over in-memory batches of Fashion-MNIST."""
+
+    seed: int = 1
+    lr: float = 0.01
+    momentum: float = 0.9
+    epochs: int = 6
+    batch_size: int = 128
+    train_size: int | None = None  # None: all 60,000
+    test_size: int | None = None  # None: all 10,000
+    data_seed: int = 0  # picks the train/test subsets: fixed per sweep, identical across trials
+    eval_chunk: int = 2048
+    device: str = "auto"
+    model: str = "seed_cnn"
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "batch_size", "train_size", "test_size", "eval_chunk")
+        _check(self.lr > 0, "lr", "> 0", self.lr)
+        _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        _check(self.model in ("seed_cnn", "tiny_cnn"), "model", "in ('seed_cnn', 'tiny_cnn')", self.model)
+
+
+@dataclass(frozen=True)
+class HessianConfig:
+    """Top-k eigenvalues (Lanczos), Hutchinson trace and the optional spectral density, on a train subset."""
+
+    subset: int = 2048
+    chunk_size: int = 1024
+    top_k: int = 5
+    max_iter: int = 30
+    tol: float = 1e-3
+    trace_probes: int = 20
+    density_probes: int = 2
+    density_steps: int = 30
+    track_subset: int = 256  # per-epoch lambda_max tracking during training
+    track_iter: int = 10
+
+    def __post_init__(self) -> None:
+        _positive(self, "subset", "chunk_size", "top_k", "max_iter", "trace_probes", "density_probes")
+        _positive(self, "density_steps", "track_subset", "track_iter")
+        _check(self.tol > 0, "tol", "> 0", self.tol)
+
+
+@dataclass(frozen=True)
+class SharpnessConfig:
+    """Keskar's epsilon-sharpness and adaptive sharpness by projected gradient ascent, on a train subset."""
+
+    subset: int = 2048
+    eps: float = 1e-3
+    steps: int = 10
+    adaptive_rho: float = 0.002
+    adaptive_steps: int = 10
+
+    def __post_init__(self) -> None:
+        _positive(self, "subset", "steps", "adaptive_steps")
+        _check(self.eps > 0, "eps", "> 0", self.eps)
+        _check(self.adaptive_rho > 0, "adaptive_rho", "> 0", self.adaptive_rho)
+
+
+@dataclass(frozen=True)
+class FlatnessConfig:
+    """PAC-Bayes sigma* (plain and magnitude-aware) on a train subset."""
+
+    subset: int = 2048
+    draws: int = 5
+    bisection_steps: int = 10
+    target_drop: float = 0.1
+
+    def __post_init__(self) -> None:
+        _positive(self, "subset", "draws", "bisection_steps")
+        _check(0 < self.target_drop < 1, "target_drop", "in (0, 1)", self.target_drop)
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Weight-noise robustness on a test subset."""
+
+    subset: int | None = None
+    sigmas: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10)
+    draws: int = 20
+
+    def __post_init__(self) -> None:
+        _positive(self, "subset", "draws")
+        _check(len(self.sigmas) > 0 and min(self.sigmas) > 0, "sigmas", "non-empty and > 0", self.sigmas)
+
+
+@dataclass(frozen=True)
+class SliceConfig:
+    """1D/2D slices and directional curvature, on a train subset."""
+
+    subset: int = 2048
+    points_1d: int = 41
+    points_2d: int = 21
+    span: float = 1.0
+    curvature_directions: int = 3
+    curvature_eps: float = 1e-2
+
+    def __post_init__(self) -> None:
+        _positive(self, "subset", "points_1d", "points_2d", "curvature_directions")
+        _check(self.span > 0, "span", "> 0", self.span)
+
+
+@dataclass(frozen=True)
+class ConnectivityConfig:
+    """Linear interpolation to the study's reference model, raw and after weight matching."""
+
+    train_subset: int = 4096
+    test_subset: int | None = None
+    points: int = 25
+    align: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "train_subset", "test_subset")
+        _check(self.points >= 3, "points", ">= 3", self.points)
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Which geometry measures a trial runs after training, and how big each is."""
+
+    hessian: HessianConfig = field(default_factory=HessianConfig)
+    sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
+    flatness: FlatnessConfig = field(default_factory=FlatnessConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    slices: SliceConfig = field(default_factory=SliceConfig)
+    connectivity: ConnectivityConfig = field(default_factory=ConnectivityConfig)
+    skip: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.skip) - set(ANALYSES)
+        _check(not unknown, "skip", f"a subset of {list(ANALYSES)}", sorted(unknown))
+
+    def runs(self, analysis: str) -> bool:
+        return analysis not in self.skip
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named protocol: how to train and what to measure."""
+
+    name: str
+    train: TrainConfig
+    analysis: AnalysisConfig
+
+    def replace(self, **overrides: Any) -> Preset:
+        """Override TrainConfig fields by name (``None`` values are ignored)."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset("paper", TrainConfig(), AnalysisConfig()),
+    "quick": Preset(
+        "quick",
+        TrainConfig(epochs=3, train_size=6000, test_size=2000),
+        AnalysisConfig(
+            hessian=HessianConfig(subset=512, chunk_size=512, max_iter=20, trace_probes=6, density_steps=15,
+                                  track_subset=128, track_iter=6),
+            sharpness=SharpnessConfig(subset=512, steps=5, adaptive_steps=5),
+            flatness=FlatnessConfig(subset=1000, draws=3, bisection_steps=6),
+            noise=NoiseConfig(subset=1000, draws=8),
+            slices=SliceConfig(subset=512, points_1d=21, points_2d=9, curvature_directions=2),
+            connectivity=ConnectivityConfig(train_subset=1000, test_subset=1000, points=25),
+            skip=frozenset({"density"}),
+        ),
+    ),
+    "smoke": Preset(
+        "smoke",
+        TrainConfig(epochs=2, batch_size=64, train_size=512, test_size=256),
+        AnalysisConfig(
+            hessian=HessianConfig(subset=128, chunk_size=128, top_k=3, max_iter=10, trace_probes=3,
+                                  density_probes=1, density_steps=8, track_subset=64, track_iter=4),
+            sharpness=SharpnessConfig(subset=128, steps=2, adaptive_steps=2),
+            flatness=FlatnessConfig(subset=128, draws=2, bisection_steps=3),
+            noise=NoiseConfig(subset=128, draws=3),
+            slices=SliceConfig(subset=128, points_1d=7, points_2d=5, curvature_directions=1),
+            connectivity=ConnectivityConfig(train_subset=128, test_subset=128, points=5),
+        ),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The named preset (``paper``, ``quick`` or ``smoke``)."""
+    if name not in PRESETS:
+        raise ValueError(f"Expected `preset` in {sorted(PRESETS)}, got {name!r}")
+    return PRESETS[name]

@@ -1,0 +1,138 @@
+"""Functional views of a model: parameter dicts, flat vectors and exact chunked losses.
+
+Every measure in landscape_core evaluates the model through these helpers, so that none of them mutates the caller's
+model: parameters are detached copies, the model is put in eval mode only for the duration of a call, and losses are
+exact means over the whole data, computed in chunks weighted by chunk size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+__all__ = [
+    "Data",
+    "LossFn",
+    "Params",
+    "chunks",
+    "evaluate",
+    "eval_mode",
+    "flatten",
+    "loss_at",
+    "mean_loss",
+    "param_dict",
+    "unflatten",
+]
+
+Data = tuple[Tensor, Tensor]
+Params = dict[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+DEFAULT_CHUNK = 1024
+
+
+def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore each submodule's own flag afterwards."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def param_dict(model: nn.Module) -> Params:
+    """Detached copies of the model's parameters, by name."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def flatten(params: Params) -> Tensor:
+    """Concatenate a parameter dict into one flat vector ``[P]``."""
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def unflatten(vector: Tensor, like: Params) -> Params:
+    """Split a flat vector ``[P]`` into a dict shaped like ``like``."""
+    out, start = {}, 0
+    for name, p in like.items():
+        out[name] = vector[start : start + p.numel()].view_as(p)
+        start += p.numel()
+    if start != vector.numel():
+        raise ValueError(f"Expected a vector of {start} elements, got {vector.numel()}")
+    return out
+
+
+def chunks(data: Data, chunk_size: int) -> Iterator[tuple[Data, float]]:
+    """Yield ``((inputs, targets), weight)`` slices whose weights (chunk size / total) sum to 1."""
+    inputs, targets = data
+    n = inputs.shape[0]
+    if n == 0:
+        raise ValueError("Expected non-empty data, got 0 examples")
+    if chunk_size < 1:
+        raise ValueError(f"Expected `chunk_size` >= 1, got {chunk_size}")
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        yield (inputs[start:stop], targets[start:stop]), (stop - start) / n
+
+
+def loss_at(
+    model: nn.Module, params: Params, batch: Data, loss_fn: LossFn | None = None, buffers: Params | None = None
+) -> Tensor:
+    """Differentiable loss of ``model`` evaluated at ``params`` on one batch (the model itself is not touched)."""
+    inputs, targets = batch
+    state = {**(buffers if buffers is not None else dict(model.named_buffers())), **params}
+    logits = functional_call(model, state, (inputs,))
+    return (loss_fn or _cross_entropy)(logits, targets)
+
+
+def mean_loss(
+    model: nn.Module,
+    params: Params,
+    data: Data,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    loss_fn: LossFn | None = None,
+) -> Tensor:
+    """Differentiable exact mean loss over all of ``data``, chunked (weights by chunk size, never a sum)."""
+    with eval_mode(model):
+        total = None
+        for batch, weight in chunks(data, chunk_size):
+            term = loss_at(model, params, batch, loss_fn) * weight
+            total = term if total is None else total + term
+    return total
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Data,
+    *,
+    params: Params | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    loss_fn: LossFn | None = None,
+) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` (at ``params`` if given) over ``data``, in eval mode.
+
+    Returns:
+        ``(loss, accuracy)`` as Python floats; accuracy in [0, 1].
+    """
+    params = params if params is not None else dict(model.named_parameters())
+    loss_fn = loss_fn or _cross_entropy
+    state = {**dict(model.named_buffers()), **params}
+    loss = correct = 0.0
+    with eval_mode(model), torch.inference_mode():
+        for (inputs, targets), weight in chunks(data, chunk_size):
+            logits = functional_call(model, state, (inputs,))
+            loss += float(loss_fn(logits, targets)) * weight
+            correct += float((logits.argmax(1) == targets).sum())
+    return loss, correct / data[0].shape[0]

@@ -1,0 +1,1 @@
+"""Matplotlib figures (no pyplot state): training curves, geometry, correlation."""

@@ -1,0 +1,142 @@
+"""The paper's training: SGD with momentum over in-memory batches, with per-epoch evaluation and divergence checks."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from landscape_core.config import TrainConfig
+from landscape_core.data import FashionMNIST, subset
+from landscape_core.functional import Data, Params, evaluate, param_dict
+from landscape_core.models import build_model
+
+__all__ = [
+    "DivergenceError",
+    "EpochMetrics",
+    "TrainResult",
+    "make_datasets",
+    "resolve_device",
+    "train",
+]
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss; names the epoch (1-based) and the step within it."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        super().__init__(f"diverged: non-finite loss {loss} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """Metrics after one epoch; train metrics are over the training set in eval mode, not a running average."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """A trained model, the weights it started from, and its per-epoch history."""
+
+    model: nn.Module
+    init_params: Params
+    history: list[EpochMetrics]
+    train_data: Data
+    test_data: Data
+
+    @property
+    def final(self) -> EpochMetrics:
+        return self.history[-1]
+
+
+EpochCallback = Callable[[int, nn.Module], dict[str, float] | None]
+StepCallback = Callable[[int, int, int, float], None]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` means CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def make_datasets(dataset: FashionMNIST, config: TrainConfig) -> tuple[Data, Data]:
+    """The train and test subsets of a config, on its device (the same for every trial with the same data_seed)."""
+    device = resolve_device(config.device)
+    train = subset(dataset.train_x, dataset.train_y, config.train_size, config.data_seed)
+    test = subset(dataset.test_x, dataset.test_y, config.test_size, config.data_seed + 1)
+    return tuple(t.to(device) for t in train), tuple(t.to(device) for t in test)
+
+
+def train(
+    config: TrainConfig,
+    dataset: FashionMNIST,
+    *,
+    on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Train a fresh model as ``config`` says and evaluate it after every epoch.
+
+    Initialization and shuffling draw from generators seeded by ``config.seed``, so the same config gives the same
+    weights on CPU.
+
+    Args:
+        config: the training protocol.
+        dataset: the loaded Fashion-MNIST.
+        on_epoch: called after each epoch's evaluation as ``on_epoch(epoch, model)``; the dict it returns is stored
+            in that epoch's ``extra`` metrics (e.g. lambda_max tracking). It must not change the model.
+        on_step: called every few steps as ``on_step(epoch, step, steps_per_epoch, loss)`` for live progress.
+
+    Raises:
+        DivergenceError: a training loss is not finite.
+    """
+    device = resolve_device(config.device)
+    train_data, test_data = make_datasets(dataset, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model).to(device)
+    init_params = param_dict(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    shuffler = torch.Generator().manual_seed(config.seed)
+    inputs, targets = train_data
+    n = inputs.shape[0]
+    steps = math.ceil(n / config.batch_size)
+    report_every = max(1, steps // 20)
+    history: list[EpochMetrics] = []
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=shuffler).to(device)
+        for step in range(steps):
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            loss = nn.functional.cross_entropy(model(inputs[index]), targets[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % report_every == 0 or step == steps - 1:
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise DivergenceError(epoch, step + 1, value)
+                if on_step is not None:
+                    on_step(epoch, step + 1, steps, value)
+        train_loss, train_acc = evaluate(model, train_data, chunk_size=config.eval_chunk)
+        if not math.isfinite(train_loss):
+            raise DivergenceError(epoch, steps, train_loss)
+        test_loss, test_acc = evaluate(model, test_data, chunk_size=config.eval_chunk)
+        seconds = time.perf_counter() - start
+        extra = (on_epoch(epoch, model) or {}) if on_epoch is not None else {}
+        history.append(EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, seconds, dict(extra)))
+    model.eval()
+    return TrainResult(model, init_params, history, train_data, test_data)
