@@ -86,6 +86,7 @@ def train(
     *,
     on_epoch: EpochCallback | None = None,
     on_step: StepCallback | None = None,
+    on_metrics: Callable[[EpochMetrics], None] | None = None,
 ) -> TrainResult:
     """Train a fresh model as ``config`` says and evaluate it after every epoch.
 
@@ -98,6 +99,7 @@ def train(
         on_epoch: called after each epoch's evaluation as ``on_epoch(epoch, model)``; the dict it returns is stored
             in that epoch's ``extra`` metrics (e.g. lambda_max tracking). It must not change the model.
         on_step: called every few steps as ``on_step(epoch, step, steps_per_epoch, loss)`` for live progress.
+        on_metrics: called with each epoch's complete metrics as soon as they exist (e.g. to log them live).
 
     Raises:
         DivergenceError: a training loss is not finite.
@@ -138,5 +140,7 @@ def train(
         seconds = time.perf_counter() - start
         extra = (on_epoch(epoch, model) or {}) if on_epoch is not None else {}
         history.append(EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, seconds, dict(extra)))
+        if on_metrics is not None:
+            on_metrics(history[-1])
     model.eval()
     return TrainResult(model, init_params, history, train_data, test_data)

@@ -1,0 +1,660 @@
+"""Hessian of the mean loss: exact chunked HVPs, top-k eigenvalues, Hutchinson trace and spectral density.
+
+Every estimator goes through one :class:`HessianOperator`, which takes detached copies of the parameters once, slices
+the data into chunks once, and exposes ``matvec`` (one HVP) and ``matmat`` (many HVPs sharing the forward pass of each
+chunk). HVPs are forward-over-reverse, ``jvp(grad(L), (theta,), (v,))[1]``, evaluated in eval mode and averaged over
+the chunks with weights ``chunk size / total`` (the exact mean over all of ``data``, never a sum).
+
+Flat vectors ``[P]`` follow the order of ``model.named_parameters()`` (see :func:`functional.flatten`). Nothing here
+mutates the caller's model: its train/eval flags are only switched for the duration of a call and then restored.
+
+Randomness is an argument: every function with probes or start vectors takes a ``seed``; the draws come from a CPU
+``torch.Generator`` in float64 (then cast to the model's dtype and device), so the same seed gives the same probes on
+every device.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad, jvp, vmap
+
+from landscape_core.functional import DEFAULT_CHUNK, Data, LossFn, Params, chunks, eval_mode, flatten, loss_at
+from landscape_core.functional import param_dict as _param_dict
+
+__all__ = [
+    "DensityResult",
+    "EigenResult",
+    "HessianOperator",
+    "TraceResult",
+    "hessian_trace",
+    "hvp",
+    "hvp_batch",
+    "spectral_density",
+    "top_eigenvalues",
+]
+
+METHODS = ("lanczos", "power")
+
+
+def _check(condition: bool, name: str, expectation: str, value: object) -> None:
+    if not condition:
+        raise ValueError(f"Expected `{name}` {expectation}, got {value!r}")
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The operator
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class HessianOperator:
+    """The Hessian of the exact mean loss of ``model`` over ``data``, as a linear operator on flat vectors ``[P]``.
+
+    Parameters and buffers are detached copies taken at construction and the data is sliced into chunks once, so
+    Lanczos, power iteration, Hutchinson and SLQ share one HVP code path. ``n_hvp`` counts Hessian-vector products
+    (``matmat`` of ``m`` vectors counts ``m``).
+
+    Args:
+        model: Any module; evaluated in eval mode through ``torch.func.functional_call``, never mutated.
+        data: ``(inputs [N, ...], targets [N])``.
+        chunk_size: Examples per forward pass (bounds memory; ``matmat`` of ``m`` vectors holds ``m`` tangents).
+        loss_fn: ``loss_fn(logits, targets) -> scalar`` mean loss of a chunk; cross-entropy when ``None``.
+        vectorize: ``matmat`` vmaps the JVP over its vectors so each chunk's primal forward and backward pass is
+            computed once for all of them. If vmap raises (an op without a batching rule), the operator warns once
+            and falls back to a Python loop over the vectors (same numbers, one forward pass per vector).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Data,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        loss_fn: LossFn | None = None,
+        vectorize: bool = True,
+    ) -> None:
+        self.model = model
+        self.params: Params = _param_dict(model)
+        self.buffers: Params = {name: b.detach() for name, b in model.named_buffers()}
+        self.batches = list(chunks(data, chunk_size))
+        self.loss_fn = loss_fn
+        self.vectorize = vectorize
+        self.n_hvp = 0
+        first = next(iter(self.params.values()), None)
+        if first is None:
+            raise ValueError("Expected a model with parameters, got none")
+        self.dtype = first.dtype
+        self.device = first.device
+        self.size = sum(p.numel() for p in self.params.values())
+
+    # -- helpers -------------------------------------------------------------------------------------------------------
+
+    def _to_dict(self, vector: Tensor, batched: bool) -> Params:
+        out, start = {}, 0
+        for name, p in self.params.items():
+            stop = start + p.numel()
+            piece = vector[..., start:stop]
+            out[name] = piece.reshape((vector.shape[0], *p.shape) if batched else p.shape)
+            start = stop
+        return out
+
+    def _flat(self, tree: Params, batched: bool) -> Tensor:
+        if batched:
+            return torch.cat([t.reshape(t.shape[0], -1) for t in tree.values()], dim=1)
+        return flatten(tree)
+
+    def _check_vectors(self, v: Tensor, ndim: int) -> Tensor:
+        if v.ndim != ndim or v.shape[-1] != self.size:
+            shape = "[P]" if ndim == 1 else "[m, P]"
+            raise ValueError(f"Expected a vector of shape {shape} with P = {self.size}, got {tuple(v.shape)}")
+        return v.detach().to(device=self.device, dtype=self.dtype)
+
+    def _grad_fn(self, batch: Data):
+        model, loss_fn, buffers = self.model, self.loss_fn, self.buffers
+        return grad(lambda p: loss_at(model, p, batch, loss_fn, buffers))
+
+    def _hvp_chunk(self, batch: Data, tangent: Params) -> Params:
+        return jvp(self._grad_fn(batch), (self.params,), (tangent,))[1]
+
+    # -- public --------------------------------------------------------------------------------------------------------
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """One Hessian-vector product.
+
+        Args:
+            v: Flat vector ``[P]`` (cast to the model's dtype and device).
+
+        Returns:
+            ``H v`` as a flat vector ``[P]`` in the model's dtype and device.
+        """
+        v = self._check_vectors(v, 1)
+        tangent = self._to_dict(v, batched=False)
+        total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
+        with eval_mode(self.model):
+            for batch, weight in self.batches:
+                total += self._flat(self._hvp_chunk(batch, tangent), batched=False) * weight
+        self.n_hvp += 1
+        return total
+
+    def matmat(self, V: Tensor, *, block_size: int | None = None) -> Tensor:
+        """Hessian products with the rows of ``V``, sharing each chunk's forward pass among them.
+
+        Args:
+            V: Vectors as rows, ``[m, P]``.
+            block_size: At most this many vectors per vmapped pass (memory grows with it); all ``m`` when ``None``.
+
+        Returns:
+            ``(H V^T)^T``, i.e. row ``i`` is ``H V[i]``: ``[m, P]``.
+        """
+        V = self._check_vectors(V, 2)
+        m = V.shape[0]
+        block = m if block_size is None else block_size
+        _check(block >= 1, "block_size", ">= 1", block_size)
+        out = torch.zeros_like(V)
+        for start in range(0, m, max(block, 1)):
+            out[start : start + block] = self._matmat_block(V[start : start + block])
+        return out
+
+    def _matmat_block(self, V: Tensor) -> Tensor:
+        m = V.shape[0]
+        if m == 0:
+            return V.clone()
+        if self.vectorize:
+            try:
+                out = self._matmat_vmap(V)
+            except (RuntimeError, NotImplementedError) as err:  # an op without a batching/forward-AD rule
+                warnings.warn(
+                    f"vmap over the HVP failed ({type(err).__name__}: {err}); falling back to a loop over vectors",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.vectorize = False
+            else:
+                self.n_hvp += m
+                return out
+        return torch.stack([self.matvec(v) for v in V])
+
+    def _matmat_vmap(self, V: Tensor) -> Tensor:
+        tangents = self._to_dict(V, batched=True)
+        total = torch.zeros_like(V)
+        with eval_mode(self.model):
+            for batch, weight in self.batches:
+                # The primal (params, batch) is unbatched, so vmap computes its forward/backward pass once per chunk;
+                # only the tangent computations are batched over the m vectors.
+                out = vmap(lambda t, batch=batch: self._hvp_chunk(batch, t))(tangents)
+                total += self._flat(out, batched=True) * weight
+        return total
+
+    def quadratic_forms(self, V: Tensor, *, block_size: int | None = None) -> Tensor:
+        """``v^T H v`` for each row of ``V [m, P]``: ``[m]``."""
+        V = self._check_vectors(V, 2)
+        return (self.matmat(V, block_size=block_size) * V).sum(dim=1)
+
+    def random(self, n: int, generator: torch.Generator, kind: str = "gaussian") -> Tensor:
+        """``n`` random vectors ``[n, P]`` (``gaussian`` or ``rademacher``) in the model's dtype and device."""
+        if kind == "gaussian":
+            draws = torch.randn(n, self.size, generator=generator, dtype=torch.float64)
+        elif kind == "rademacher":
+            draws = torch.randint(0, 2, (n, self.size), generator=generator, dtype=torch.int8).double() * 2 - 1
+        else:
+            raise ValueError(f"Expected `kind` in ('gaussian', 'rademacher'), got {kind!r}")
+        return draws.to(device=self.device, dtype=self.dtype)
+
+
+def hvp(
+    model: nn.Module, data: Data, v: Tensor, *, chunk_size: int = DEFAULT_CHUNK, loss_fn: LossFn | None = None
+) -> Tensor:
+    """Hessian-vector product of the exact mean loss, forward-over-reverse, chunked.
+
+    Args:
+        model: The model (not mutated; evaluated in eval mode).
+        data: ``(inputs [N, ...], targets [N])``.
+        v: Flat vector ``[P]`` in the order of ``model.named_parameters()``.
+        chunk_size: Examples per forward pass.
+        loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
+
+    Returns:
+        ``H v``: ``[P]`` in the model's dtype and device.
+    """
+    return HessianOperator(model, data, chunk_size=chunk_size, loss_fn=loss_fn).matvec(v)
+
+
+def hvp_batch(
+    model: nn.Module,
+    data: Data,
+    V: Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    loss_fn: LossFn | None = None,
+    block_size: int | None = None,
+    vectorize: bool = True,
+) -> Tensor:
+    """Hessian products with many vectors at once, vmapping the JVP so each chunk's forward pass is shared.
+
+    Falls back to a loop over the vectors (with a ``RuntimeWarning``) if vmap fails; ``vectorize=False`` forces the
+    loop.
+
+    Args:
+        model: The model (not mutated; evaluated in eval mode).
+        data: ``(inputs [N, ...], targets [N])``.
+        V: Vectors as rows, ``[m, P]``.
+        chunk_size: Examples per forward pass.
+        loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
+        block_size: At most this many vectors per vmapped pass (memory); all at once when ``None``.
+        vectorize: Use vmap (default) or a plain loop.
+
+    Returns:
+        ``[m, P]`` with row ``i`` equal to ``H V[i]``.
+    """
+    op = HessianOperator(model, data, chunk_size=chunk_size, loss_fn=loss_fn, vectorize=vectorize)
+    return op.matmat(V, block_size=block_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Top eigenvalues
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """Top-k eigenpairs (largest algebraic) of the Hessian.
+
+    Attributes:
+        eigenvalues: ``[k]`` float64 on CPU, descending.
+        eigenvectors: ``[k, P]`` unit rows, in the model's dtype and device.
+        residuals: ``[k]`` float64 on CPU: true residuals ``||H v - lambda v||`` computed from real HVPs (for Lanczos
+            ``H v`` is assembled from the HVPs of the Krylov basis, ``H (Q^T s) = (H Q)^T s``, so it costs no extra
+            HVP; for power iteration it is the last HVP of each eigenvector). Not the Lanczos bound.
+        converged: ``True`` when ``residuals[i] <= tol * max(|eigenvalues[i]|, 1)`` for every ``i``.
+        n_hvp: Hessian-vector products spent.
+        method: ``"lanczos"`` or ``"power"``.
+        tol: The tolerance the result was computed (and judged) with.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    residuals: Tensor
+    converged: bool
+    n_hvp: int
+    method: str
+    tol: float
+
+    @property
+    def converged_mask(self) -> Tensor:
+        """Per-eigenpair convergence, ``[k]`` bool."""
+        return _converged_mask(self.eigenvalues, self.residuals, self.tol)
+
+
+def _converged_mask(eigenvalues: Tensor, residuals: Tensor, tol: float) -> Tensor:
+    return residuals <= tol * eigenvalues.abs().clamp(min=1.0)
+
+
+def top_eigenvalues(
+    model: nn.Module,
+    data: Data,
+    *,
+    k: int = 1,
+    method: str = "lanczos",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+    loss_fn: LossFn | None = None,
+    v0: Tensor | Params | None = None,
+) -> EigenResult:
+    """The ``k`` largest (algebraic) eigenvalues of the Hessian of the mean loss, with eigenvectors and residuals.
+
+    ``method="lanczos"`` (default): Lanczos with full reorthogonalization (twice-is-enough Gram-Schmidt against the
+    whole basis) from ``v0`` (or a Gaussian vector from ``seed``). After each step the tridiagonal matrix is
+    diagonalized; the run stops when the top-``k`` Ritz residual estimates ``|beta_j s_{j,i}|`` are all
+    ``<= tol * max(|theta_i|, 1)``, or after ``max_iter`` steps (at most ``P``). ``max_iter`` counts Lanczos steps,
+    one HVP each. On an exact breakdown (an invariant Krylov subspace) it restarts from a random vector orthogonal to
+    the basis, so a warm start that is itself an eigenvector still yields ``k`` eigenpairs.
+
+    ``method="power"``: the deflated power iteration of PyHessian, kept for parity with the paper. Eigenvector ``i``
+    starts from a fresh Gaussian vector (``v0`` for the first), is re-orthogonalized against the ones already found
+    at every step, and stops when the Rayleigh quotient's relative change ``|l - l_prev| / (|l_prev| + 1e-6) < tol``
+    or after ``max_iter`` HVPs (``max_iter`` is per eigenvalue). Power iteration converges to the eigenvalues of
+    largest *magnitude*, so it only returns the largest algebraic ones when no negative eigenvalue dominates; results
+    are sorted descending.
+
+    In both cases ``converged`` is judged on the true residuals, ``residual <= tol * max(|lambda|, 1)``; power
+    iteration's relative-change rule is weaker, so its flag is often ``False`` at the same ``tol``.
+
+    Args:
+        model: The model (not mutated; evaluated in eval mode).
+        data: ``(inputs [N, ...], targets [N])``.
+        k: Number of eigenpairs, ``1 <= k <= P``.
+        method: ``"lanczos"`` or ``"power"``.
+        max_iter: Lanczos steps in total (>= ``k``), or power-iteration HVPs per eigenvalue.
+        tol: Convergence tolerance (relative to ``max(|lambda|, 1)``).
+        seed: Seeds the start vector(s).
+        chunk_size: Examples per forward pass.
+        loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
+        v0: Warm start, flat ``[P]`` or a parameter dict (e.g. the previous epoch's top eigenvector).
+
+    Returns:
+        An :class:`EigenResult`.
+    """
+    _check(isinstance(k, int) and k >= 1, "k", ">= 1", k)
+    _check(method in METHODS, "method", f"in {METHODS}", method)
+    _check(max_iter >= 1, "max_iter", ">= 1", max_iter)
+    _check(tol > 0, "tol", "> 0", tol)
+    op = HessianOperator(model, data, chunk_size=chunk_size, loss_fn=loss_fn)
+    _check(k <= op.size, "k", f"<= {op.size} (the number of parameters)", k)
+    if method == "lanczos":
+        _check(max_iter >= k, "max_iter", f">= `k` ({k}) for Lanczos", max_iter)
+    generator = _generator(seed)
+    start = _start_vector(op, v0, generator)
+    if method == "lanczos":
+        values, vectors, residuals = _lanczos_top(op, start, k=k, max_iter=max_iter, tol=tol, generator=generator)
+    else:
+        values, vectors, residuals = _power_top(op, start, k=k, max_iter=max_iter, tol=tol, generator=generator)
+    return EigenResult(
+        eigenvalues=values,
+        eigenvectors=vectors,
+        residuals=residuals,
+        converged=bool(_converged_mask(values, residuals, tol).all()),
+        n_hvp=op.n_hvp,
+        method=method,
+        tol=float(tol),
+    )
+
+
+def _start_vector(op: HessianOperator, v0: Tensor | Params | None, generator: torch.Generator) -> Tensor:
+    if v0 is None:
+        v = op.random(1, generator)[0]
+    else:
+        if isinstance(v0, dict):
+            _check(set(v0) == set(op.params), "v0", f"with keys {list(op.params)}", list(v0))
+            v0 = torch.cat([torch.as_tensor(v0[name]).reshape(-1) for name in op.params])
+        v = op._check_vectors(torch.as_tensor(v0), 1)
+    norm = torch.linalg.vector_norm(v)
+    _check(bool(norm > 0) and bool(torch.isfinite(norm)), "v0", "a non-zero finite vector", f"norm {float(norm)}")
+    return v / norm
+
+
+def _orthogonalize(w: Tensor, basis: Tensor) -> Tensor:
+    """Remove from ``w [P]`` its components along the orthonormal rows of ``basis [j, P]`` (twice is enough)."""
+    if basis.shape[0] == 0:
+        return w
+    for _ in range(2):
+        w = w - basis.T @ (basis @ w)
+    return w
+
+
+def _tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
+    """The symmetric tridiagonal matrix ``[m, m]`` (float64) with diagonal ``alphas`` and off-diagonal ``betas``."""
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if len(alphas) > 1:
+        off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    return T
+
+
+def _breakdown_tol(alphas: list[float], betas: list[float]) -> float:
+    scale = max([abs(a) for a in alphas] + [abs(b) for b in betas] + [1.0])
+    return 1e3 * torch.finfo(torch.float64).eps * scale
+
+
+def _lanczos_top(
+    op: HessianOperator, q: Tensor, *, k: int, max_iter: int, tol: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    steps = min(max_iter, op.size)
+    Q = torch.zeros(steps, op.size, dtype=op.dtype, device=op.device)  # orthonormal Krylov basis
+    HQ = torch.zeros_like(Q)  # the raw HVPs, so Ritz residuals cost no extra HVP
+    alphas: list[float] = []
+    betas: list[float] = []
+    eps = torch.finfo(op.dtype).eps
+    for j in range(steps):
+        Q[j] = q
+        w = op.matvec(q)
+        HQ[j] = w
+        alphas.append(float(q @ w))
+        w = _orthogonalize(w, Q[: j + 1])  # full reorthogonalization (subsumes the three-term recurrence)
+        beta = float(torch.linalg.vector_norm(w))
+        theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas))
+        m = j + 1
+        if m >= k:
+            estimates = (beta * S[-1, -k:]).abs()
+            if bool((estimates <= tol * theta[-k:].abs().clamp(min=1.0)).all()):
+                break
+        if m == steps:
+            break
+        if beta <= max(_breakdown_tol(alphas, betas), 10 * eps):
+            # Invariant subspace: restart in its orthogonal complement (T gets a zero off-diagonal entry).
+            for _ in range(3):
+                fresh = _orthogonalize(op.random(1, generator)[0], Q[:m])
+                norm = torch.linalg.vector_norm(fresh)
+                if norm > 1e-3:  # the complement is not numerically empty
+                    break
+            q = fresh / norm
+            betas.append(0.0)
+        else:
+            q = w / beta
+            betas.append(beta)
+    m = len(alphas)
+    theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas))
+    top = torch.arange(m - 1, m - 1 - k, -1)  # eigh is ascending: the last k, descending
+    values = theta[top]
+    coeffs = S[:, top].T.to(device=op.device, dtype=op.dtype)  # [k, m]
+    vectors = coeffs @ Q[:m]
+    Hv = coeffs @ HQ[:m]
+    norms = torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
+    vectors, Hv = vectors / norms, Hv / norms
+    residuals = torch.linalg.vector_norm(Hv - values.to(device=op.device, dtype=op.dtype)[:, None] * vectors, dim=1)
+    return values, vectors, residuals.double().cpu()
+
+
+def _power_top(
+    op: HessianOperator, start: Tensor, *, k: int, max_iter: int, tol: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    found = torch.zeros(0, op.size, dtype=op.dtype, device=op.device)
+    values: list[float] = []
+    residuals: list[float] = []
+    for i in range(k):
+        v = start if i == 0 else op.random(1, generator)[0]
+        previous = None
+        for step in range(max_iter):
+            v = _orthogonalize(v, found)
+            v = v / torch.linalg.vector_norm(v)
+            Hv = op.matvec(v)
+            value = float(v @ Hv)
+            done = previous is not None and abs(value - previous) / (abs(previous) + 1e-6) < tol
+            previous = value
+            if done or step == max_iter - 1:
+                break
+            next_v = _orthogonalize(Hv, found)
+            if float(torch.linalg.vector_norm(next_v)) == 0.0:  # H v = 0 in the complement: v is an eigenvector
+                break
+            v = next_v
+        # v is the unit vector whose HVP was computed last: its residual is exact
+        residuals.append(float(torch.linalg.vector_norm(Hv - value * v)))
+        values.append(value)
+        found = torch.cat([found, v[None]])
+    order = torch.argsort(torch.tensor(values, dtype=torch.float64), descending=True)
+    return (
+        torch.tensor(values, dtype=torch.float64)[order],
+        found[order.to(op.device)],
+        torch.tensor(residuals, dtype=torch.float64)[order],
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Trace
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """Hutchinson's estimate of ``tr(H)``.
+
+    Attributes:
+        estimate: Mean of the per-probe ``z^T H z``.
+        stderr: Sample standard deviation of the per-probe values over ``sqrt(n_probes)`` (NaN for one probe).
+        n_hvp: Hessian-vector products spent (``n_probes``).
+        samples: Per-probe ``z^T H z``, ``[n_probes]`` float64 on CPU.
+    """
+
+    estimate: float
+    stderr: float
+    n_hvp: int
+    samples: Tensor
+
+
+def hessian_trace(
+    model: nn.Module,
+    data: Data,
+    *,
+    n_probes: int = 20,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+    loss_fn: LossFn | None = None,
+    block_size: int = 10,
+) -> TraceResult:
+    """Hutchinson's trace estimator with Rademacher probes, ``tr(H) ~ mean_i z_i^T H z_i``.
+
+    Probes are drawn block by block from one generator and pushed through :meth:`HessianOperator.matmat`, so each
+    chunk's forward pass is shared by ``block_size`` probes.
+
+    Args:
+        model: The model (not mutated; evaluated in eval mode).
+        data: ``(inputs [N, ...], targets [N])``.
+        n_probes: Number of Rademacher probes (>= 1).
+        seed: Seeds the probes.
+        chunk_size: Examples per forward pass.
+        loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
+        block_size: Probes per vmapped pass (memory grows with it).
+
+    Returns:
+        A :class:`TraceResult`.
+    """
+    _check(n_probes >= 1, "n_probes", ">= 1", n_probes)
+    _check(block_size >= 1, "block_size", ">= 1", block_size)
+    op = HessianOperator(model, data, chunk_size=chunk_size, loss_fn=loss_fn)
+    generator = _generator(seed)
+    samples = []
+    for start in range(0, n_probes, block_size):
+        Z = op.random(min(block_size, n_probes - start), generator, kind="rademacher")
+        samples.append(op.quadratic_forms(Z).double().cpu())
+    values = torch.cat(samples)
+    stderr = float(values.std(unbiased=True) / math.sqrt(n_probes)) if n_probes > 1 else math.nan
+    return TraceResult(estimate=float(values.mean()), stderr=stderr, n_hvp=op.n_hvp, samples=values)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Spectral density
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DensityResult:
+    """Stochastic Lanczos quadrature of the Hessian's spectral density (Ghorbani et al. 2019).
+
+    Attributes:
+        nodes: Ritz values per probe, ``[n_probes, n_steps]`` float64 on CPU, ascending within a probe.
+        weights: Squared first components of the Ritz vectors, ``[n_probes, n_steps]``; each row sums to 1.
+        n_hvp: Hessian-vector products spent.
+    """
+
+    nodes: Tensor
+    weights: Tensor
+    n_hvp: int
+
+    def density(self, grid: Tensor, sigma: float) -> Tensor:
+        """Gaussian-smoothed density averaged over probes.
+
+        Args:
+            grid: Points ``[G]`` at which to evaluate.
+            sigma: Standard deviation of the Gaussian kernel (> 0).
+
+        Returns:
+            ``[G]`` float64: ``mean_p sum_j w_pj N(grid; node_pj, sigma^2)``; integrates to ~1 over a wide grid.
+        """
+        _check(sigma > 0, "sigma", "> 0", sigma)
+        grid = torch.as_tensor(grid, dtype=torch.float64).cpu()
+        z = (grid[None, None, :] - self.nodes[:, :, None]) / sigma
+        kernel = torch.exp(-0.5 * z**2) / (sigma * math.sqrt(2 * math.pi))
+        return (self.weights[:, :, None] * kernel).sum(dim=1).mean(dim=0)
+
+    def moment(self, power: int = 1) -> Tensor:
+        """Per-probe quadrature estimate of ``v^T H^power v`` (exact for ``power <= 2 n_steps - 1``): ``[n_probes]``."""
+        return (self.weights * self.nodes**power).sum(dim=1)
+
+
+def spectral_density(
+    model: nn.Module,
+    data: Data,
+    *,
+    n_probes: int,
+    n_steps: int,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+    loss_fn: LossFn | None = None,
+) -> DensityResult:
+    """Stochastic Lanczos quadrature: the spectral density as Gauss quadrature nodes and weights per probe.
+
+    Each probe is a normalized Rademacher vector ``v``; ``n_steps`` Lanczos steps with full reorthogonalization give a
+    tridiagonal ``T = S diag(theta) S^T``; nodes are ``theta`` and weights ``S[0, :]^2`` (so that
+    ``sum_j w_j f(theta_j) ~ v^T f(H) v``). The probes' Lanczos recurrences run side by side and share each chunk's
+    forward pass through :meth:`HessianOperator.matmat`. A probe whose Krylov space becomes invariant before
+    ``n_steps`` (exact quadrature already) stops there; its remaining entries are padded with its largest node and
+    weight 0.
+
+    Args:
+        model: The model (not mutated; evaluated in eval mode).
+        data: ``(inputs [N, ...], targets [N])``.
+        n_probes: Number of probes (>= 1).
+        n_steps: Lanczos steps per probe, ``1 <= n_steps <= P``.
+        seed: Seeds the probes.
+        chunk_size: Examples per forward pass.
+        loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
+
+    Returns:
+        A :class:`DensityResult`.
+    """
+    _check(n_probes >= 1, "n_probes", ">= 1", n_probes)
+    _check(n_steps >= 1, "n_steps", ">= 1", n_steps)
+    op = HessianOperator(model, data, chunk_size=chunk_size, loss_fn=loss_fn)
+    _check(n_steps <= op.size, "n_steps", f"<= {op.size} (the number of parameters)", n_steps)
+    generator = _generator(seed)
+    V = op.random(n_probes, generator, kind="rademacher") / math.sqrt(op.size)
+    bases = torch.zeros(n_probes, n_steps, op.size, dtype=op.dtype, device=op.device)
+    alphas: list[list[float]] = [[] for _ in range(n_probes)]
+    betas: list[list[float]] = [[] for _ in range(n_probes)]
+    active = list(range(n_probes))
+    for j in range(n_steps):
+        bases[active, j] = V[active]
+        W = op.matmat(V[active])
+        still = []
+        for row, p in enumerate(active):
+            w = W[row]
+            alphas[p].append(float(V[p] @ w))
+            if j == n_steps - 1:
+                continue
+            w = _orthogonalize(w, bases[p, : j + 1])
+            beta = float(torch.linalg.vector_norm(w))
+            if beta <= _breakdown_tol(alphas[p], betas[p]):
+                continue  # invariant subspace: this probe's quadrature is exact already
+            betas[p].append(beta)
+            V[p] = w / beta
+            still.append(p)
+        active = still
+        if not active:
+            break
+    nodes = torch.zeros(n_probes, n_steps, dtype=torch.float64)
+    weights = torch.zeros_like(nodes)
+    for p in range(n_probes):
+        theta, S = torch.linalg.eigh(_tridiagonal(alphas[p], betas[p]))
+        m = theta.numel()
+        nodes[p, :m], weights[p, :m] = theta, S[0] ** 2
+        nodes[p, m:] = theta[-1]
+    return DensityResult(nodes=nodes, weights=weights, n_hvp=op.n_hvp)

@@ -1,0 +1,66 @@
+"""Training curves (the paper's Figure 1), built on a bare ``matplotlib.figure.Figure`` (no pyplot state)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+
+__all__ = ["training_curves"]
+
+
+def _extra(entry: Any, key: str) -> float:
+    value = (getattr(entry, "extra", None) or {}).get(key)
+    return math.nan if value is None else float(value)
+
+
+def training_curves(history: Sequence[Any]) -> Figure:
+    """Loss and accuracy per epoch, train and test; plus lambda_max against the edge of stability when tracked.
+
+    Args:
+        history: per-epoch entries with attributes ``epoch``, ``train_loss``, ``train_acc``, ``test_loss``,
+            ``test_acc`` (``landscape_core.train.EpochMetrics``). When any entry's ``extra`` dict holds both
+            ``lambda_max`` and ``eos_threshold`` (``(2 + 2 beta) / lr``), a third panel shows lambda_max per epoch
+            against that threshold; epochs without them are gaps.
+
+    Returns:
+        A Figure with 2 axes (loss, accuracy) or 3 (plus lambda_max).
+
+    Raises:
+        ValueError: ``history`` is empty.
+    """
+    if len(history) == 0:
+        raise ValueError("Expected a non-empty `history`, got none")
+    epochs = [int(h.epoch) for h in history]
+    tracked = any(
+        "lambda_max" in (getattr(h, "extra", None) or {}) and "eos_threshold" in (getattr(h, "extra", None) or {})
+        for h in history
+    )
+    panels = 3 if tracked else 2
+    fig = Figure(figsize=(4.2 * panels, 3.4), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+
+    ax = axes[0]
+    ax.plot(epochs, [h.train_loss for h in history], "o-", label="train")
+    ax.plot(epochs, [h.test_loss for h in history], "s--", label="test")
+    ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax.legend()
+
+    ax = axes[1]
+    ax.plot(epochs, [100 * h.train_acc for h in history], "o-", label="train")
+    ax.plot(epochs, [100 * h.test_acc for h in history], "s--", label="test")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    ax.legend()
+
+    if tracked:
+        ax = axes[2]
+        ax.plot(epochs, [_extra(h, "lambda_max") for h in history], "o-", label=r"$\lambda_{max}$")
+        ax.plot(epochs, [_extra(h, "eos_threshold") for h in history], "k--", label=r"$(2 + 2\beta) / \eta$")
+        ax.set(xlabel="epoch", ylabel="top Hessian eigenvalue", title="Edge of stability")
+        ax.legend()
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig

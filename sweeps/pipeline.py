@@ -1,0 +1,128 @@
+"""One trial: train (landscape_core), measure (landscape_core), log (tracking). Optuna only hands in the trial."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from landscape_core.config import Preset
+from landscape_core.data import FashionMNIST
+from landscape_core.train import DivergenceError, train
+from sweeps.progress import SweepProgress
+from sweeps.space import SweepSpace, configs_from_trial, point_key
+from tracking.runs import flatten_config, start_child
+from tracking.store import TrackingStore
+from tracking.trial_log import log_epoch, log_training
+
+__all__ = ["NotPlanned", "TrialContext", "TrialDiverged", "make_objective"]
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TrialDiverged(RuntimeError):
+    """The trial's training diverged; it is recorded as failed with the reason and the sweep goes on."""
+
+
+class NotPlanned(RuntimeError):
+    """A worker drew a trial that was not one of the enqueued points (a race with another worker); it is dropped."""
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one sweep shares."""
+
+    space: SweepSpace
+    preset: Preset
+    dataset: FashionMNIST
+    store: TrackingStore
+    experiment_id: str
+    parent_run_id: str
+    study_name: str
+    progress: SweepProgress | None = None
+    reference: dict[str, Any] = field(default_factory=dict)
+
+
+def make_objective(context: TrialContext):
+    """The Optuna objective of a sweep: returns the trial's final test loss."""
+
+    def objective(trial: optuna.Trial) -> float:
+        if context.space.planned and "point" not in trial.user_attrs:
+            raise NotPlanned(f"trial {trial.number} was not enqueued")
+        preset = configs_from_trial(trial, context.space, context.preset)
+        trial.set_user_attr("worker", WORKER)
+        if _already_done(trial, context):
+            trial.set_user_attr("duplicate", True)
+            raise NotPlanned(f"point {trial.params} already ran in another trial")
+        return run_trial(trial, preset, context)
+
+    return objective
+
+
+def _already_done(trial: optuna.Trial, context: TrialContext) -> bool:
+    key = point_key(trial.params)
+    for other in trial.study.get_trials(deepcopy=False):
+        if other.number == trial.number or not other.params or point_key(other.params) != key:
+            continue
+        if other.state == optuna.trial.TrialState.COMPLETE:
+            return True
+        if other.state == optuna.trial.TrialState.RUNNING and other.number < trial.number:
+            return True
+    return False
+
+
+def run_trial(trial: optuna.Trial, preset: Preset, context: TrialContext) -> float:
+    """Train, measure and log one trial into its own child run; the run ends FINISHED, FAILED or KILLED."""
+    config = preset.train
+    run = start_child(
+        context.store,
+        context.experiment_id,
+        context.parent_run_id,
+        run_name=f"trial-{trial.number:03d}-seed{config.seed}-lr{config.lr:.3g}",
+        tags={
+            "study": context.study_name,
+            "trial_number": trial.number,
+            "seed": config.seed,
+            "lr": config.lr,
+            "preset": preset.name,
+            "sweep": context.space.kind,
+            "worker": WORKER,
+        },
+    )
+    trial.set_user_attr("mlflow_run_id", run.run_id)
+    progress = context.progress
+    try:
+        run.params({"preset": preset.name, **flatten_config(config), **flatten_config(preset.analysis, "analysis.")})
+        if progress:
+            progress.trial_started(f"trial {trial.number} seed {config.seed} lr {config.lr:.3g}", config.epochs)
+
+        def on_epoch(epoch: int, model: Any) -> dict[str, float]:
+            return {}
+
+        result = train(
+            config,
+            context.dataset,
+            on_epoch=on_epoch,
+            on_step=progress.step if progress else None,
+            on_metrics=lambda metrics: log_epoch(run, metrics),
+        )
+        log_training(run, result)
+    except DivergenceError as error:
+        run.tags({"failure": "diverged", "failure_reason": str(error), "failure_epoch": error.epoch})
+        run.finish("FAILED")
+        trial.set_user_attr("failure", "diverged")
+        trial.set_user_attr("failure_reason", str(error))
+        raise TrialDiverged(str(error)) from error
+    except BaseException as error:
+        run.tags({"failure": type(error).__name__, "failure_reason": str(error)[:500]})
+        run.finish("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
+        raise
+    run.finish("FINISHED")
+    final = result.final
+    trial.set_user_attr("test_acc", final.test_acc)
+    trial.set_user_attr("train_loss", final.train_loss)
+    trial.set_user_attr("gap_loss", final.test_loss - final.train_loss)
+    return final.test_loss

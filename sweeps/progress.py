@@ -1,0 +1,45 @@
+"""Rich progress for a sweep: trials done of n with ETA, and the current trial's epochs with the live loss."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+__all__ = ["SweepProgress"]
+
+
+class SweepProgress:
+    """Two bars: ``trials`` (done of n, ETA) and ``epochs`` of the running trial (with its latest batch loss)."""
+
+    def __init__(self, total: int, done: int, console: Console | None = None) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.trials = self.progress.add_task("trials", total=total, completed=done, info="")
+        self.epochs = self.progress.add_task("epochs", total=1, visible=False, info="")
+
+    def __enter__(self) -> SweepProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def trial_started(self, label: str, epochs: int) -> None:
+        self.progress.reset(self.epochs, total=epochs, visible=True, description=label, info="")
+
+    def step(self, epoch: int, step: int, steps: int, loss: float) -> None:
+        self.progress.update(self.epochs, completed=epoch - 1 + step / steps, info=f"loss {loss:.4f}")
+
+    def stage(self, text: str) -> None:
+        self.progress.update(self.epochs, info=text)
+
+    def trials_done(self, done: int) -> None:
+        self.progress.update(self.trials, completed=done)

@@ -1,0 +1,245 @@
+"""Run a sweep: open the stores, create or resume the study, enqueue its points, work through them, summarize."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.table import Table
+
+from landscape_core.config import Preset
+from landscape_core.data import load_fashion_mnist
+from sweeps.pipeline import NotPlanned, TrialContext, TrialDiverged, make_objective
+from sweeps.progress import SweepProgress
+from sweeps.space import SweepSpace, point_key
+from sweeps.storage import create_or_resume_study, open_storage
+from tracking.runs import find_or_create_parent, flatten_config
+from tracking.store import TrackingStore
+
+__all__ = ["SweepOptions", "SweepOutcome", "run_sweep", "tally"]
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """Everything a sweep command decided: the population, the protocol and where results go."""
+
+    space: SweepSpace
+    preset: Preset
+    study_name: str
+    experiment: str
+    root: str = "mlruns"
+    storage: str | None = None
+    tracking_uri: str | None = None
+    data_dir: str | None = None
+    heartbeat: int | None = None
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    study_name: str
+    parent_run_id: str
+    finished: int
+    failed: int
+    total: int
+
+
+def _is_done(trial: FrozenTrial) -> bool:
+    """A finished point: completed, or failed by divergence (a deterministic outcome, not worth rerunning)."""
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.FAIL and trial.user_attrs.get("failure") == "diverged"
+    )
+
+
+def tally(study: optuna.Study) -> dict[tuple, FrozenTrial]:
+    """The finished trial of each point (the first, when a retry left two)."""
+    done: dict[tuple, FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if _is_done(trial) and trial.params:
+            done.setdefault(point_key(trial.params), trial)
+    return done
+
+
+def _enqueue_missing(study: optuna.Study, space: SweepSpace) -> None:
+    busy = {
+        point_key(t.user_attrs["point"])
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        if "point" in t.user_attrs
+    }
+    done = tally(study)
+    for point in space.points():
+        if point_key(point) not in done and point_key(point) not in busy:
+            study.enqueue_trial(point, user_attrs={"point": point})
+
+
+def _reap_dead_local_workers(study: optuna.Study, store: TrackingStore) -> None:
+    """Fail RUNNING trials whose worker process on this host is gone (a SIGKILL), and mark their runs KILLED.
+
+    RDB storages do this by heartbeat across machines; a Journal file lives on one machine, so checking the pid is
+    exact there.
+    """
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker", "")
+        worker_host, _, pid = worker.rpartition(":")
+        if worker_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        _mark_killed(store, trial)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mark_killed(store: TrackingStore, trial: FrozenTrial) -> None:
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        client = store.client()
+        client.set_tag(run_id, "failure", "worker killed")
+        client.set_terminated(run_id, status="KILLED")
+
+
+def _retried_callback(store: TrackingStore):
+    """For RDB heartbeats: a stale trial's run is marked KILLED before Optuna retries the trial."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        _mark_killed(store, trial)
+
+    return callback
+
+
+def _has_waiting(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOutcome:
+    """Create or resume the study and run trials until every point is done (or no waiting point is left).
+
+    Bad input raises before anything is written: a missing dataset (DataMissingError), an unwritable or unreachable
+    store (StoreError, StorageError), a study with another config (StudyConfigMismatch).
+    """
+    console = console or Console()
+    space, preset = options.space, options.preset
+    dataset = load_fashion_mnist(options.data_dir)
+    store = TrackingStore.resolve(options.tracking_uri, options.root)
+    store.check()
+    storage = open_storage(options.storage, root=options.root, heartbeat=options.heartbeat)
+    config = {
+        "sweep": space.kind,
+        "points": space.points() if space.planned else None,
+        "sampler": space.sampler,
+        "n_trials": space.n_trials,
+        "preset": preset.name,
+        **flatten_config(preset.train, "train."),
+        **flatten_config(preset.analysis, "analysis."),
+    }
+    config.pop("train.seed"), config.pop("train.device")
+    if space.lrs is not None or space.sampler == "tpe":
+        config.pop("train.lr")
+    sampler = optuna.samplers.TPESampler(seed=0) if space.sampler == "tpe" else None
+    study, created = create_or_resume_study(storage, options.study_name, config, sampler)
+    experiment_id = store.experiment_id(options.experiment)
+    parent = find_or_create_parent(
+        store, experiment_id, options.study_name,
+        tags={"sweep": space.kind, "preset": preset.name}, run_id=study.user_attrs.get("mlflow_parent_run_id"),
+    )
+    if "mlflow_parent_run_id" not in study.user_attrs:
+        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        parent.params({"n_trials": space.n_trials, "sampler": space.sampler, **config_params(preset)})
+    if isinstance(storage, optuna.storages.RDBStorage) and options.heartbeat:
+        optuna.storages.fail_stale_trials(study)
+    else:
+        _reap_dead_local_workers(study, store)
+    if space.planned:
+        _enqueue_missing(study, space)
+
+    done = len(tally(study))
+    console.print(
+        f"[bold]{'Created' if created else 'Resuming'} study[/] {options.study_name}: "
+        f"{done}/{space.n_trials} trials done, preset [cyan]{preset.name}[/], "
+        f"device {preset.train.device}, parent run {parent.run_id}"
+    )
+    context = TrialContext(
+        space, preset, dataset, store, experiment_id, parent.run_id, options.study_name
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with SweepProgress(space.n_trials, done, console) as progress:
+            context.progress = progress
+            objective = make_objective(context)
+            while len(tally(study)) < space.n_trials and (not space.planned or _has_waiting(study)):
+                study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
+                progress.trials_done(len(tally(study)))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    finished = tally(study)
+    failed = sum(1 for t in finished.values() if t.state == TrialState.FAIL)
+    print_trials(study, console)
+    if len(finished) >= space.n_trials:
+        parent.metrics({"sweep/finished": len(finished) - failed, "sweep/failed": failed})
+        parent.finish("FINISHED")
+    return SweepOutcome(options.study_name, parent.run_id, len(finished) - failed, failed, space.n_trials)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the running trial ends cleanly (run KILLED, trial FAIL)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def config_params(preset: Preset) -> dict[str, str]:
+    return {"preset": preset.name, **flatten_config(preset.train), **flatten_config(preset.analysis, "analysis.")}
+
+
+def print_trials(study: optuna.Study, console: Console) -> None:
+    """A table of the study's trials, one row per point: seed, lr, test acc, test loss, gap, status."""
+    table = Table(title=f"study {study.study_name}", show_lines=False)
+    for column in ("trial", "seed", "lr", "test acc", "test loss", "gap", "status"):
+        table.add_column(column, justify="right")
+    done = tally(study)
+    shown = {t.number for t in done.values()}
+    rows = list(done.values()) + [
+        t for t in study.get_trials(deepcopy=False)
+        if t.number not in shown and t.params and point_key(t.params) not in done and t.state != TrialState.WAITING
+    ]
+    for trial in sorted(rows, key=lambda t: (point_key(t.params)[1] or 0, point_key(t.params)[0], t.number)):
+        attrs = trial.user_attrs
+        status = "diverged" if attrs.get("failure") == "diverged" else trial.state.name.lower()
+        style = {"complete": "green", "diverged": "red"}.get(status, "yellow")
+        lr = trial.params.get("lr", study.user_attrs.get("lr"))
+        table.add_row(
+            str(trial.number),
+            str(trial.params.get("seed")),
+            f"{lr:.3g}" if lr else "preset",
+            f"{attrs['test_acc']:.4f}" if "test_acc" in attrs else "-",
+            f"{trial.value:.4f}" if trial.value is not None else "-",
+            f"{attrs['gap_loss']:+.4f}" if "gap_loss" in attrs else "-",
+            f"[{style}]{status}[/]",
+        )
+    console.print(table)
+
+
+def summary(outcome: SweepOutcome) -> dict[str, Any]:
+    return asdict(outcome)
+
+
+logging.getLogger("alembic").setLevel(logging.WARNING)
+_ = Path, time

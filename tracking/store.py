@@ -1,0 +1,88 @@
+"""Where runs go: the default local store under ./mlruns, or a tracking server; experiments and connection checks."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from mlflow.tracking import MlflowClient
+
+__all__ = ["StoreError", "TrackingStore", "default_tracking_uri", "redact"]
+
+DEFAULT_ROOT = Path("mlruns")
+
+
+class StoreError(RuntimeError):
+    """The tracking store cannot be used (not writable, not reachable)."""
+
+
+def default_tracking_uri(root: str | Path = DEFAULT_ROOT) -> str:
+    """``sqlite:///<root>/mlflow.db`` (DESIGN.md's default local store)."""
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def redact(uri: str) -> str:
+    """The URI with any password replaced by ``***`` (for printing; credentials are never logged)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class TrackingStore:
+    """An MLflow tracking URI and, for local stores, the artifact root next to it."""
+
+    tracking_uri: str
+    artifact_root: str | None = None
+
+    @classmethod
+    def resolve(cls, tracking_uri: str | None = None, root: str | Path = DEFAULT_ROOT) -> TrackingStore:
+        """The store for ``--tracking-uri`` (a server or any MLflow URI) or, when None, the local default."""
+        if tracking_uri:
+            return cls(tracking_uri)
+        root = Path(root)
+        return cls(default_tracking_uri(root), (root.resolve() / "artifacts").as_uri())
+
+    @property
+    def is_local(self) -> bool:
+        return self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
+
+    def check(self) -> None:
+        """Fail early with a one-line StoreError when the store cannot be written or reached."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            directory = Path(self.tracking_uri.removeprefix("sqlite:///")).parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"cannot create the store directory {directory}: {error.strerror}") from None
+            if not os.access(directory, os.W_OK):
+                raise StoreError(f"the store directory {directory} is not writable")
+        elif self.tracking_uri.startswith(("http://", "https://")):
+            import urllib.request
+
+            try:
+                urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=5).read()
+            except OSError as error:
+                raise StoreError(f"the MLflow server {redact(self.tracking_uri)} is not reachable: {error}") from None
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, created (with the store's artifact root) when absent."""
+        client = self.client()
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = f"{self.artifact_root}/{name}" if self.artifact_root else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except Exception:  # another worker created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
