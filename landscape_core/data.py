@@ -155,10 +155,21 @@ def download_fashion_mnist(root: str | Path = LOCAL_DIR) -> Path:
     return Path(root)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """``python -m landscape_core.data [--download]``: say where the data is (exit 1 if absent), or download it."""
     import sys
 
-    if "--download" in sys.argv:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--download" in argv:
         print(f"Downloaded to {download_fashion_mnist()}")
-    else:
+        return 0
+    try:
         print(f"Fashion-MNIST found in {find_data_dir()}")
+    except DataMissingError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

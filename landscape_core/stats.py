@@ -176,7 +176,9 @@ def _check_alpha(alpha: float, name: str = "alpha") -> None:
 
 
 def _check_count(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"Expected `{name}` to be an int, got {value!r}")
+    if value < 1:
         raise ValueError(f"Expected `{name}` >= 1, got {value}")
 
 

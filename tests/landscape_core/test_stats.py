@@ -348,9 +348,12 @@ def test_granulated_kendall_skips_nan_groups_and_needs_two_axes() -> None:
     _, by_axis = granulated_kendall(x, y_tie, {"lr": lr, "seed": seed})
     assert by_axis["lr"] == pytest.approx(1.0)  # only the seed-1 group counts
     assert granulated_kendall(x, y, {"lr": lr, "seed": [7] * 6}) == (None, {})
-    # A run with a missing measure leaves its group: the seed-1 pair disappears, the rest is unchanged.
+    # A run with a missing measure is dropped: the seed-1 pair loses a run, so no lr group has a finite tau
+    # (psi_lr NaN, left out of the mean); lr 0.1 keeps x 2,3 / y 3,2 (tau -1), lr 0.01 has x 4,5,6 / y 6,3,2 (-1).
     x_nan = [np.nan, 2.0, 3.0, 4.0, 5.0, 6.0]
-    assert granulated_kendall(x_nan, y_tie, {"lr": lr, "seed": seed}) == (pytest.approx(-0.5), {"lr": None, "seed": -1.0})
+    total, by_axis = granulated_kendall(x_nan, y_tie, {"lr": lr, "seed": seed})
+    assert total == pytest.approx(-1.0)
+    assert math.isnan(by_axis["lr"]) and by_axis["seed"] == pytest.approx(-1.0)
     (row,) = correlation_table({"m": x}, {"t": y}, axes={"lr": lr}, n_boot=20, n_perm=20)
     assert row.granulated_kendall is None and row.granulated_by_axis is None
 

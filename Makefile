@@ -1,0 +1,45 @@
+# The two commands of the README: `make sweep` (a 20-seed sweep into ./mlruns) and `make test` (the test suite).
+# Each sets itself up: a virtualenv in .venv, the package with pinned torch, and Fashion-MNIST when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PRESET ?= auto
+N      ?= 20
+PYTEST_ARGS ?=
+
+.PHONY: sweep test install data ui lint bench clean-store
+
+sweep: install data
+	$(PY) -m sweeps.seeds --n $(N) --preset $(PRESET)
+
+test: install data
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST: found in $LANDSCAPE_DATA_DIR, /usr/share/datasets/fashion-mnist or ./data; otherwise Debian's
+# package (as root or with sudo), and torchvision's download into ./data as the last resort.
+data: install
+	@$(PY) -m landscape_core.data >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	    { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; } || true; \
+	  fi; \
+	  $(PY) -m landscape_core.data >/dev/null 2>&1 || $(PY) -m landscape_core.data --download; \
+	}
+	@$(PY) -m landscape_core.data
+
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: install data
+	$(PY) -m benchmarks.run --quick

@@ -1,0 +1,214 @@
+"""Shared fixtures for landscape_core tests: a float64 TinyCNN with seeded weights and data, quadratic losses with
+known Hessians, and a slow exact dense-Hessian reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.func import jacrev
+
+from landscape_core.functional import Data, Params, flatten, mean_loss, param_dict, unflatten
+from landscape_core.models import TinyCNN
+
+TINY_SEED = 0
+TINY_EXAMPLES = 256
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# TinyCNN
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def make_tiny_model(seed: int = TINY_SEED) -> nn.Module:
+    """A float64 TinyCNN (2,570 parameters) with weights from ``seed``, without touching the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TinyCNN()
+    return model.double()
+
+
+def make_tiny_data(n: int = TINY_EXAMPLES, seed: int = 1) -> Data:
+    """``n`` random float64 8x8 images ``[n, 1, 8, 8]`` and labels ``[n]`` in 0..9."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (n,), generator=g)
+
+
+def dense_hessian(
+    model: nn.Module, data: Data, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None, chunk: int = 257
+) -> Tensor:
+    """The exact Hessian ``[P, P]`` of the mean loss over all of ``data`` (single chunk), flat order of the params.
+
+    Reverse-over-reverse, ``jacrev(jacrev(f), chunk_size=...)``: a different AD path from the forward-over-reverse
+    HVPs under test, and, unlike ``torch.func.hessian`` (``jacfwd(jacrev(f))``, no ``chunk_size``), it does not hold
+    all 2,570 tangents of TinyCNN in memory at once.
+    """
+    like = param_dict(model)
+    n = data[0].shape[0]
+
+    def f(flat: Tensor) -> Tensor:
+        return mean_loss(model, unflatten(flat, like), data, chunk_size=n, loss_fn=loss_fn)
+
+    H = jacrev(jacrev(f), chunk_size=chunk)(flatten(like))
+    return 0.5 * (H + H.T)
+
+
+@dataclass(frozen=True)
+class DenseReference:
+    eigenvalues: Tensor  # [P] ascending
+    eigenvectors: Tensor  # [P, P] columns
+    hessian: Tensor  # [P, P]
+
+    @property
+    def trace(self) -> float:
+        return float(torch.trace(self.hessian))
+
+
+@pytest.fixture
+def tiny_model() -> nn.Module:
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> Data:
+    return make_tiny_data()
+
+
+@pytest.fixture(scope="session")
+def tiny_dense(tiny_data: Data) -> DenseReference:
+    H = dense_hessian(make_tiny_model(), tiny_data)
+    values, vectors = torch.linalg.eigh(H)
+    return DenseReference(eigenvalues=values, eigenvectors=vectors, hessian=H)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Quadratics
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class QuadraticModel(nn.Module):
+    """Parameters ``w [4, 5]`` and ``c [P - 20]`` (flat ``x = cat(w, c)``); input row ``i`` is ``[A_i | b_i]``,
+    ``[P, P + 1]``; "logits" column 0 is the per-example loss ``0.5 x^T A_i x + b_i^T x``, column 1 is zero."""
+
+    def __init__(self, x0: Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(x0[:20].reshape(4, 5).clone())
+        self.c = nn.Parameter(x0[20:].clone())
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        x = torch.cat([self.w.reshape(-1), self.c])
+        p = x.numel()
+        A, b = inputs[:, :, :p], inputs[:, :, p]
+        per_example = 0.5 * torch.einsum("i,nij,j->n", x, A, x) + b @ x
+        return torch.stack([per_example, torch.zeros_like(per_example)], dim=1)
+
+
+def quadratic_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean of the per-example quadratic losses (column 0 of the logits)."""
+    return logits[:, 0].mean()
+
+
+@dataclass
+class Quadratic:
+    """A quadratic problem: mean loss ``0.5 x^T A x + b^T x`` over ``data`` with known spectrum of ``A``."""
+
+    model: QuadraticModel
+    data: Data
+    A: Tensor  # [P, P]
+    b: Tensor  # [P]
+    eigenvalues: Tensor  # [P] descending
+    eigenvectors: Tensor  # [P, P] columns, matching eigenvalues
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = quadratic_loss
+
+    @property
+    def size(self) -> int:
+        return self.A.shape[0]
+
+    def x(self) -> Tensor:
+        return flatten(param_dict(self.model))
+
+    def loss(self, x: Tensor) -> float:
+        return float(0.5 * x @ self.A @ x + self.b @ x)
+
+    def params(self) -> Params:
+        return param_dict(self.model)
+
+
+def make_quadratic(eigenvalues: list[float], *, n_examples: int = 50, seed: int = 0) -> Quadratic:
+    """A quadratic whose mean Hessian is ``A = Q diag(eigenvalues) Q^T`` (Q random orthogonal) and whose examples
+    differ (``A_i = A + E_i``, ``sum_i E_i = 0``), so a chunked sum instead of a mean would be visibly wrong."""
+    g = torch.Generator().manual_seed(seed)
+    lam = torch.tensor(sorted(eigenvalues, reverse=True), dtype=torch.float64)
+    p = lam.numel()
+    assert p > 20
+    Q, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=torch.float64))
+    A = (Q * lam) @ Q.T
+    A = 0.5 * (A + A.T)
+    E = torch.randn(n_examples, p, p, generator=g, dtype=torch.float64)
+    E = E + E.transpose(1, 2)
+    E = E - E.mean(dim=0, keepdim=True)
+    b = torch.randn(p, generator=g, dtype=torch.float64)
+    e = torch.randn(n_examples, p, generator=g, dtype=torch.float64)
+    e = e - e.mean(dim=0, keepdim=True)
+    inputs = torch.cat([A + E, (b + e)[:, :, None]], dim=2)
+    targets = torch.zeros(n_examples, dtype=torch.long)
+    x0 = torch.randn(p, generator=g, dtype=torch.float64)
+    return Quadratic(QuadraticModel(x0), (inputs, targets), A, b, lam, Q)
+
+
+# Near-degenerate top pair, negative eigenvalues; the largest magnitude is positive, so power iteration applies.
+NEAR_DEGENERATE = [19.13, 18.37, 9.2, 6.1, *torch.linspace(2.9, -1.9, 34).tolist(), -3.3, -8.6]
+# A clear gap for power iteration.
+GAPPED = [10.0, 5.0, 2.5, *torch.linspace(1.5, -1.5, 27).tolist()]
+# The most negative eigenvalue dominates in magnitude: largest algebraic != largest magnitude.
+NEGATIVE_DOMINANT = [5.0, 4.0, 3.0, *torch.linspace(2.0, -2.0, 24).tolist(), -30.0]
+
+
+@pytest.fixture
+def quadratic() -> Quadratic:
+    return make_quadratic(NEAR_DEGENERATE)
+
+
+@pytest.fixture
+def gapped_quadratic() -> Quadratic:
+    return make_quadratic(GAPPED, seed=1)
+
+
+@pytest.fixture
+def negative_quadratic() -> Quadratic:
+    return make_quadratic(NEGATIVE_DOMINANT, seed=2)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Purity
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """Everything a pure function must leave as it found it."""
+
+    params: dict[str, Tensor]
+    requires_grad: dict[str, bool]
+    training: dict[str, bool]
+    grads: dict[str, bool]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ModelSnapshot:
+        return cls(
+            params={n: p.detach().clone() for n, p in model.named_parameters()},
+            requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
+            training={n: m.training for n, m in model.named_modules()},
+            grads={n: p.grad is not None for n, p in model.named_parameters()},
+        )
+
+    def assert_unchanged(self, model: nn.Module) -> None:
+        after = ModelSnapshot.of(model)
+        for name, p in self.params.items():
+            assert torch.equal(p, after.params[name]), f"parameter {name} changed"
+        assert after.requires_grad == self.requires_grad
+        assert after.training == self.training
+        assert after.grads == self.grads

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from landscape_core.config import TrainConfig, get_preset
+from landscape_core.functional import evaluate
+from landscape_core.train import DivergenceError, train
+
+TINY = TrainConfig(epochs=2, batch_size=64, train_size=256, test_size=128, device="cpu")
+
+
+def test_training_is_deterministic_for_a_seed(fashion):
+    a, b = train(TINY, fashion), train(TINY, fashion)
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.equal(p, q), name
+    assert a.history[-1].train_loss == b.history[-1].train_loss
+    other = train(dataclasses.replace(TINY, seed=2), fashion)
+    assert not torch.equal(next(a.model.parameters()), next(other.model.parameters()))
+
+
+def test_epoch_metrics_are_full_evaluations_in_eval_mode(fashion):
+    calls = []
+    result = train(TINY, fashion, on_epoch=lambda epoch, model: calls.append(epoch) or {"extra/x": 1.0})
+    assert calls == [1, 2] and [m.epoch for m in result.history] == [1, 2]
+    assert result.history[-1].extra == {"extra/x": 1.0}
+    loss, acc = evaluate(result.model, result.train_data)
+    assert result.final.train_loss == pytest.approx(loss, rel=1e-6)
+    assert result.final.train_acc == pytest.approx(acc)
+    assert result.train_data[0].shape[0] == 256 and result.test_data[0].shape[0] == 128
+    assert not result.model.training
+
+
+def test_divergence_raises_a_typed_error_naming_epoch_and_step(fashion):
+    with pytest.raises(DivergenceError) as info:
+        train(dataclasses.replace(TINY, lr=1e4), fashion)
+    assert info.value.epoch == 1 and info.value.step >= 1
+    assert "epoch 1, step" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("epochs", 0, "Expected `epochs` >= 1, got 0"), ("lr", -1.0, "Expected `lr` > 0"),
+     ("momentum", 1.0, "Expected `momentum` in [0, 1)")],
+)
+def test_configs_validate_with_clear_messages(field, value, message):
+    with pytest.raises(ValueError) as info:
+        dataclasses.replace(TINY, **{field: value})
+    assert message in str(info.value)
+
+
+def test_presets_record_the_paper_protocol():
+    paper = get_preset("paper").train
+    assert (paper.lr, paper.momentum, paper.epochs, paper.batch_size) == (0.01, 0.9, 6, 128)
+    assert paper.train_size is None and paper.test_size is None
+    assert get_preset("smoke").train.train_size < get_preset("quick").train.train_size
+    with pytest.raises(ValueError, match="Expected `preset`"):
+        get_preset("huge")
