@@ -91,9 +91,7 @@ class NoiseResult:
     def rows(self) -> list[dict[str, float]]:
         """One dict of summary statistics per sigma (no raw draws), in the order of ``sigmas``."""
         keys = ("loss_mean", "loss_std", "loss_stderr", "acc_mean", "acc_std", "acc_stderr")
-        return [
-            {"sigma": sigma, **{key: getattr(self, key)[i] for key in keys}} for i, sigma in enumerate(self.sigmas)
-        ]
+        return [{"sigma": sigma, **{key: getattr(self, key)[i] for key in keys}} for i, sigma in enumerate(self.sigmas)]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict: floats and (nested) lists."""

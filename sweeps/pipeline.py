@@ -11,12 +11,14 @@ import optuna
 
 from landscape_core.config import Preset
 from landscape_core.data import FashionMNIST
-from landscape_core.train import DivergenceError, train
+from landscape_core.measure import LambdaMaxTracker, measure
+from landscape_core.train import DivergenceError, make_datasets, resolve_device, train
 from sweeps.progress import SweepProgress
 from sweeps.space import SweepSpace, configs_from_trial, point_key
 from tracking.runs import flatten_config, start_child
 from tracking.store import TrackingStore
-from tracking.trial_log import log_epoch, log_training
+from tracking.checkpoints import load_run_model
+from tracking.trial_log import log_epoch, log_measurements, log_training
 
 __all__ = ["NotPlanned", "TrialContext", "TrialDiverged", "make_objective"]
 
@@ -74,6 +76,22 @@ def _already_done(trial: optuna.Trial, context: TrialContext) -> bool:
     return False
 
 
+def _reference_model(trial: optuna.Trial, context: TrialContext) -> Any:
+    """The study's reference minimum for barriers: the first finished trial (None for that trial itself)."""
+    finished = [
+        t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "mlflow_run_id" in t.user_attrs
+    ]
+    if not finished:
+        return None
+    run_id = min(finished, key=lambda t: t.number).user_attrs["mlflow_run_id"]
+    if run_id not in context.reference:
+        model = load_run_model(context.store.client(), run_id, context.preset.train.model)
+        context.reference = {run_id: model.to(resolve_device(context.preset.train.device))}
+    trial.set_user_attr("reference_run_id", run_id)
+    return context.reference[run_id]
+
+
 def run_trial(trial: optuna.Trial, preset: Preset, context: TrialContext) -> float:
     """Train, measure and log one trial into its own child run; the run ends FINISHED, FAILED or KILLED."""
     config = preset.train
@@ -99,9 +117,12 @@ def run_trial(trial: optuna.Trial, preset: Preset, context: TrialContext) -> flo
         if progress:
             progress.trial_started(f"trial {trial.number} seed {config.seed} lr {config.lr:.3g}", config.epochs)
 
-        def on_epoch(epoch: int, model: Any) -> dict[str, float]:
-            return {}
-
+        on_epoch = None
+        if preset.analysis.runs("tracking") and preset.analysis.runs("hessian"):
+            train_data, _ = make_datasets(context.dataset, config)
+            on_epoch = LambdaMaxTracker(
+                train_data, preset.analysis.hessian, lr=config.lr, momentum=config.momentum, seed=config.data_seed
+            )
         result = train(
             config,
             context.dataset,
@@ -110,6 +131,17 @@ def run_trial(trial: optuna.Trial, preset: Preset, context: TrialContext) -> flo
             on_metrics=lambda metrics: log_epoch(run, metrics),
         )
         log_training(run, result)
+        measurements = measure(
+            result.model,
+            init_params=result.init_params,
+            train_data=result.train_data,
+            test_data=result.test_data,
+            config=preset.analysis,
+            reference=_reference_model(trial, context),
+            seed=config.data_seed,
+            stage=progress.stage if progress else None,
+        )
+        log_measurements(run, measurements)
     except DivergenceError as error:
         run.tags({"failure": "diverged", "failure_reason": str(error), "failure_epoch": error.epoch})
         run.finish("FAILED")

@@ -14,7 +14,15 @@ from landscape_core.functional import evaluate, flatten, param_dict, unflatten
 from landscape_core.models import TinyCNN
 from landscape_core.sharpness import weight_noise_robustness
 
+
 # ---------------------------------------------------------------------------------------------- local fixtures
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are tiny: one intra-op thread is fastest and immune to oversubscription on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +56,7 @@ def trained(data: tuple[Tensor, Tensor]) -> nn.Module:
 @pytest.mark.parametrize("magnitude_aware", [False, True])
 def test_sigma_grows_with_target_drop_and_respects_it(trained, data, magnitude_aware) -> None:
     results = [
-        pac_bayes_sigma(trained, data, magnitude_aware=magnitude_aware, target_drop=t, draws=3, steps=8)
+        pac_bayes_sigma(trained, data, magnitude_aware=magnitude_aware, target_drop=t, draws=2, steps=6)
         for t in (0.02, 0.1, 0.4)
     ]
     assert results[0].sigma < results[1].sigma < results[2].sigma
@@ -56,7 +64,7 @@ def test_sigma_grows_with_target_drop_and_respects_it(trained, data, magnitude_a
         assert r.bracketed
         assert r.magnitude_aware is magnitude_aware
         assert r.drop_at_sigma <= target
-        assert r.sigma < r.upper <= r.sigma * (1.0 / 1e-5) ** (2.0**-8) * (1 + 1e-12)
+        assert r.sigma < r.upper <= r.sigma * (1.0 / 1e-5) ** (2.0**-6) * (1 + 1e-12)
         assert r.measure == pytest.approx(1.0 / r.sigma**2)
         assert r.base_acc == evaluate(trained, data)[1]
 

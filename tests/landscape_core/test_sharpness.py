@@ -15,7 +15,15 @@ from landscape_core.functional import evaluate, flatten, param_dict
 from landscape_core.models import TinyCNN
 from landscape_core.sharpness import adaptive_sharpness, eps_sharpness, weight_noise_robustness
 
+
 # ---------------------------------------------------------------------------------------------- local fixtures
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are tiny: one intra-op thread is fastest and immune to oversubscription on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _synthetic(n: int = 128, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,293 @@
+"""One call that measures the geometry of a trained minimum: every analysis the config asks for, as plain results.
+
+``measure`` returns scalars under their stable metric keys (``hessian/lambda_max``, ``sharpness/eps``,
+``perturb/test_loss/sigma_0.05``, ``barrier/test_loss``, ...), raw arrays as JSON-ready dicts, and the seconds each
+analysis took. It never changes the model. ``LambdaMaxTracker`` is the per-epoch hook that follows lambda_max during
+training beside the edge-of-stability threshold (2 + 2 beta) / lr.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape_core import connectivity, directions, flatness, hessian, sharpness, slices
+from landscape_core.config import AnalysisConfig, HessianConfig
+from landscape_core.data import subset
+from landscape_core.functional import Data, Params
+
+__all__ = ["LambdaMaxTracker", "Measurements", "measure", "population_barriers"]
+
+Stage = Callable[[str], None]
+
+
+@dataclass
+class Measurements:
+    """What ``measure`` found: scalar metrics by key, raw arrays by name, and seconds per analysis."""
+
+    scalars: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, name: str, stage: Stage | None = None) -> Iterator[None]:
+        if stage is not None:
+            stage(name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+
+
+def _sigma_key(sigma: float) -> str:
+    return f"sigma_{sigma:.2f}" if sigma >= 0.01 else f"sigma_{sigma:g}"
+
+
+def _tensor_list(values: torch.Tensor) -> list[float]:
+    return [float(v) for v in values.detach().cpu().reshape(-1)]
+
+
+def _sub(data: Data, size: int | None, seed: int) -> Data:
+    return subset(data[0], data[1], size, seed)
+
+
+def measure(
+    model: nn.Module,
+    *,
+    init_params: Params | None,
+    train_data: Data,
+    test_data: Data,
+    config: AnalysisConfig,
+    reference: nn.Module | None = None,
+    seed: int = 0,
+    stage: Stage | None = None,
+) -> Measurements:
+    """Run every analysis in ``config`` (minus ``config.skip``) on ``model`` at its current weights.
+
+    Args:
+        model: the trained model (unchanged by this call).
+        init_params: its initial weights, for the distance from initialization (None: not measured).
+        train_data: the training set of the trial; analyses draw fixed subsets of it with ``seed``.
+        test_data: the test set of the trial.
+        config: sizes and resolutions per analysis, and which to skip.
+        reference: the study's reference model for the barriers (None: no barriers, e.g. for the reference itself).
+        seed: the sweep's analysis seed: subsets and random directions are the same for every trial.
+        stage: called with each analysis' name as it starts (progress display).
+
+    Returns:
+        Measurements with scalars, arrays and per-analysis seconds.
+    """
+    out = Measurements()
+    h = config.hessian
+    with out.timed("norms", stage):
+        out.scalars["norm/weights"] = flatness.weight_norm(model)
+        if init_params is not None:
+            out.scalars["norm/dist_init"] = flatness.distance_from_init(model, init_params)
+
+    top = None
+    hessian_data = _sub(train_data, h.subset, seed)
+    if config.runs("hessian"):
+        with out.timed("hessian", stage):
+            top = hessian.top_eigenvalues(
+                model, hessian_data, k=h.top_k, max_iter=h.max_iter, tol=h.tol, seed=seed, chunk_size=h.chunk_size
+            )
+        out.scalars.update(
+            {
+                "hessian/lambda_max": float(top.eigenvalues[0]),
+                "hessian/residual_max": float(top.residuals.max()),
+                "hessian/converged": float(top.converged),
+                "hessian/n_hvp": float(top.n_hvp),
+                **{f"hessian/lambda_{i + 1}": float(v) for i, v in enumerate(top.eigenvalues)},
+            }
+        )
+        out.arrays["eigenvalues"] = {
+            "eigenvalues": _tensor_list(top.eigenvalues),
+            "residuals": _tensor_list(top.residuals),
+            "converged": bool(top.converged),
+            "n_hvp": top.n_hvp,
+        }
+    if config.runs("trace"):
+        with out.timed("trace", stage):
+            trace = hessian.hessian_trace(model, hessian_data, n_probes=h.trace_probes, seed=seed, chunk_size=h.chunk_size)
+        out.scalars.update({"hessian/trace": trace.estimate, "hessian/trace_stderr": trace.stderr})
+        out.arrays["trace"] = {"estimate": trace.estimate, "stderr": trace.stderr, "samples": _tensor_list(trace.samples)}
+    if config.runs("density"):
+        with out.timed("density", stage):
+            density = hessian.spectral_density(
+                model, hessian_data, n_probes=h.density_probes, n_steps=h.density_steps, seed=seed,
+                chunk_size=h.chunk_size,
+            )
+        low, high = float(density.nodes.min()), float(density.nodes.max())
+        width = max((high - low) / 100.0, 1e-3)  # kernel width: 1% of the spectrum's range
+        grid = torch.linspace(low - 5 * width, high + 5 * width, 400, dtype=torch.float64)
+        out.arrays["density"] = {
+            "nodes": density.nodes.tolist(), "weights": density.weights.tolist(),
+            "grid": grid.tolist(), "density": density.density(grid, width).tolist(), "kernel_width": width,
+        }
+
+    if config.runs("sharpness"):
+        s = config.sharpness
+        sharp_data = _sub(train_data, s.subset, seed + 1)
+        with out.timed("eps_sharpness", stage):
+            eps = sharpness.eps_sharpness(model, sharp_data, eps=s.eps, steps=s.steps, seed=seed)
+        with out.timed("adaptive_sharpness", stage):
+            adaptive = sharpness.adaptive_sharpness(model, sharp_data, rho=s.adaptive_rho, steps=s.adaptive_steps, seed=seed)
+        out.scalars.update({"sharpness/eps": eps.value, "sharpness/adaptive": adaptive.value})
+        out.arrays["sharpness"] = {"eps": eps.to_dict(), "adaptive": adaptive.to_dict()}
+
+    if config.runs("flatness"):
+        f = config.flatness
+        flat_data = _sub(train_data, f.subset, seed + 2)
+        results = {}
+        for aware, key in ((False, "pac_bayes"), (True, "pac_bayes_mag")):
+            with out.timed(key, stage):
+                result = flatness.pac_bayes_sigma(
+                    model, flat_data, magnitude_aware=aware, target_drop=f.target_drop, draws=f.draws,
+                    steps=f.bisection_steps, seed=seed,
+                )
+            out.scalars[f"flatness/{key}"] = result.measure
+            out.scalars[f"flatness/{key}_sigma"] = result.sigma
+            results[key] = {"sigma": result.sigma, "measure": result.measure, "drop": result.drop_at_sigma}
+        out.arrays["flatness"] = results
+
+    if config.runs("noise"):
+        n = config.noise
+        with out.timed("noise", stage):
+            noise = sharpness.weight_noise_robustness(
+                model, _sub(test_data, n.subset, seed + 3), sigmas=n.sigmas, draws=n.draws, seed=seed
+            )
+        for i, sigma in enumerate(noise.sigmas):
+            key = _sigma_key(sigma)
+            out.scalars[f"perturb/test_loss/{key}"] = noise.loss_mean[i]
+            out.scalars[f"perturb/test_loss_stderr/{key}"] = noise.loss_stderr[i]
+            out.scalars[f"perturb/test_acc/{key}"] = noise.acc_mean[i]
+            out.scalars[f"perturb/test_acc_stderr/{key}"] = noise.acc_stderr[i]
+            out.scalars[f"perturb/test_loss_delta/{key}"] = noise.loss_mean[i] - noise.base_loss
+        out.arrays["noise"] = noise.to_dict()
+
+    if config.runs("slices"):
+        _measure_slices(model, train_data, config, top, seed, out, stage)
+
+    if config.runs("connectivity") and reference is not None:
+        _measure_barriers(model, reference, train_data, test_data, config, seed, out, stage)
+    return out
+
+
+def _measure_slices(
+    model: nn.Module, train_data: Data, config: AnalysisConfig, top: Any, seed: int, out: Measurements,
+    stage: Stage | None,
+) -> None:
+    c = config.slices
+    data = _sub(train_data, c.subset, seed + 4)
+    with out.timed("curvature", stage):
+        curvatures = [
+            slices.directional_curvature(model, data, directions.random_direction(model, seed=seed + 100 + i),
+                                         eps=c.curvature_eps)
+            for i in range(c.curvature_directions)
+        ]
+        out.scalars["curvature/random_mean"] = sum(curvatures) / len(curvatures)
+        arrays: dict[str, Any] = {"random": curvatures}
+        if top is not None:
+            along_top = slices.directional_curvature(model, data, top.eigenvectors[0], eps=c.curvature_eps)
+            out.scalars["curvature/top_eigenvector"] = along_top
+            arrays["top_eigenvector"] = along_top
+        out.arrays["curvature"] = arrays
+    alphas = torch.linspace(-c.span, c.span, c.points_1d, dtype=torch.float64)
+    with out.timed("slice_1d", stage):
+        curves = {"random": slices.slice_1d(model, data, directions.random_filter_normalized(model, seed=seed), alphas)}
+        if top is not None:
+            curves["top_eigenvector"] = slices.slice_1d(
+                model, data, directions.eigen_direction(top.eigenvectors[0], model), alphas
+            )
+        out.arrays["slice_1d"] = {
+            name: {"alphas": _tensor_list(r.alphas), "loss": _tensor_list(r.loss), "accuracy": _tensor_list(r.accuracy)}
+            for name, r in curves.items()
+        }
+        for name, r in curves.items():
+            out.scalars[f"slice/{name}_loss_at_span"] = float(r.loss[[0, -1]].mean())
+    grid = torch.linspace(-c.span, c.span, c.points_2d, dtype=torch.float64)
+    with out.timed("slice_2d", stage):
+        d1, d2 = directions.orthogonal_pair(model, seed=seed + 7)
+        plane = slices.slice_2d(model, data, d1, d2, grid, grid)
+        out.arrays["slice_2d"] = {
+            "alphas": _tensor_list(plane.alphas), "betas": _tensor_list(plane.betas),
+            "loss": plane.loss.tolist(), "accuracy": plane.accuracy.tolist(),
+        }
+
+
+def _measure_barriers(
+    model: nn.Module, reference: nn.Module, train_data: Data, test_data: Data, config: AnalysisConfig, seed: int,
+    out: Measurements, stage: Stage | None,
+) -> None:
+    k = config.connectivity
+    alphas = torch.linspace(0.0, 1.0, k.points, dtype=torch.float64).tolist()
+    sets = {"train": _sub(train_data, k.train_subset, seed + 5), "test": _sub(test_data, k.test_subset, seed + 6)}
+    candidates = {"": model}
+    if k.align:
+        with out.timed("align", stage):
+            candidates["_aligned"] = connectivity.align(reference, model, seed=seed)
+    paths: dict[str, Any] = {}
+    with out.timed("barriers", stage):
+        for suffix, endpoint in candidates.items():
+            for split, data in sets.items():
+                path = connectivity.interpolate(reference, endpoint, data, alphas)
+                result = connectivity.barrier(path)
+                out.scalars[f"barrier/{split}_loss{suffix}"] = result.loss_barrier
+                out.scalars[f"barrier/{split}_error{suffix}"] = result.error_barrier
+                out.scalars[f"barrier/{split}_peak_loss{suffix}"] = result.peak_loss
+                paths[f"{split}{suffix}"] = {**path.to_dict(), **result.to_dict()}
+    out.arrays["interpolation"] = paths
+
+
+class LambdaMaxTracker:
+    """Per-epoch hook: lambda_max on a small fixed train subset, warm-started from the previous epoch's eigenvector.
+
+    Returns ``{"hessian/lambda_max_epoch": ..., "hessian/eos_threshold": (2 + 2 beta) / lr}`` each epoch; the
+    threshold is where full-batch SGD with heavy-ball momentum beta leaves the stable regime (Cohen et al. 2021).
+    """
+
+    def __init__(self, train_data: Data, config: HessianConfig, *, lr: float, momentum: float, seed: int = 0) -> None:
+        self.data = _sub(train_data, config.track_subset, seed + 8)
+        self.config, self.seed = config, seed
+        self.threshold = (2.0 + 2.0 * momentum) / lr
+        self.vector: torch.Tensor | None = None
+
+    def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        result = hessian.top_eigenvalues(
+            model, self.data, k=1, max_iter=self.config.track_iter, tol=self.config.tol, seed=self.seed,
+            v0=self.vector, chunk_size=self.config.chunk_size,
+        )
+        self.vector = result.eigenvectors[0]
+        return {"hessian/lambda_max_epoch": float(result.eigenvalues[0]), "hessian/eos_threshold": self.threshold}
+
+
+def population_barriers(
+    models: list[nn.Module], data: Data, *, points: int = 25, align: bool = True, seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pairwise loss barriers of a population of minima, raw and after weight matching.
+
+    Returns:
+        ``{"loss": [m, m], "loss_aligned": [m, m]}`` symmetric matrices with zero diagonals (``loss_aligned`` only
+        when ``align``).
+    """
+    m = len(models)
+    alphas = torch.linspace(0.0, 1.0, points, dtype=torch.float64).tolist()
+    names = ["loss", "loss_aligned"] if align else ["loss"]
+    matrices = {name: torch.zeros(m, m, dtype=torch.float64) for name in names}
+    pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    for done, (i, j) in enumerate(pairs, start=1):
+        endpoints = {"loss": models[j]}
+        if align:
+            endpoints["loss_aligned"] = connectivity.align(models[i], models[j], seed=seed)
+        for name, endpoint in endpoints.items():
+            value = connectivity.barrier(connectivity.interpolate(models[i], endpoint, data, alphas)).loss_barrier
+            matrices[name][i, j] = matrices[name][j, i] = value
+        if progress is not None:
+            progress(done, len(pairs))
+    return matrices

@@ -1,0 +1,319 @@
+"""landscape_core.hessian against closed forms (quadratics with known spectra) and a dense TinyCNN Hessian."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from landscape_core import hessian as hs
+from landscape_core.functional import flatten, param_dict, unflatten
+from tests.landscape_core.conftest import NEAR_DEGENERATE, ModelSnapshot, make_quadratic
+
+
+def _random(p: int, m: int | None = None, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*((m,) if m else ()), p, generator=g, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# HVP
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1024])
+def test_hvp_of_quadratic_is_exact(quadratic, chunk_size):
+    v = _random(quadratic.size)
+    Hv = hs.hvp(quadratic.model, quadratic.data, v, chunk_size=chunk_size, loss_fn=quadratic.loss_fn)
+    # A chunked sum (instead of the weighted mean) would be off by a factor of up to 50 here.
+    torch.testing.assert_close(Hv, quadratic.A @ v, atol=1e-10, rtol=0)
+
+
+def test_hvp_batch_of_quadratic_is_exact(quadratic):
+    V = _random(quadratic.size, 5)
+    HV = hs.hvp_batch(quadratic.model, quadratic.data, V, chunk_size=7, loss_fn=quadratic.loss_fn)
+    torch.testing.assert_close(HV, V @ quadratic.A, atol=1e-10, rtol=0)
+
+
+def test_hvp_accepts_float32_vector_and_returns_model_dtype(quadratic):
+    v = _random(quadratic.size).float()
+    Hv = hs.hvp(quadratic.model, quadratic.data, v, loss_fn=quadratic.loss_fn)
+    assert Hv.dtype == torch.float64
+    torch.testing.assert_close(Hv, quadratic.A @ v.double(), atol=1e-10, rtol=0)
+
+
+def test_hvp_matches_dense_hessian(tiny_model, tiny_data, tiny_dense):
+    v = _random(tiny_dense.hessian.shape[0], seed=3)
+    torch.testing.assert_close(hs.hvp(tiny_model, tiny_data, v), tiny_dense.hessian @ v, atol=1e-10, rtol=0)
+
+
+def test_chunked_hvp_equals_single_chunk(tiny_model, tiny_data):
+    n = tiny_data[0].shape[0]
+    v = _random(flatten(param_dict(tiny_model)).numel(), seed=4)
+    reference = hs.hvp(tiny_model, tiny_data, v, chunk_size=n)
+    assert reference.abs().max() > 1e-3  # not trivially zero
+    for chunk_size in (1, 7, 64):
+        torch.testing.assert_close(hs.hvp(tiny_model, tiny_data, v, chunk_size=chunk_size), reference, atol=1e-10, rtol=0)
+
+
+def test_hvp_batch_equals_stacked_hvp(tiny_model, tiny_data):
+    V = _random(flatten(param_dict(tiny_model)).numel(), 4, seed=5)
+    stacked = torch.stack([hs.hvp(tiny_model, tiny_data, v, chunk_size=100) for v in V])
+    torch.testing.assert_close(hs.hvp_batch(tiny_model, tiny_data, V, chunk_size=100), stacked, atol=1e-10, rtol=0)
+    looped = hs.hvp_batch(tiny_model, tiny_data, V, chunk_size=100, vectorize=False, block_size=3)
+    torch.testing.assert_close(looped, stacked, atol=1e-10, rtol=0)
+
+
+def test_matmat_falls_back_to_a_loop_when_vmap_fails(quadratic, monkeypatch):
+    def broken(self, V):
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr(hs.HessianOperator, "_matmat_vmap", broken)
+    op = hs.HessianOperator(quadratic.model, quadratic.data, loss_fn=quadratic.loss_fn)
+    V = _random(quadratic.size, 3)
+    with pytest.warns(RuntimeWarning, match="falling back to a loop"):
+        HV = op.matmat(V)
+    torch.testing.assert_close(HV, V @ quadratic.A, atol=1e-10, rtol=0)
+    assert op.n_hvp == 3 and not op.vectorize
+
+
+def test_operator_counts_hvps(quadratic):
+    op = hs.HessianOperator(quadratic.model, quadratic.data, loss_fn=quadratic.loss_fn)
+    op.matvec(_random(quadratic.size))
+    op.matmat(_random(quadratic.size, 4), block_size=3)
+    assert op.n_hvp == 5
+
+
+def test_hvp_rejects_wrong_size(quadratic):
+    with pytest.raises(ValueError, match=r"shape \[P\] with P = 40"):
+        hs.hvp(quadratic.model, quadratic.data, torch.zeros(39, dtype=torch.float64), loss_fn=quadratic.loss_fn)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Top eigenvalues
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _assert_eigenvectors(result, quadratic, k, atol):
+    for i in range(k):
+        overlap = abs(float(result.eigenvectors[i] @ quadratic.eigenvectors[:, i]))
+        assert overlap == pytest.approx(1.0, abs=atol)
+
+
+def test_lanczos_gives_exact_top_k_of_quadratic(quadratic):
+    result = hs.top_eigenvalues(
+        quadratic.model, quadratic.data, k=3, tol=1e-8, chunk_size=7, loss_fn=quadratic.loss_fn
+    )
+    torch.testing.assert_close(result.eigenvalues, quadratic.eigenvalues[:3], atol=1e-9, rtol=0)
+    assert result.eigenvalues.tolist() == sorted(result.eigenvalues.tolist(), reverse=True)
+    _assert_eigenvectors(result, quadratic, 3, 1e-8)
+    torch.testing.assert_close(torch.linalg.vector_norm(result.eigenvectors, dim=1), torch.ones(3, dtype=torch.float64))
+    # Residuals are true ||Hv - lambda v||: recompute them with the closed form.
+    true = torch.linalg.vector_norm(result.eigenvectors @ quadratic.A - result.eigenvalues[:, None] * result.eigenvectors, dim=1)
+    torch.testing.assert_close(result.residuals, true, atol=1e-11, rtol=0)
+    assert result.converged and result.converged_mask.all()
+    assert result.n_hvp < quadratic.size
+
+
+def test_lanczos_is_largest_algebraic_not_largest_magnitude(negative_quadratic):
+    q = negative_quadratic
+    result = hs.top_eigenvalues(q.model, q.data, k=3, tol=1e-8, loss_fn=q.loss_fn)
+    torch.testing.assert_close(result.eigenvalues, torch.tensor([5.0, 4.0, 3.0], dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_power_iteration_gives_top_k_of_gapped_quadratic(gapped_quadratic):
+    q = gapped_quadratic
+    result = hs.top_eigenvalues(q.model, q.data, k=2, method="power", max_iter=500, tol=1e-12, loss_fn=q.loss_fn)
+    torch.testing.assert_close(result.eigenvalues, q.eigenvalues[:2], atol=1e-8, rtol=0)
+    _assert_eigenvectors(result, q, 2, 1e-6)
+    assert result.method == "power" and 2 < result.n_hvp <= 1000
+
+
+def test_lanczos_needs_far_fewer_hvps_than_power_on_near_degenerate_pair(quadratic):
+    kwargs = dict(k=1, tol=1e-8, max_iter=2000, loss_fn=quadratic.loss_fn)
+    lanczos = hs.top_eigenvalues(quadratic.model, quadratic.data, method="lanczos", **kwargs)
+    power = hs.top_eigenvalues(quadratic.model, quadratic.data, method="power", **kwargs)
+    exact = float(quadratic.eigenvalues[0])
+    assert float(lanczos.eigenvalues[0]) == pytest.approx(exact, abs=1e-9)
+    assert float(power.eigenvalues[0]) == pytest.approx(exact, abs=1e-4)
+    # Power iteration's error after its stop rule is still far above Lanczos', with many more HVPs.
+    assert abs(float(power.eigenvalues[0]) - exact) > 100 * abs(float(lanczos.eigenvalues[0]) - exact)
+    assert 5 * lanczos.n_hvp < power.n_hvp
+
+
+def test_lanczos_matches_dense_tiny_cnn(tiny_model, tiny_data, tiny_dense):
+    result = hs.top_eigenvalues(tiny_model, tiny_data, k=3, max_iter=100, tol=1e-6, chunk_size=100)
+    exact = tiny_dense.eigenvalues[-3:].flip(0)
+    assert ((result.eigenvalues - exact).abs() / exact.abs()).max() < 1e-4
+    assert result.converged
+    assert (result.residuals <= 1e-6 * result.eigenvalues.abs().clamp(min=1)).all()
+    # The returned vectors are eigenvectors of the dense Hessian.
+    dense_residuals = torch.linalg.vector_norm(
+        result.eigenvectors @ tiny_dense.hessian - result.eigenvalues[:, None] * result.eigenvectors, dim=1
+    )
+    torch.testing.assert_close(dense_residuals, result.residuals, atol=1e-9, rtol=0)
+
+
+def test_power_iteration_matches_dense_tiny_cnn(tiny_model, tiny_data, tiny_dense):
+    result = hs.top_eigenvalues(tiny_model, tiny_data, k=1, method="power", max_iter=100, tol=1e-4)
+    exact = float(tiny_dense.eigenvalues[-1])
+    assert abs(float(result.eigenvalues[0]) - exact) / abs(exact) < 1e-2
+
+
+def test_warm_start_with_the_top_eigenvector(quadratic):
+    top = quadratic.eigenvectors[:, 0]
+    result = hs.top_eigenvalues(quadratic.model, quadratic.data, k=1, tol=1e-8, v0=top, loss_fn=quadratic.loss_fn)
+    assert result.n_hvp == 1
+    assert float(result.eigenvalues[0]) == pytest.approx(19.13, abs=1e-10)
+    # As a parameter dict, and with k > 1: an invariant start restarts in the orthogonal complement.
+    as_dict = unflatten(top, param_dict(quadratic.model))
+    result = hs.top_eigenvalues(quadratic.model, quadratic.data, k=3, tol=1e-8, v0=as_dict, loss_fn=quadratic.loss_fn)
+    torch.testing.assert_close(result.eigenvalues, quadratic.eigenvalues[:3], atol=1e-9, rtol=0)
+
+
+def test_max_iter_bounds_lanczos_and_reports_not_converged(tiny_model, tiny_data):
+    result = hs.top_eigenvalues(tiny_model, tiny_data, k=2, max_iter=3, tol=1e-10)
+    assert result.n_hvp == 3
+    assert not result.converged
+
+
+def test_eigen_bad_arguments(quadratic):
+    args = (quadratic.model, quadratic.data)
+    with pytest.raises(ValueError, match=r"^Expected `k` >= 1, got 0$"):
+        hs.top_eigenvalues(*args, k=0)
+    with pytest.raises(ValueError, match="Expected `method` in"):
+        hs.top_eigenvalues(*args, method="arnoldi")
+    with pytest.raises(ValueError, match="Expected `k` <= 40"):
+        hs.top_eigenvalues(*args, k=41)
+    with pytest.raises(ValueError, match="Expected `max_iter` >= `k`"):
+        hs.top_eigenvalues(*args, k=3, max_iter=2)
+    with pytest.raises(ValueError, match="Expected `tol` > 0"):
+        hs.top_eigenvalues(*args, tol=0.0)
+    with pytest.raises(ValueError, match="Expected `v0` a non-zero"):
+        hs.top_eigenvalues(*args, v0=torch.zeros(40, dtype=torch.float64), loss_fn=quadratic.loss_fn)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Trace
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_trace_of_quadratic_within_three_stderr(quadratic):
+    result = hs.hessian_trace(quadratic.model, quadratic.data, n_probes=50, loss_fn=quadratic.loss_fn, block_size=16)
+    exact = float(torch.trace(quadratic.A))
+    assert result.stderr > 0
+    assert abs(result.estimate - exact) <= 3 * result.stderr
+    assert result.n_hvp == 50 and result.samples.shape == (50,)
+    # The per-probe values are exact quadratic forms of Rademacher vectors.
+    assert result.stderr == pytest.approx(float(result.samples.std()) / math.sqrt(50))
+
+
+def test_trace_matches_dense_tiny_cnn(tiny_model, tiny_data, tiny_dense):
+    result = hs.hessian_trace(tiny_model, tiny_data, n_probes=60, block_size=30)
+    assert 0 < result.stderr < 0.2 * abs(tiny_dense.trace)
+    assert abs(result.estimate - tiny_dense.trace) <= 3 * result.stderr
+
+
+def test_trace_single_probe_has_nan_stderr(quadratic):
+    result = hs.hessian_trace(quadratic.model, quadratic.data, n_probes=1, loss_fn=quadratic.loss_fn)
+    assert math.isnan(result.stderr) and math.isfinite(result.estimate)
+
+
+def test_same_seed_same_numbers_different_seed_different_probes(quadratic):
+    args = (quadratic.model, quadratic.data)
+    kw = dict(loss_fn=quadratic.loss_fn)
+    a = hs.hessian_trace(*args, n_probes=6, seed=3, **kw)
+    b = hs.hessian_trace(*args, n_probes=6, seed=3, **kw)
+    c = hs.hessian_trace(*args, n_probes=6, seed=4, **kw)
+    assert torch.equal(a.samples, b.samples) and a.estimate == b.estimate
+    assert not torch.equal(a.samples, c.samples)
+    e1 = hs.top_eigenvalues(*args, k=2, max_iter=5, seed=3, **kw)
+    e2 = hs.top_eigenvalues(*args, k=2, max_iter=5, seed=3, **kw)
+    e3 = hs.top_eigenvalues(*args, k=2, max_iter=5, seed=4, **kw)
+    assert torch.equal(e1.eigenvalues, e2.eigenvalues) and torch.equal(e1.eigenvectors, e2.eigenvectors)
+    assert not torch.equal(e1.eigenvalues, e3.eigenvalues)  # 5 steps are not enough to agree to the last bit
+    d1 = hs.spectral_density(*args, n_probes=2, n_steps=4, seed=3, **kw)
+    d2 = hs.spectral_density(*args, n_probes=2, n_steps=4, seed=3, **kw)
+    d3 = hs.spectral_density(*args, n_probes=2, n_steps=4, seed=4, **kw)
+    assert torch.equal(d1.nodes, d2.nodes) and torch.equal(d1.weights, d2.weights)
+    assert not torch.equal(d1.nodes, d3.nodes)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Spectral density
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_slq_on_quadratic(quadratic):
+    result = hs.spectral_density(quadratic.model, quadratic.data, n_probes=30, n_steps=8, loss_fn=quadratic.loss_fn)
+    assert result.nodes.shape == result.weights.shape == (30, 8)
+    assert result.n_hvp == 30 * 8
+    torch.testing.assert_close(result.weights.sum(dim=1), torch.ones(30, dtype=torch.float64))
+    assert (result.weights >= 0).all()
+    lo, hi = float(quadratic.eigenvalues.min()), float(quadratic.eigenvalues.max())
+    assert (result.nodes >= lo - 1e-9).all() and (result.nodes <= hi + 1e-9).all()
+    # sum_j w_j theta_j = v^T A v for the normalized probe, so its mean over probes estimates trace / P.
+    means = result.moment(1)
+    exact = float(torch.trace(quadratic.A)) / quadratic.size
+    assert abs(float(means.mean()) - exact) <= 3 * float(means.std()) / math.sqrt(30)
+
+
+def test_slq_with_p_steps_recovers_the_whole_spectrum():
+    q = make_quadratic(NEAR_DEGENERATE, seed=5)
+    result = hs.spectral_density(q.model, q.data, n_probes=2, n_steps=q.size, loss_fn=q.loss_fn)
+    for p in range(2):
+        torch.testing.assert_close(result.nodes[p], q.eigenvalues.flip(0), atol=1e-8, rtol=0)
+
+
+def test_density_is_a_smoothed_mixture(quadratic):
+    result = hs.spectral_density(quadratic.model, quadratic.data, n_probes=3, n_steps=6, loss_fn=quadratic.loss_fn)
+    grid = torch.linspace(-20, 30, 5001, dtype=torch.float64)
+    density = result.density(grid, sigma=0.5)
+    assert density.shape == (5001,) and (density >= 0).all()
+    assert float(torch.trapezoid(density, grid)) == pytest.approx(1.0, abs=1e-6)
+    # Against the formula, at one point.
+    x, sigma = 3.0, 0.5
+    manual = (result.weights * torch.exp(-0.5 * ((x - result.nodes) / sigma) ** 2)).sum(1).mean() / (
+        sigma * math.sqrt(2 * math.pi)
+    )
+    assert float(result.density(torch.tensor([x]), sigma)[0]) == pytest.approx(float(manual), rel=1e-12)
+    with pytest.raises(ValueError, match="Expected `sigma` > 0"):
+        result.density(grid, 0.0)
+
+
+def test_slq_nodes_within_dense_spectrum_tiny_cnn(tiny_model, tiny_data, tiny_dense):
+    result = hs.spectral_density(tiny_model, tiny_data, n_probes=2, n_steps=10, seed=1)
+    lo, hi = float(tiny_dense.eigenvalues[0]), float(tiny_dense.eigenvalues[-1])
+    assert (result.nodes >= lo - 1e-9).all() and (result.nodes <= hi + 1e-9).all()
+    assert float(result.nodes.max()) == pytest.approx(hi, rel=1e-2)  # extreme Ritz values converge first
+
+
+def test_slq_bad_arguments(quadratic):
+    with pytest.raises(ValueError, match="Expected `n_steps` <= 40"):
+        hs.spectral_density(quadratic.model, quadratic.data, n_probes=1, n_steps=41, loss_fn=quadratic.loss_fn)
+    with pytest.raises(ValueError, match="Expected `n_probes` >= 1, got 0"):
+        hs.spectral_density(quadratic.model, quadratic.data, n_probes=0, n_steps=4)
+    with pytest.raises(ValueError, match="Expected `n_probes` >= 1, got 0"):
+        hs.hessian_trace(quadratic.model, quadratic.data, n_probes=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Purity
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_model_is_unchanged_by_every_function(tiny_model, tiny_data):
+    model = tiny_model.train()
+    model.fc2.bias.requires_grad_(False)
+    snapshot = ModelSnapshot.of(model)
+    data = (tiny_data[0][:32], tiny_data[1][:32])
+    p = flatten(param_dict(model)).numel()
+    hs.hvp(model, data, _random(p), chunk_size=10)
+    hs.hvp_batch(model, data, _random(p, 2), chunk_size=10)
+    hs.top_eigenvalues(model, data, k=2, max_iter=4)
+    hs.top_eigenvalues(model, data, k=1, method="power", max_iter=3)
+    hs.hessian_trace(model, data, n_probes=2)
+    hs.spectral_density(model, data, n_probes=1, n_steps=3)
+    snapshot.assert_unchanged(model)
+    assert model.training and all(m.training for m in model.modules())

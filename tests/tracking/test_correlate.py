@@ -1,0 +1,367 @@
+"""The correlation report over a real MLflow population: analysis, JSON, rendering, CLI, end-of-sweep logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from landscape_core import stats
+from tests.tracking.conftest import SEEDS
+from tracking import keys
+from tracking.correlate import (
+    CorrelationReport,
+    analyze,
+    main,
+    power_note,
+    report_sweep,
+    scatter_measures,
+)
+from tracking.population import load_population
+from tracking.report import SIMPSON_MARK, render_text
+
+N_BOOT = 100  # the CI is not under test here; the cluster bootstrap is a Python loop
+MEASURES = [
+    "hessian/lambda_max",
+    "hessian/trace",
+    "sharpness/eps",
+    "sharpness/adaptive",
+    "perturb/test_loss_delta/sigma_0.05",
+    "norm/weights",
+    "final/train_loss",
+]
+ROW_FIELDS = {f.name for f in dataclasses.fields(stats.CorrelationRow)}
+EXTRA_FIELDS = {
+    "partial_lr_spearman",
+    "partial_lr_p",
+    "within_lr",
+    "within_seed",
+    "within_lr_mean",
+    "within_seed_mean",
+    "simpson",
+    "simpson_axes",
+    "missing",
+    "min_detectable_rho",
+    "verdict",
+}
+
+
+@pytest.fixture(scope="module")
+def population(planted):
+    return load_population(planted.store, study="lr-test")
+
+
+@pytest.fixture(scope="module")
+def report(population) -> CorrelationReport:
+    return analyze(population, n_boot=N_BOOT)
+
+
+def test_one_entry_per_measure_and_target(report):
+    assert list(report.measures) == MEASURES
+    assert report.targets == keys.TARGETS
+    assert [(e.measure, e.target) for e in report.entries] == [(m, t) for m in MEASURES for t in keys.TARGETS]
+    assert report.lr_varies and report.seed_varies and report.n_runs == 16
+
+
+def test_planted_relation_is_found_and_holds_beyond_both_confounds(report):
+    entry = report.entry("hessian/lambda_max", "test_loss")
+    assert entry.row.significant and entry.row.spearman > 0.95 and entry.row.holm_p < 0.05
+    assert entry.row.partial_spearman > 0.8 and entry.row.partial_p < 1e-4
+    assert entry.partial_lr_spearman > 0.7 and entry.partial_lr_p < 1e-3
+    assert not entry.simpson
+    assert entry.verdict.startswith("significant positive") and "holds given train loss" in entry.verdict
+
+
+def test_confound_of_train_loss_vanishes_in_the_partial(report):
+    entry = report.entry("norm/weights", "test_loss")
+    assert entry.row.significant and entry.row.spearman > 0.7
+    assert abs(entry.row.partial_spearman) < 0.3 and entry.row.partial_p > 0.5
+    assert "but not beyond train loss" in entry.verdict
+
+
+def test_independent_measure_is_not_significant(report):
+    entry = report.entry("sharpness/eps", "test_loss")
+    assert not entry.row.significant and entry.verdict.startswith("no evidence")
+    assert f"detects only |rho| >= {stats.min_detectable_rho(16):.2f}" in entry.verdict
+
+
+def test_simpson_pattern_is_flagged(report):
+    entry = report.entry("hessian/trace", "test_loss")
+    assert entry.row.spearman < 0 and entry.within_lr_mean > 0.9
+    assert entry.simpson and "lr" in entry.simpson_axes and "SIMPSON" in entry.verdict
+    assert set(entry.within_lr) == {"0.001", "0.01", "0.03", "0.1"}
+    assert all(n == len(SEEDS) and rho == pytest.approx(1.0) for rho, n in entry.within_lr.values())
+
+
+def test_confound_columns_match_the_stats_functions(population, report):
+    x, y = population.column("sharpness/eps"), population.column("final/test_loss")
+    entry = report.entry("sharpness/eps", "test_loss")
+    tl, lr = population.column("final/train_loss"), population.lrs
+    rho, p = stats.partial_spearman(x, y, {"tl": tl, "log_lr": np.log(lr)})
+    assert entry.partial_lr_spearman == pytest.approx(rho) and entry.partial_lr_p == pytest.approx(p)
+    assert entry.row.partial_spearman == pytest.approx(stats.partial_spearman(x, y, tl)[0])
+    assert entry.row.spearman == pytest.approx(stats.correlation_table({"x": x}, {"y": y}, n_boot=10)[0].spearman)
+    by_seed = stats.within_group_spearman(x, y, population.seeds)
+    assert {k: v for k, v in entry.within_seed.items()} == {str(k): v for k, v in by_seed.items()}
+    mean = sum(r * n for r, n in by_seed.values()) / sum(n for _, n in by_seed.values())
+    assert entry.within_seed_mean == pytest.approx(mean)
+    assert entry.row.granulated_kendall is not None and set(entry.row.granulated_by_axis) == {"seed", "lr"}
+
+
+def test_train_loss_control_has_no_partial_with_itself(report):
+    for entry in report.entries:
+        if entry.measure == keys.CONTROL:
+            assert math.isnan(entry.row.partial_spearman) and math.isnan(entry.partial_lr_spearman)
+            assert "given train loss" not in entry.verdict
+        else:
+            assert math.isfinite(entry.row.partial_spearman)
+
+
+def test_missing_measure_is_counted_per_row(report):
+    for entry in report.for_target("test_loss"):
+        expected = 2 if entry.measure == "sharpness/adaptive" else 0
+        assert entry.missing == expected and entry.row.n_dropped == expected and entry.row.n == 16 - expected
+    assert report.missing["sharpness/adaptive"] == 2
+
+
+def test_json_has_every_field_and_is_strict_json(report):
+    data = json.loads(json.dumps(report.to_json(), allow_nan=False))
+    assert data["status"] == "ok" and len(data["rows"]) == len(MEASURES) * len(keys.TARGETS)
+    assert len({(r["measure"], r["target"]) for r in data["rows"]}) == len(data["rows"])
+    assert all(set(r) == ROW_FIELDS | EXTRA_FIELDS for r in data["rows"])
+    assert data["population"]["n_not_finished"] == {"FAILED": 1, "KILLED": 1}
+    assert data["population"]["n_duplicates"] == 1 and data["population"]["n_runs"] == 16
+    assert data["power"]["min_detectable_rho"] == pytest.approx(stats.min_detectable_rho(16))
+    control = next(r for r in data["rows"] if r["measure"] == keys.CONTROL)
+    assert control["partial_spearman"] is None and control["partial_lr_spearman"] is None
+
+
+def test_selection_of_measures_and_targets(population):
+    small = analyze(population, measures=["lambda_max", "norm/weights"], targets=["gap_acc"], n_boot=10, n_perm=50)
+    assert [(e.measure, e.target) for e in small.entries] == [
+        ("hessian/lambda_max", "gap_acc"),
+        ("norm/weights", "gap_acc"),
+    ]
+    with pytest.raises(ValueError, match="unknown target 'accuracy'"):
+        analyze(population, targets=["accuracy"])
+    with pytest.raises(ValueError, match="unknown measure 'hessian/nope'"):
+        analyze(population, measures=["hessian/nope"])
+
+
+def test_too_few_runs_give_an_empty_valid_report(planted):
+    few = load_population(planted.store, experiment="seeds")
+    report = analyze(few)
+    assert report.status == "too_few_runs" and report.entries == () and "only 3 finished runs" in report.message
+    data = json.loads(json.dumps(report.to_json(), allow_nan=False))
+    assert data["rows"] == [] and data["population"]["n_runs"] == 3 and data["power"]["min_detectable_rho"] is None
+    assert "only 3 finished runs" in render_text(report)
+
+
+def test_power_note_wording():
+    assert power_note(20) == "n = 20 detects only |rho| >= 0.59 at alpha 0.05 with 80% power"
+    assert power_note(200).startswith("n = 200 detects only |rho| >= 0.20")
+
+
+def test_rendered_text_shows_every_target_table_verdicts_and_power(report):
+    text = render_text(report)
+    for target, key in keys.TARGETS.items():
+        assert f"{target} ({key}) vs each measure" in text
+    assert text.count("• hessian/lambda_max:") == len(keys.TARGETS)
+    assert "14 (2 miss)" in text and SIMPSON_MARK + " lr" in text
+    assert "Power: n = 16 detects only |rho| >= 0.65 at alpha 0.05 with 80% power" in text
+    assert "FAILED 1, KILLED 1" in text and "1 duplicate retry dropped" in text
+    assert max(len(line) for line in text.splitlines()) <= 160
+
+
+def test_scatter_measures_caps_and_keeps_the_main_ones():
+    many = tuple(keys.MEASURES) + (
+        "perturb/test_loss_delta/sigma_0.01",
+        "perturb/test_loss_delta/sigma_0.05",
+        "barrier/test_loss",
+        *keys.NORM_BASELINES,
+        keys.CONTROL,
+    )
+    report = CorrelationReport(entries=(), measures=many, targets=dict(keys.TARGETS), population={})
+    chosen = scatter_measures(report)
+    assert len(chosen) == 8 and chosen[-1] == keys.CONTROL
+    assert {"hessian/lambda_max", "hessian/trace", "sharpness/eps", "norm/weights"} <= set(chosen)
+    assert chosen == [m for m in many if m in chosen]  # report order
+    assert scatter_measures(dataclasses.replace(report, measures=many[:3])) == list(many[:3])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich's width when stdout is not a terminal
+
+
+def test_cli_prints_the_table_and_writes_the_json(planted, tmp_path, capsys, wide):
+    out_json = tmp_path / "out" / "c.json"
+    code = main(["--study", "lr-test", "--root", str(planted.root), "--json", str(out_json), "--n-boot", str(N_BOOT)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "test_loss (final/test_loss) vs each measure" in out and "hessian/lambda_max" in out
+    assert "Power: n = 16 detects only" in out
+    data = json.loads(out_json.read_text())
+    assert len(data["rows"]) == len(MEASURES) * len(keys.TARGETS) and data["population"]["source"] == "study lr-test"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--study", "lr-test", "--parent-run", "abc"], "not allowed with argument"),
+        (["--study", "lr-test", "--targets", "accuracy"], "unknown target 'accuracy'"),
+        (["--experiment", "nope"], "no experiment named 'nope'"),
+        (["--study", "no-such-study"], "no finished trial runs in study no-such-study"),
+        (["--study", "lr-test", "--measures", "hessian/nope"], "unknown measure"),
+        (["--log-to-parent", "--n-boot", "5", "--n-perm", "50"], "needs one parent run"),  # lr and seeds parents
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(planted, tmp_path, capsys, wide, args, message):
+    out_json = tmp_path / "c.json"
+    code = main([*args, "--root", str(planted.root), "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert code == 2 and out.startswith("error:") and message in out and out.count("\n") == 1
+    assert not out_json.exists()
+
+
+def test_cli_missing_store_is_an_error_and_creates_nothing(tmp_path, capsys):
+    root = tmp_path / "nothing-here"
+    assert main(["--root", str(root)]) == 2
+    assert "no store at" in capsys.readouterr().out and not root.exists()
+
+
+def test_cli_too_few_runs_exits_0_with_an_empty_json(planted, tmp_path, capsys, wide):
+    out_json = tmp_path / "c.json"
+    assert main(["--experiment", "seeds", "--root", str(planted.root), "--json", str(out_json)]) == 0
+    assert "only 3 finished runs" in capsys.readouterr().out
+    data = json.loads(out_json.read_text())
+    assert data["status"] == "too_few_runs" and data["rows"] == []
+
+
+def _artifacts(client, run_id) -> set[str]:
+    found, stack = set(), [None]
+    while stack:
+        for info in client.list_artifacts(run_id, stack.pop()):
+            (stack.append(info.path) if info.is_dir else found.add(info.path))
+    return found
+
+
+def test_cli_log_to_parent(planted, tmp_path, capsys, wide):
+    code = main(
+        [
+            "--experiment",
+            "lr",
+            "--root",
+            str(planted.root),
+            "--measures",
+            "lambda_max",
+            "--targets",
+            "test_loss",
+            "--n-boot",
+            "10",
+            "--log-to-parent",
+        ]
+    )
+    assert code == 0 and f"logged to parent run {planted.lr_parent_id}" in capsys.readouterr().out
+    client = planted.store.client()
+    assert {"data/correlation.json", "figures/correlation_scatter.png", "correlation.txt"} <= _artifacts(
+        client, planted.lr_parent_id
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# End of sweep
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_report_sweep_logs_json_figure_and_table_to_the_parent(planted, tmp_path):
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160)
+    result = report_sweep(
+        planted.store,
+        experiment_id=planted.lr_experiment_id,
+        study="lr-test",
+        parent_run_id=planted.lr_parent_id,
+        console=console,
+        n_boot=N_BOOT,
+    )
+    assert result is not None and len(result.entries) == len(MEASURES) * len(keys.TARGETS)
+    assert "hessian/lambda_max" in buffer.getvalue() and "logged to parent run" in buffer.getvalue()
+    client = planted.store.client()
+    assert {"data/correlation.json", "figures/correlation_scatter.png", "correlation.txt"} <= _artifacts(
+        client, planted.lr_parent_id
+    )
+    path = client.download_artifacts(planted.lr_parent_id, "data/correlation.json", str(tmp_path))
+    data = json.loads(open(path).read())
+    assert len(data["rows"]) == len(MEASURES) * len(keys.TARGETS)
+    text = open(client.download_artifacts(planted.lr_parent_id, "correlation.txt", str(tmp_path))).read()
+    assert "Power: n = 16" in text
+
+
+def test_report_sweep_by_study_name_finds_the_parent(planted):
+    console = Console(file=io.StringIO(), width=160)
+    result = report_sweep(
+        planted.store, experiment="lr", study="lr-test", console=console, measures=["lambda_max"], n_boot=10, n_perm=50
+    )
+    assert result is not None and f"logged to parent run {planted.lr_parent_id}" in console.file.getvalue()
+    assert result.measures == ("hessian/lambda_max",)
+
+
+def test_report_sweep_never_raises(planted):
+    console = Console(file=io.StringIO(), width=160)
+    assert report_sweep(planted.store, experiment="seeds", study="seeds-test", console=console) is None
+    assert "only 3 finished runs" in console.file.getvalue()
+    assert _artifacts(planted.store.client(), planted.seeds_parent_id) == set()
+    assert report_sweep(planted.store, parent_run_id="f" * 32, console=console) is None
+    assert "correlation report failed" in console.file.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# End to end: real smoke sweeps, then the command line as a user runs it
+# ------------------------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = ["--preset", "smoke", "--device", "cpu"]
+
+
+def _python_m(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=900
+    )
+
+
+@pytest.mark.slow
+def test_end_to_end_smoke_sweeps_then_correlate(tmp_path):
+    root = tmp_path / "mlruns"
+    seeds = _python_m("sweeps.seeds", "--n", "3", *SMOKE, "--root", str(root))
+    assert seeds.returncode == 0, seeds.stdout[-3000:] + seeds.stderr[-3000:]
+    # --lr-max 0.05: smoke's default top lr (0.3) diverges for some seeds, leaving fewer than 4 runs to correlate.
+    lr = _python_m("sweeps.lr", "--n", "2", "--seeds-per-lr", "2", "--lr-max", "0.05", *SMOKE, "--root", str(root))
+    assert lr.returncode == 0, lr.stdout[-3000:] + lr.stderr[-3000:]
+
+    out_json = tmp_path / "c.json"
+    result = _python_m(
+        "tracking.correlate", "--experiment", "lr", "--root", str(root), "--json", str(out_json), "--n-boot", "200"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "test_loss (final/test_loss) vs each measure" in result.stdout and "Power: n = 4" in result.stdout
+    data = json.loads(out_json.read_text())
+    assert data["status"] == "ok" and data["population"]["n_runs"] == 4
+    assert keys.CONTROL in data["measures"] and list(data["targets"]) == list(keys.TARGETS)
+    pairs = [(row["measure"], row["target"]) for row in data["rows"]]
+    assert pairs == [(m, t) for m in data["measures"] for t in keys.TARGETS]

@@ -1,0 +1,305 @@
+"""Read a population of trial runs back from MLflow: one FINISHED child run per trial, with its final metrics.
+
+The layout this reads (see ``tracking.runs``): one experiment per sweep kind ("seeds", "lr"); a parent run per
+Optuna study, tagged ``run_kind=parent`` and ``study=<name>``; a child run per trial, tagged ``run_kind=trial``,
+``study``, ``trial_number``, ``seed``, ``lr`` and ``mlflow.parentRunId``.
+
+The analysis only reads FINISHED runs, one per trial (DESIGN.md, failure policy). Runs that did not finish are
+counted by status, and retries of the same trial are deduplicated (and counted), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from tracking import keys
+from tracking.store import TrackingStore
+
+__all__ = ["DEFAULT_EXPERIMENTS", "Population", "PopulationError", "PopulationRun", "load_population"]
+
+#: Experiments read when neither an experiment, a study nor a parent run is given.
+DEFAULT_EXPERIMENTS = ("seeds", "lr")
+#: Runs per ``search_runs`` page (MLflow's maximum); a module constant so tests can page through small stores.
+PAGE_SIZE = 1000
+
+
+class PopulationError(ValueError):
+    """The population cannot be selected: an unknown experiment or parent run, or contradictory selectors."""
+
+
+@dataclass(frozen=True)
+class PopulationRun:
+    """One trial's finished child run.
+
+    Attributes:
+        run_id: MLflow run id.
+        study: The Optuna study name (tag ``study``).
+        trial_number: Optuna trial number (tag ``trial_number``); -1 when the tag is missing.
+        seed: Training seed (tag ``seed``, else param ``seed``); -1 when missing.
+        lr: Learning rate (tag ``lr``, else param ``lr``); NaN when missing.
+        metrics: Final metric values by key (MLflow's latest value of each key).
+        parent_run_id: The parent run (tag ``mlflow.parentRunId``); None when missing.
+    """
+
+    run_id: str
+    study: str
+    trial_number: int
+    seed: int
+    lr: float
+    metrics: dict[str, float]
+    parent_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Population:
+    """The FINISHED runs of one selection, one per trial, and what was left out.
+
+    Attributes:
+        runs: One run per trial, ordered by (study, trial number).
+        n_not_finished: Counts of the selection's trial runs that did not finish, by MLflow status
+            (``FAILED``, ``KILLED``, ``RUNNING``, ...); statuses with no run are absent.
+        n_duplicates: FINISHED runs dropped because a later FINISHED run of the same trial (same study and trial
+            number, or same study, seed and lr) was kept.
+        source: A short description of the selection, for reports (``"experiment lr"``, ``"study lr-quick"``).
+    """
+
+    runs: list[PopulationRun]
+    n_not_finished: dict[str, int] = field(default_factory=dict)
+    n_duplicates: int = 0
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def column(self, key: str) -> np.ndarray:
+        """Values of metric ``key`` per run, shape (n,); NaN where a run lacks it."""
+        return np.array([run.metrics.get(key, math.nan) for run in self.runs], dtype=float)
+
+    @property
+    def seeds(self) -> np.ndarray:
+        """Shape (n,) int seeds per run."""
+        return np.array([run.seed for run in self.runs], dtype=int)
+
+    @property
+    def lrs(self) -> np.ndarray:
+        """Shape (n,) float learning rates per run."""
+        return np.array([run.lr for run in self.runs], dtype=float)
+
+    def measure_keys(self) -> list[str]:
+        """Every key with ``keys.is_measure`` that at least one run has.
+
+        Ordered for reading: the fixed ``keys.MEASURES`` (in their order), then the discovered prefixed keys
+        (noise deltas, barriers; sorted), then the norm baselines, then the control (final train loss).
+        """
+        present: set[str] = set()
+        for run in self.runs:
+            present.update(k for k in run.metrics if keys.is_measure(k))
+        fixed = [k for k in keys.MEASURES if k in present]
+        norms = [k for k in keys.NORM_BASELINES if k in present]
+        control = [keys.CONTROL] if keys.CONTROL in present else []
+        discovered = sorted(present - set(fixed) - set(norms) - set(control))
+        return fixed + discovered + norms + control
+
+    def missing(self, key: str) -> int:
+        """Number of runs without a finite value of ``key`` (absent, or logged as NaN after a non-finite result)."""
+        return int(np.sum(~np.isfinite(self.column(key))))
+
+    def counts(self) -> dict[str, object]:
+        """The population's bookkeeping as a JSON-safe dict (for reports)."""
+        return {
+            "source": self.source,
+            "n_runs": len(self.runs),
+            "n_not_finished": dict(self.n_not_finished),
+            "n_duplicates": self.n_duplicates,
+            "studies": sorted({run.study for run in self.runs}),
+        }
+
+
+def _quote(value: str) -> str | None:
+    """``'value'`` for an MLflow filter string, or None when the value cannot be quoted safely."""
+    return None if "'" in value or "\\" in value else f"'{value}'"
+
+
+def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+    """Every matching active run, following ``page_token`` (a population can exceed one page)."""
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=PAGE_SIZE,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _int(value: str | None, default: int = -1) -> int:
+    try:
+        return int(float(value)) if value is not None else default
+    except ValueError:
+        return default
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value is not None else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _to_population_run(run: Run) -> PopulationRun:
+    tags, params = run.data.tags, run.data.params
+    return PopulationRun(
+        run_id=run.info.run_id,
+        study=tags.get("study", ""),
+        trial_number=_int(tags.get("trial_number")),
+        seed=_int(tags.get("seed", params.get("seed"))),
+        lr=_float(tags.get("lr", params.get("lr"))),
+        metrics={k: float(v) for k, v in run.data.metrics.items()},
+        parent_run_id=tags.get(MLFLOW_PARENT_RUN_ID),
+    )
+
+
+def _recency(run: Run) -> tuple[int, int]:
+    return (run.info.end_time or 0, run.info.start_time or 0)
+
+
+def _dedupe(finished: list[Run]) -> tuple[list[Run], int]:
+    """Keep the latest FINISHED run per (study, trial number), then per (study, seed, lr)."""
+    kept = finished
+    for identity in (
+        lambda r: (r.data.tags.get("study", ""), r.data.tags.get("trial_number", r.info.run_id)),
+        lambda r: (
+            r.data.tags.get("study", ""),
+            _int(r.data.tags.get("seed", r.data.params.get("seed"))),
+            # lr is compared rounded: the tag is str(float) of the same value, but be robust to formatting.
+            round(_float(r.data.tags.get("lr", r.data.params.get("lr"))), 12),
+        ),
+    ):
+        latest: dict[tuple, Run] = {}
+        for run in kept:
+            key = identity(run)
+            if isinstance(key[-1], float) and math.isnan(key[-1]):
+                key = (*key[:-1], run.info.run_id)  # no lr recorded: do not merge runs on a missing value
+            if key not in latest or _recency(run) >= _recency(latest[key]):
+                latest[key] = run
+        kept = list(latest.values())
+    return kept, len(finished) - len(kept)
+
+
+def load_population(
+    store: TrackingStore,
+    *,
+    experiment: str | None = None,
+    study: str | None = None,
+    parent_run_id: str | None = None,
+) -> Population:
+    """Load the FINISHED trial runs of a study, a parent run or whole experiments, one run per trial.
+
+    Selection: ``parent_run_id`` (its children, in the parent's experiment), or ``study`` (runs tagged with it, in
+    ``experiment`` when given, else in every experiment), or ``experiment`` alone (all its trial runs), or, with
+    none of the three, the default experiments ``"seeds"`` and ``"lr"`` (those that exist).
+
+    Retries are deduplicated: among FINISHED runs, the latest (by end time) of each (study, trial number) is kept,
+    then the latest of each (study, seed, lr); the dropped ones are counted in ``n_duplicates``. Runs of the
+    selection that are not FINISHED are counted by status in ``n_not_finished``.
+
+    Args:
+        store: Where the runs are.
+        experiment: Experiment name.
+        study: Optuna study name (tag ``study``).
+        parent_run_id: The study's parent run id.
+
+    Returns:
+        The population (possibly empty when the selection has no finished trial runs).
+
+    Raises:
+        PopulationError: When both ``study`` and ``parent_run_id`` are given, the experiment or parent run does not
+            exist, or none of the default experiments exists.
+    """
+    if study is not None and parent_run_id is not None:
+        raise PopulationError("give either a study or a parent run, not both")
+    client = store.client()
+    filters = ["tags.run_kind = 'trial'"]
+    post_filter: dict[str, str] = {}
+
+    if parent_run_id is not None:
+        try:
+            parent = client.get_run(parent_run_id)
+        except Exception:
+            raise PopulationError(f"no run with id {parent_run_id!r} in {store.tracking_uri}") from None
+        experiment_ids = [parent.info.experiment_id]
+        if experiment is not None and _experiment_id(client, experiment) != parent.info.experiment_id:
+            raise PopulationError(f"parent run {parent_run_id} is not in experiment {experiment!r}")
+        quoted = _quote(parent_run_id)
+        if quoted:
+            filters.append(f"tags.`{MLFLOW_PARENT_RUN_ID}` = {quoted}")
+        post_filter[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        source = f"parent run {parent_run_id}"
+    else:
+        if experiment is not None:
+            experiment_ids = [_experiment_id(client, experiment)]
+            source = f"experiment {experiment}"
+        elif study is not None:
+            experiment_ids = [e.experiment_id for e in _all_experiments(client)]
+            source = "all experiments"
+        else:
+            found = [client.get_experiment_by_name(name) for name in DEFAULT_EXPERIMENTS]
+            experiment_ids = [e.experiment_id for e in found if e is not None]
+            if not experiment_ids:
+                raise PopulationError(
+                    f"none of the experiments {', '.join(DEFAULT_EXPERIMENTS)} exists in {store.tracking_uri}"
+                )
+            names = [n for n, e in zip(DEFAULT_EXPERIMENTS, found) if e is not None]
+            source = f"experiments {', '.join(names)}"
+        if study is not None:
+            quoted = _quote(study)
+            if quoted:
+                filters.append(f"tags.study = {quoted}")
+            post_filter["study"] = study
+            source = f"study {study}" + (f" in experiment {experiment}" if experiment else "")
+
+    runs = _search_all(client, experiment_ids, " and ".join(filters)) if experiment_ids else []
+    runs = [r for r in runs if all(r.data.tags.get(k) == v for k, v in post_filter.items())]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    not_finished = Counter(r.info.status for r in runs if r.info.status != "FINISHED")
+    kept, n_duplicates = _dedupe(finished)
+    population_runs = sorted(
+        (_to_population_run(r) for r in kept), key=lambda p: (p.study, p.trial_number, p.seed, p.run_id)
+    )
+    return Population(
+        runs=population_runs,
+        n_not_finished=dict(sorted(not_finished.items())),
+        n_duplicates=n_duplicates,
+        source=source,
+    )
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        raise PopulationError(f"no experiment named {name!r}")
+    return found.experiment_id
+
+
+def _all_experiments(client: MlflowClient) -> list:
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=token)
+        experiments.extend(page)
+        token = page.token
+        if not token:
+            return experiments
