@@ -57,7 +57,11 @@ class FashionMNIST:
 
     def to(self, device: str | torch.device) -> FashionMNIST:
         return FashionMNIST(
-            self.train_x.to(device), self.train_y.to(device), self.test_x.to(device), self.test_y.to(device), self.source
+            self.train_x.to(device),
+            self.train_y.to(device),
+            self.test_x.to(device),
+            self.test_y.to(device),
+            self.source,
         )
 
 
@@ -89,7 +93,8 @@ def find_data_dir(data_dir: str | Path | None = None) -> Path:
         f"Fashion-MNIST not found (looked in {where}). Get it one of three ways: "
         "(1) pass --data-dir DIR or set LANDSCAPE_DATA_DIR to a directory holding the four IDX files "
         "(train-images-idx3-ubyte.gz, ...); "
-        "(2) on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist (installs /usr/share/datasets/fashion-mnist); "
+        "(2) on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist "
+        "(installs /usr/share/datasets/fashion-mnist); "
         "(3) with internet access: python -m landscape_core.data --download (torchvision's download into ./data)."
     )
 

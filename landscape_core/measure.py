@@ -113,21 +113,34 @@ def measure(
         }
     if config.runs("trace"):
         with out.timed("trace", stage):
-            trace = hessian.hessian_trace(model, hessian_data, n_probes=h.trace_probes, seed=seed, chunk_size=h.chunk_size)
+            trace = hessian.hessian_trace(
+                model, hessian_data, n_probes=h.trace_probes, seed=seed, chunk_size=h.chunk_size
+            )
         out.scalars.update({"hessian/trace": trace.estimate, "hessian/trace_stderr": trace.stderr})
-        out.arrays["trace"] = {"estimate": trace.estimate, "stderr": trace.stderr, "samples": _tensor_list(trace.samples)}
+        out.arrays["trace"] = {
+            "estimate": trace.estimate,
+            "stderr": trace.stderr,
+            "samples": _tensor_list(trace.samples),
+        }
     if config.runs("density"):
         with out.timed("density", stage):
             density = hessian.spectral_density(
-                model, hessian_data, n_probes=h.density_probes, n_steps=h.density_steps, seed=seed,
+                model,
+                hessian_data,
+                n_probes=h.density_probes,
+                n_steps=h.density_steps,
+                seed=seed,
                 chunk_size=h.chunk_size,
             )
         low, high = float(density.nodes.min()), float(density.nodes.max())
         width = max((high - low) / 100.0, 1e-3)  # kernel width: 1% of the spectrum's range
         grid = torch.linspace(low - 5 * width, high + 5 * width, 400, dtype=torch.float64)
         out.arrays["density"] = {
-            "nodes": density.nodes.tolist(), "weights": density.weights.tolist(),
-            "grid": grid.tolist(), "density": density.density(grid, width).tolist(), "kernel_width": width,
+            "nodes": density.nodes.tolist(),
+            "weights": density.weights.tolist(),
+            "grid": grid.tolist(),
+            "density": density.density(grid, width).tolist(),
+            "kernel_width": width,
         }
 
     if config.runs("sharpness"):
@@ -136,7 +149,9 @@ def measure(
         with out.timed("eps_sharpness", stage):
             eps = sharpness.eps_sharpness(model, sharp_data, eps=s.eps, steps=s.steps, seed=seed)
         with out.timed("adaptive_sharpness", stage):
-            adaptive = sharpness.adaptive_sharpness(model, sharp_data, rho=s.adaptive_rho, steps=s.adaptive_steps, seed=seed)
+            adaptive = sharpness.adaptive_sharpness(
+                model, sharp_data, rho=s.adaptive_rho, steps=s.adaptive_steps, seed=seed
+            )
         out.scalars.update({"sharpness/eps": eps.value, "sharpness/adaptive": adaptive.value})
         out.arrays["sharpness"] = {"eps": eps.to_dict(), "adaptive": adaptive.to_dict()}
 
@@ -147,8 +162,13 @@ def measure(
         for aware, key in ((False, "pac_bayes"), (True, "pac_bayes_mag")):
             with out.timed(key, stage):
                 result = flatness.pac_bayes_sigma(
-                    model, flat_data, magnitude_aware=aware, target_drop=f.target_drop, draws=f.draws,
-                    steps=f.bisection_steps, seed=seed,
+                    model,
+                    flat_data,
+                    magnitude_aware=aware,
+                    target_drop=f.target_drop,
+                    draws=f.draws,
+                    steps=f.bisection_steps,
+                    seed=seed,
                 )
             out.scalars[f"flatness/{key}"] = result.measure
             out.scalars[f"flatness/{key}_sigma"] = result.sigma
@@ -179,15 +199,21 @@ def measure(
 
 
 def _measure_slices(
-    model: nn.Module, train_data: Data, config: AnalysisConfig, top: Any, seed: int, out: Measurements,
+    model: nn.Module,
+    train_data: Data,
+    config: AnalysisConfig,
+    top: Any,
+    seed: int,
+    out: Measurements,
     stage: Stage | None,
 ) -> None:
     c = config.slices
     data = _sub(train_data, c.subset, seed + 4)
     with out.timed("curvature", stage):
         curvatures = [
-            slices.directional_curvature(model, data, directions.random_direction(model, seed=seed + 100 + i),
-                                         eps=c.curvature_eps)
+            slices.directional_curvature(
+                model, data, directions.random_direction(model, seed=seed + 100 + i), eps=c.curvature_eps
+            )
             for i in range(c.curvature_directions)
         ]
         out.scalars["curvature/random_mean"] = sum(curvatures) / len(curvatures)
@@ -215,14 +241,22 @@ def _measure_slices(
         d1, d2 = directions.orthogonal_pair(model, seed=seed + 7)
         plane = slices.slice_2d(model, data, d1, d2, grid, grid)
         out.arrays["slice_2d"] = {
-            "alphas": _tensor_list(plane.alphas), "betas": _tensor_list(plane.betas),
-            "loss": plane.loss.tolist(), "accuracy": plane.accuracy.tolist(),
+            "alphas": _tensor_list(plane.alphas),
+            "betas": _tensor_list(plane.betas),
+            "loss": plane.loss.tolist(),
+            "accuracy": plane.accuracy.tolist(),
         }
 
 
 def _measure_barriers(
-    model: nn.Module, reference: nn.Module, train_data: Data, test_data: Data, config: AnalysisConfig, seed: int,
-    out: Measurements, stage: Stage | None,
+    model: nn.Module,
+    reference: nn.Module,
+    train_data: Data,
+    test_data: Data,
+    config: AnalysisConfig,
+    seed: int,
+    out: Measurements,
+    stage: Stage | None,
 ) -> None:
     k = config.connectivity
     alphas = torch.linspace(0.0, 1.0, k.points, dtype=torch.float64).tolist()
@@ -259,15 +293,26 @@ class LambdaMaxTracker:
 
     def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
         result = hessian.top_eigenvalues(
-            model, self.data, k=1, max_iter=self.config.track_iter, tol=self.config.tol, seed=self.seed,
-            v0=self.vector, chunk_size=self.config.chunk_size,
+            model,
+            self.data,
+            k=1,
+            max_iter=self.config.track_iter,
+            tol=self.config.tol,
+            seed=self.seed,
+            v0=self.vector,
+            chunk_size=self.config.chunk_size,
         )
         self.vector = result.eigenvectors[0]
         return {"hessian/lambda_max_epoch": float(result.eigenvalues[0]), "hessian/eos_threshold": self.threshold}
 
 
 def population_barriers(
-    models: list[nn.Module], data: Data, *, points: int = 25, align: bool = True, seed: int = 0,
+    models: list[nn.Module],
+    data: Data,
+    *,
+    points: int = 25,
+    align: bool = True,
+    seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pairwise loss barriers of a population of minima, raw and after weight matching.

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 
+import optuna
 from rich.console import Console
 
 from landscape_core.config import ANALYSES, Preset, get_preset
@@ -26,7 +28,9 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """Options every sweep has: protocol (preset and overrides), analyses, and where results go."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     protocol = parser.add_argument_group("protocol")
-    protocol.add_argument("--preset", default="paper", help="paper (default), quick, smoke, or auto (paper on a GPU, quick on a CPU)")
+    protocol.add_argument(
+        "--preset", default="paper", help="paper (default), quick, smoke, or auto (paper on a GPU, quick on a CPU)"
+    )
     protocol.add_argument("--epochs", type=int)
     protocol.add_argument("--lr", type=float, help="learning rate (seeds sweep)")
     protocol.add_argument("--momentum", type=float)
@@ -42,8 +46,15 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     where.add_argument("--experiment", help="MLflow experiment (default: the sweep kind)")
     where.add_argument("--root", default="mlruns", help="local store directory (default ./mlruns)")
     where.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 (default: sqlite in --root)")
-    where.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user@host/db (default: journal in --root)")
-    where.add_argument("--heartbeat", type=int, default=60, help="RDB storages: heartbeat seconds (stale trials retried)")
+    where.add_argument(
+        "--storage", help="Optuna storage URL, e.g. postgresql://user@host/db (default: journal in --root)"
+    )
+    where.add_argument(
+        "--max-pairs", type=int, default=45, help="cap on pairs in the end-of-sweep barrier matrix (45: 10 minima)"
+    )
+    where.add_argument(
+        "--heartbeat", type=int, default=60, help="RDB storages: heartbeat seconds (stale trials retried)"
+    )
     return parser
 
 
@@ -62,6 +73,8 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Preset) -> SweepOptions:
     if args.heartbeat is not None and args.heartbeat < 1:
         raise ValueError(f"Expected `--heartbeat` >= 1, got {args.heartbeat}")
+    if args.max_pairs < 0:
+        raise ValueError(f"Expected `--max-pairs` >= 0, got {args.max_pairs}")
     return SweepOptions(
         space=space,
         preset=preset,
@@ -72,13 +85,18 @@ def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Prese
         tracking_uri=args.tracking_uri,
         data_dir=args.data_dir,
         heartbeat=args.heartbeat,
+        max_pairs=args.max_pairs,
     )
 
 
-def run_cli(build: Callable[[argparse.Namespace], SweepOptions], parser: argparse.ArgumentParser,
-            argv: Sequence[str] | None) -> int:
+def run_cli(
+    build: Callable[[argparse.Namespace], SweepOptions], parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> int:
     """Parse, build the options, run; user errors print one line and return 2, Ctrl-C/SIGTERM return 130/143."""
     console = Console()
+    # torch's forward-mode AD registers its decompositions with torch.jit.script, which warns on first use.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     args = parser.parse_args(argv)
     try:
         options = build(args)

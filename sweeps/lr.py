@@ -13,14 +13,18 @@ __all__ = ["build_options", "main", "parser"]
 
 
 def parser() -> argparse.ArgumentParser:
-    p = base_parser("python -m sweeps.lr", "A learning-rate sweep: n log-spaced learning rates, each with several seeds.")
+    p = base_parser(
+        "python -m sweeps.lr", "A learning-rate sweep: n log-spaced learning rates, each with several seeds."
+    )
     p.add_argument("--n", type=int, default=8, help="number of learning rates (default 8)")
     p.add_argument("--lr-min", type=float, default=1e-3)
     p.add_argument("--lr-max", type=float, default=0.3)
     p.add_argument("--seeds-per-lr", type=int, default=2)
     p.add_argument("--seed-start", type=int, default=1)
     p.add_argument(
-        "--sampler", choices=("grid", "qmc", "tpe"), default="grid",
+        "--sampler",
+        choices=("grid", "qmc", "tpe"),
+        default="grid",
         help="grid: even log grid (default); qmc: scrambled Sobol points; tpe: Optuna's TPE picks lrs adaptively "
         "(minimizing test loss), n x seeds-per-lr trials",
     )

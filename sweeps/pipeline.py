@@ -15,9 +15,9 @@ from landscape_core.measure import LambdaMaxTracker, measure
 from landscape_core.train import DivergenceError, make_datasets, resolve_device, train
 from sweeps.progress import SweepProgress
 from sweeps.space import SweepSpace, configs_from_trial, point_key
+from tracking.checkpoints import load_run_model
 from tracking.runs import flatten_config, start_child
 from tracking.store import TrackingStore
-from tracking.checkpoints import load_run_model
 from tracking.trial_log import log_epoch, log_measurements, log_training
 
 __all__ = ["NotPlanned", "TrialContext", "TrialDiverged", "make_objective"]
@@ -79,7 +79,8 @@ def _already_done(trial: optuna.Trial, context: TrialContext) -> bool:
 def _reference_model(trial: optuna.Trial, context: TrialContext) -> Any:
     """The study's reference minimum for barriers: the first finished trial (None for that trial itself)."""
     finished = [
-        t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        t
+        for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if "mlflow_run_id" in t.user_attrs
     ]
     if not finished:
@@ -147,6 +148,8 @@ def run_trial(trial: optuna.Trial, preset: Preset, context: TrialContext) -> flo
         run.finish("FAILED")
         trial.set_user_attr("failure", "diverged")
         trial.set_user_attr("failure_reason", str(error))
+        if progress:
+            progress.note(f"[red]trial {trial.number} (seed {config.seed}, lr {config.lr:.3g}) {error}[/]")
         raise TrialDiverged(str(error)) from error
     except BaseException as error:
         run.tags({"failure": type(error).__name__, "failure_reason": str(error)[:500]})

@@ -41,5 +41,9 @@ class SweepProgress:
     def stage(self, text: str) -> None:
         self.progress.update(self.epochs, info=text)
 
+    def note(self, text: str) -> None:
+        """A line printed above the bars (e.g. a diverged trial)."""
+        self.progress.console.print(text)
+
     def trials_done(self, done: int) -> None:
         self.progress.update(self.trials, completed=done)

@@ -19,9 +19,11 @@ from rich.table import Table
 from landscape_core.config import Preset
 from landscape_core.data import load_fashion_mnist
 from sweeps.pipeline import NotPlanned, TrialContext, TrialDiverged, make_objective
+from sweeps.population import barrier_matrix
 from sweeps.progress import SweepProgress
 from sweeps.space import SweepSpace, point_key
 from sweeps.storage import create_or_resume_study, open_storage
+from tracking.correlate import report_sweep
 from tracking.runs import find_or_create_parent, flatten_config
 from tracking.store import TrackingStore
 
@@ -41,6 +43,7 @@ class SweepOptions:
     tracking_uri: str | None = None
     data_dir: str | None = None
     heartbeat: int | None = None
+    max_pairs: int = 45
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,10 @@ def _retried_callback(store: TrackingStore):
     return callback
 
 
+def parent_status(parent) -> str:
+    return parent.client.get_run(parent.run_id).info.status
+
+
 def _has_waiting(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
@@ -155,8 +162,11 @@ def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOut
     study, created = create_or_resume_study(storage, options.study_name, config, sampler)
     experiment_id = store.experiment_id(options.experiment)
     parent = find_or_create_parent(
-        store, experiment_id, options.study_name,
-        tags={"sweep": space.kind, "preset": preset.name}, run_id=study.user_attrs.get("mlflow_parent_run_id"),
+        store,
+        experiment_id,
+        options.study_name,
+        tags={"sweep": space.kind, "preset": preset.name},
+        run_id=study.user_attrs.get("mlflow_parent_run_id"),
     )
     if "mlflow_parent_run_id" not in study.user_attrs:
         study.set_user_attr("mlflow_parent_run_id", parent.run_id)
@@ -174,10 +184,7 @@ def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOut
         f"{done}/{space.n_trials} trials done, preset [cyan]{preset.name}[/], "
         f"device {preset.train.device}, parent run {parent.run_id}"
     )
-    context = TrialContext(
-        space, preset, dataset, store, experiment_id, parent.run_id, options.study_name
-    )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    context = TrialContext(space, preset, dataset, store, experiment_id, parent.run_id, options.study_name)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with SweepProgress(space.n_trials, done, console) as progress:
@@ -186,12 +193,23 @@ def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOut
             while len(tally(study)) < space.n_trials and (not space.planned or _has_waiting(study)):
                 study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
                 progress.trials_done(len(tally(study)))
+            finished = tally(study)
+            complete = len(finished) >= space.n_trials and parent_status(parent) != "FINISHED"
+            if complete and preset.analysis.runs("connectivity") and options.max_pairs > 0:
+                barrier_matrix(study, context, parent, options.max_pairs)
+        print_trials(study, console)
+        if complete:
+            report_sweep(
+                store,
+                experiment_id=experiment_id,
+                study=options.study_name,
+                parent_run_id=parent.run_id,
+                console=console,
+            )
     finally:
         signal.signal(signal.SIGTERM, previous)
-    finished = tally(study)
     failed = sum(1 for t in finished.values() if t.state == TrialState.FAIL)
-    print_trials(study, console)
-    if len(finished) >= space.n_trials:
+    if complete:
         parent.metrics({"sweep/finished": len(finished) - failed, "sweep/failed": failed})
         parent.finish("FINISHED")
     return SweepOutcome(options.study_name, parent.run_id, len(finished) - failed, failed, space.n_trials)
@@ -217,7 +235,8 @@ def print_trials(study: optuna.Study, console: Console) -> None:
     done = tally(study)
     shown = {t.number for t in done.values()}
     rows = list(done.values()) + [
-        t for t in study.get_trials(deepcopy=False)
+        t
+        for t in study.get_trials(deepcopy=False)
         if t.number not in shown and t.params and point_key(t.params) not in done and t.state != TrialState.WAITING
     ]
     for trial in sorted(rows, key=lambda t: (point_key(t.params)[1] or 0, point_key(t.params)[0], t.number)):

@@ -24,7 +24,9 @@ def load_checkpoint(path: str, model_name: str = "seed_cnn") -> nn.Module:
         model = build_model(model_name)
         model.load_state_dict(state)
     except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError/KeyError for bad files
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]
+        ) from None
     return model.eval()
 
 

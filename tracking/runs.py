@@ -72,7 +72,9 @@ class RunLogger:
     def metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log finite values; a non-finite value is logged as NaN so the UI shows it (MLflow rejects inf)."""
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v) if math.isfinite(float(v)) else float("nan"), now, step) for k, v in metrics.items()]
+        items = [
+            Metric(k, float(v) if math.isfinite(float(v)) else float("nan"), now, step) for k, v in metrics.items()
+        ]
         for i in range(0, len(items), _BATCH["metrics"]):
             self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH["metrics"]])
 
@@ -101,7 +103,12 @@ class RunLogger:
 
 
 def find_or_create_parent(
-    store: TrackingStore, experiment_id: str, study_name: str, *, tags: Mapping[str, Any] = (), run_id: str | None = None
+    store: TrackingStore,
+    experiment_id: str,
+    study_name: str,
+    *,
+    tags: Mapping[str, Any] = (),
+    run_id: str | None = None,
 ) -> RunLogger:
     """The study's parent run: ``run_id`` when known, else the one tagged with the study name, else a new one."""
     client = store.client()

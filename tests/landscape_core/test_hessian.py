@@ -9,7 +9,13 @@ import torch
 
 from landscape_core import hessian as hs
 from landscape_core.functional import flatten, param_dict, unflatten
-from tests.landscape_core.conftest import NEAR_DEGENERATE, ModelSnapshot, make_quadratic
+from tests.landscape_core.conftest import (
+    NEAR_DEGENERATE,
+    ModelSnapshot,
+    dense_hessian,
+    dense_hessian_tiny,
+    make_quadratic,
+)
 
 
 def _random(p: int, m: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -22,7 +28,7 @@ def _random(p: int, m: int | None = None, seed: int = 0) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk_size", [1, 7, 1024])
+@pytest.mark.parametrize("chunk_size", [7, 1024])
 def test_hvp_of_quadratic_is_exact(quadratic, chunk_size):
     v = _random(quadratic.size)
     Hv = hs.hvp(quadratic.model, quadratic.data, v, chunk_size=chunk_size, loss_fn=quadratic.loss_fn)
@@ -49,12 +55,13 @@ def test_hvp_matches_dense_hessian(tiny_model, tiny_data, tiny_dense):
 
 
 def test_chunked_hvp_equals_single_chunk(tiny_model, tiny_data):
-    n = tiny_data[0].shape[0]
+    data = (tiny_data[0][:72], tiny_data[1][:72])  # chunk_size=1 is one HVP call per example: keep it short
     v = _random(flatten(param_dict(tiny_model)).numel(), seed=4)
-    reference = hs.hvp(tiny_model, tiny_data, v, chunk_size=n)
+    reference = hs.hvp(tiny_model, data, v, chunk_size=72)
     assert reference.abs().max() > 1e-3  # not trivially zero
-    for chunk_size in (1, 7, 64):
-        torch.testing.assert_close(hs.hvp(tiny_model, tiny_data, v, chunk_size=chunk_size), reference, atol=1e-10, rtol=0)
+    for chunk_size in (1, 7, 64, 1024):
+        chunked = hs.hvp(tiny_model, data, v, chunk_size=chunk_size)
+        torch.testing.assert_close(chunked, reference, atol=1e-10, rtol=0)
 
 
 def test_hvp_batch_equals_stacked_hvp(tiny_model, tiny_data):
@@ -102,15 +109,14 @@ def _assert_eigenvectors(result, quadratic, k, atol):
 
 
 def test_lanczos_gives_exact_top_k_of_quadratic(quadratic):
-    result = hs.top_eigenvalues(
-        quadratic.model, quadratic.data, k=3, tol=1e-8, chunk_size=7, loss_fn=quadratic.loss_fn
-    )
+    result = hs.top_eigenvalues(quadratic.model, quadratic.data, k=3, tol=1e-8, chunk_size=7, loss_fn=quadratic.loss_fn)
     torch.testing.assert_close(result.eigenvalues, quadratic.eigenvalues[:3], atol=1e-9, rtol=0)
     assert result.eigenvalues.tolist() == sorted(result.eigenvalues.tolist(), reverse=True)
     _assert_eigenvectors(result, quadratic, 3, 1e-8)
     torch.testing.assert_close(torch.linalg.vector_norm(result.eigenvectors, dim=1), torch.ones(3, dtype=torch.float64))
     # Residuals are true ||Hv - lambda v||: recompute them with the closed form.
-    true = torch.linalg.vector_norm(result.eigenvectors @ quadratic.A - result.eigenvalues[:, None] * result.eigenvectors, dim=1)
+    V, lam = result.eigenvectors, result.eigenvalues
+    true = torch.linalg.vector_norm(V @ quadratic.A - lam[:, None] * V, dim=1)
     torch.testing.assert_close(result.residuals, true, atol=1e-11, rtol=0)
     assert result.converged and result.converged_mask.all()
     assert result.n_hvp < quadratic.size
@@ -119,7 +125,8 @@ def test_lanczos_gives_exact_top_k_of_quadratic(quadratic):
 def test_lanczos_is_largest_algebraic_not_largest_magnitude(negative_quadratic):
     q = negative_quadratic
     result = hs.top_eigenvalues(q.model, q.data, k=3, tol=1e-8, loss_fn=q.loss_fn)
-    torch.testing.assert_close(result.eigenvalues, torch.tensor([5.0, 4.0, 3.0], dtype=torch.float64), atol=1e-9, rtol=0)
+    expected = torch.tensor([5.0, 4.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(result.eigenvalues, expected, atol=1e-9, rtol=0)
 
 
 def test_power_iteration_gives_top_k_of_gapped_quadratic(gapped_quadratic):
@@ -317,3 +324,9 @@ def test_model_is_unchanged_by_every_function(tiny_model, tiny_data):
     hs.spectral_density(model, data, n_probes=1, n_steps=3)
     snapshot.assert_unchanged(model)
     assert model.training and all(m.training for m in model.modules())
+
+
+def test_block_dense_reference_equals_torch_func_hessian(tiny_model, tiny_data):
+    """The test's own TinyCNN reference (assembled by blocks) against a plain torch.func.hessian, on 4 examples."""
+    few = (tiny_data[0][:4], tiny_data[1][:4])
+    torch.testing.assert_close(dense_hessian_tiny(tiny_model, few), dense_hessian(tiny_model, few), atol=1e-12, rtol=0)

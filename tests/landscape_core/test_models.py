@@ -10,7 +10,14 @@ def test_seed_cnn_has_the_papers_809034_parameters_and_layers():
     model = SeedCNN()
     assert count_parameters(model) == 809_034
     assert [tuple(p.shape) for p in model.parameters()] == [
-        (16, 1, 3, 3), (16,), (32, 16, 3, 3), (32,), (128, 6272), (128,), (10, 128), (10,)
+        (16, 1, 3, 3),
+        (16,),
+        (32, 16, 3, 3),
+        (32,),
+        (128, 6272),
+        (128,),
+        (10, 128),
+        (10,),
     ]
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 

@@ -42,8 +42,11 @@ def test_divergence_raises_a_typed_error_naming_epoch_and_step(fashion):
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("epochs", 0, "Expected `epochs` >= 1, got 0"), ("lr", -1.0, "Expected `lr` > 0"),
-     ("momentum", 1.0, "Expected `momentum` in [0, 1)")],
+    [
+        ("epochs", 0, "Expected `epochs` >= 1, got 0"),
+        ("lr", -1.0, "Expected `lr` > 0"),
+        ("momentum", 1.0, "Expected `momentum` in [0, 1)"),
+    ],
 )
 def test_configs_validate_with_clear_messages(field, value, message):
     with pytest.raises(ValueError) as info:
