@@ -24,8 +24,6 @@ __all__ = [
     "to_flat",
 ]
 
-_TINY = 1e-10  # as in Li et al.'s code: keeps an all-zero filter of d from dividing by zero
-
 
 def _like(like: nn.Module | Params) -> Params:
     return param_dict(like) if isinstance(like, nn.Module) else like
@@ -57,8 +55,9 @@ def as_params(direction: Tensor | Params, like: nn.Module | Params) -> Params:
             out[name] = d.detach().to(device=ref.device, dtype=ref.dtype).clone()
         return out
     vector = torch.as_tensor(direction)
-    if vector.ndim != 1:
-        raise ValueError(f"Expected a flat direction of shape [P], got {tuple(vector.shape)}")
+    size = sum(p.numel() for p in like.values())
+    if vector.ndim != 1 or vector.numel() != size:
+        raise ValueError(f"Expected a flat direction of shape [{size}], got {tuple(vector.shape)}")
     return {
         name: piece.to(device=like[name].device, dtype=like[name].dtype).clone()
         for name, piece in unflatten(vector.detach(), like).items()
@@ -94,10 +93,11 @@ def filter_normalize(direction: Tensor | Params, params: Params, *, ignore_1d: b
     """Filter normalization (Li et al. 2018): each filter of ``direction`` rescaled to the norm of ``params``' filter.
 
     For a parameter with ``ndim >= 2`` a filter is a slice along dim 0 (an output channel of a conv, a row, i.e. an
-    output neuron, of a linear layer): ``d_f <- d_f * ||theta_f|| / (||d_f|| + 1e-10)``. Parameters with
-    ``ndim <= 1`` (biases, norm scales) are zeroed when ``ignore_1d`` (the default, Li et al.'s ``biasbn``);
-    otherwise they are normalized as a whole, like a single filter (``d <- d * ||theta|| / (||d|| + 1e-10)``), which
-    differs from Li et al.'s code, which copies ``theta`` into ``d`` there.
+    output neuron, of a linear layer): ``d_f <- d_f * ||theta_f|| / ||d_f||`` exactly (Li et al.'s code adds 1e-10
+    to the denominator; here an all-zero filter of ``d`` simply stays zero). Parameters with ``ndim <= 1`` (biases,
+    norm scales) are zeroed when ``ignore_1d`` (the default, Li et al.'s ``biasbn``); otherwise they are normalized
+    as a whole, like a single filter (``d <- d * ||theta|| / ||d||``), which differs from Li et al.'s code, which
+    copies ``theta`` into ``d`` there.
 
     Args:
         direction: A dict or flat vector ``[P]`` shaped like ``params``.
@@ -115,13 +115,18 @@ def filter_normalize(direction: Tensor | Params, params: Params, *, ignore_1d: b
             if ignore_1d:
                 out[name] = torch.zeros_like(d)
             else:
-                out[name] = d * (torch.linalg.vector_norm(theta) / (torch.linalg.vector_norm(d) + _TINY))
+                out[name] = d * _ratio(torch.linalg.vector_norm(theta), torch.linalg.vector_norm(d))
             continue
         d_norms = torch.linalg.vector_norm(d.reshape(d.shape[0], -1), dim=1)
         t_norms = torch.linalg.vector_norm(theta.reshape(theta.shape[0], -1), dim=1)
-        scale = (t_norms / (d_norms + _TINY)).reshape(-1, *([1] * (d.ndim - 1)))
-        out[name] = d * scale
+        out[name] = d * _ratio(t_norms, d_norms).reshape(-1, *([1] * (d.ndim - 1)))
     return out
+
+
+def _ratio(target: Tensor, current: Tensor) -> Tensor:
+    """``target / current``, and 0 where ``current`` is 0 (an all-zero filter stays zero)."""
+    safe = torch.where(current > 0, current, torch.ones_like(current))
+    return torch.where(current > 0, target / safe, torch.zeros_like(current))
 
 
 def random_filter_normalized(model: nn.Module, *, seed: int = 0, ignore_1d: bool = True) -> Params:

@@ -52,6 +52,7 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     where.add_argument(
         "--max-pairs", type=int, default=45, help="cap on pairs in the end-of-sweep barrier matrix (45: 10 minima)"
     )
+    where.add_argument("--workers", type=int, default=1, help="worker processes on this machine (CPU threads split)")
     where.add_argument(
         "--heartbeat", type=int, default=60, help="RDB storages: heartbeat seconds (stale trials retried)"
     )
@@ -73,6 +74,8 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Preset) -> SweepOptions:
     if args.heartbeat is not None and args.heartbeat < 1:
         raise ValueError(f"Expected `--heartbeat` >= 1, got {args.heartbeat}")
+    if args.workers < 1:
+        raise ValueError(f"Expected `--workers` >= 1, got {args.workers}")
     if args.max_pairs < 0:
         raise ValueError(f"Expected `--max-pairs` >= 0, got {args.max_pairs}")
     return SweepOptions(
@@ -86,6 +89,7 @@ def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Prese
         data_dir=args.data_dir,
         heartbeat=args.heartbeat,
         max_pairs=args.max_pairs,
+        workers=args.workers,
     )
 
 

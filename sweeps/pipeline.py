@@ -65,27 +65,35 @@ def make_objective(context: TrialContext):
 
 
 def _already_done(trial: optuna.Trial, context: TrialContext) -> bool:
+    """True when another trial of the same point finished, or started running before this one (a duplicate left by
+    two workers enqueueing at once, or by a retry)."""
     key = point_key(trial.params)
+    me = trial.study._storage.get_trial(trial._trial_id)
     for other in trial.study.get_trials(deepcopy=False):
         if other.number == trial.number or not other.params or point_key(other.params) != key:
             continue
         if other.state == optuna.trial.TrialState.COMPLETE:
             return True
-        if other.state == optuna.trial.TrialState.RUNNING and other.number < trial.number:
+        if other.state == optuna.trial.TrialState.RUNNING and (other.datetime_start, other.number) < (
+            me.datetime_start,
+            me.number,
+        ):
             return True
     return False
 
 
 def _reference_model(trial: optuna.Trial, context: TrialContext) -> Any:
-    """The study's reference minimum for barriers: the first finished trial (None for that trial itself)."""
-    finished = [
-        t
-        for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if "mlflow_run_id" in t.user_attrs
-    ]
-    if not finished:
-        return None
-    run_id = min(finished, key=lambda t: t.number).user_attrs["mlflow_run_id"]
+    """The study's reference minimum for barriers: the first trial to finish, pinned on the study once chosen
+    (None while no trial has finished, e.g. for the reference itself)."""
+    study = trial.study
+    run_id = study.user_attrs.get("reference_run_id")
+    if run_id is None:
+        finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        finished = [t for t in finished if "mlflow_run_id" in t.user_attrs]
+        if not finished:
+            return None
+        run_id = min(finished, key=lambda t: t.datetime_complete).user_attrs["mlflow_run_id"]
+        study.set_user_attr("reference_run_id", run_id)
     if run_id not in context.reference:
         model = load_run_model(context.store.client(), run_id, context.preset.train.model)
         context.reference = {run_id: model.to(resolve_device(context.preset.train.device))}

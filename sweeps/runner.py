@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import signal
 import socket
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -18,6 +17,7 @@ from rich.table import Table
 
 from landscape_core.config import Preset
 from landscape_core.data import load_fashion_mnist
+from landscape_core.train import resolve_device
 from sweeps.pipeline import NotPlanned, TrialContext, TrialDiverged, make_objective
 from sweeps.population import barrier_matrix
 from sweeps.progress import SweepProgress
@@ -44,6 +44,7 @@ class SweepOptions:
     data_dir: str | None = None
     heartbeat: int | None = None
     max_pairs: int = 45
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -117,15 +118,6 @@ def _mark_killed(store: TrackingStore, trial: FrozenTrial) -> None:
         client.set_terminated(run_id, status="KILLED")
 
 
-def _retried_callback(store: TrackingStore):
-    """For RDB heartbeats: a stale trial's run is marked KILLED before Optuna retries the trial."""
-
-    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        _mark_killed(store, trial)
-
-    return callback
-
-
 def parent_status(parent) -> str:
     return parent.client.get_run(parent.run_id).info.status
 
@@ -134,18 +126,27 @@ def _has_waiting(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOutcome:
-    """Create or resume the study and run trials until every point is done (or no waiting point is left).
+@dataclass
+class OpenSweep:
+    """A sweep's opened handles: data, stores, the study and its parent run."""
 
-    Bad input raises before anything is written: a missing dataset (DataMissingError), an unwritable or unreachable
-    store (StoreError, StorageError), a study with another config (StudyConfigMismatch).
-    """
-    console = console or Console()
-    space, preset = options.space, options.preset
-    dataset = load_fashion_mnist(options.data_dir)
-    store = TrackingStore.resolve(options.tracking_uri, options.root)
-    store.check()
-    storage = open_storage(options.storage, root=options.root, heartbeat=options.heartbeat)
+    options: SweepOptions
+    dataset: Any
+    store: TrackingStore
+    study: optuna.Study
+    created: bool
+    experiment_id: str
+    parent: Any
+
+    def context(self, progress: SweepProgress | None) -> TrialContext:
+        o = self.options
+        return TrialContext(
+            o.space, o.preset, self.dataset, self.store, self.experiment_id, self.parent.run_id, o.study_name, progress
+        )
+
+
+def study_config(space: SweepSpace, preset: Preset) -> dict[str, Any]:
+    """What must match for a rerun to resume a study: the population and the protocol (not the device)."""
     config = {
         "sweep": space.kind,
         "points": space.points() if space.planned else None,
@@ -155,11 +156,27 @@ def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOut
         **flatten_config(preset.train, "train."),
         **flatten_config(preset.analysis, "analysis."),
     }
-    config.pop("train.seed"), config.pop("train.device")
-    if space.lrs is not None or space.sampler == "tpe":
-        config.pop("train.lr")
+    for key in ("train.seed", "train.device") + (("train.lr",) if space.lrs is not None or not space.planned else ()):
+        config.pop(key)
+    return config
+
+
+def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
+    """Open data and stores, create or resume the study, find its parent run; ``prepare`` also retries the trials
+    of dead workers and enqueues the missing points.
+
+    Bad input raises before anything is written: a missing dataset (DataMissingError), an unwritable or unreachable
+    store (StoreError, StorageError), a study with another config (StudyConfigMismatch).
+    """
+    space, preset = options.space, options.preset
+    dataset = load_fashion_mnist(options.data_dir)
+    store = TrackingStore.resolve(options.tracking_uri, options.root)
+    store.check()
+    storage = open_storage(
+        options.storage, root=options.root, heartbeat=options.heartbeat, on_stale=lambda t: _mark_killed(store, t)
+    )
     sampler = optuna.samplers.TPESampler(seed=0) if space.sampler == "tpe" else None
-    study, created = create_or_resume_study(storage, options.study_name, config, sampler)
+    study, created = create_or_resume_study(storage, options.study_name, study_config(space, preset), sampler)
     experiment_id = store.experiment_id(options.experiment)
     parent = find_or_create_parent(
         store,
@@ -171,37 +188,95 @@ def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOut
     if "mlflow_parent_run_id" not in study.user_attrs:
         study.set_user_attr("mlflow_parent_run_id", parent.run_id)
         parent.params({"n_trials": space.n_trials, "sampler": space.sampler, **config_params(preset)})
-    if isinstance(storage, optuna.storages.RDBStorage) and options.heartbeat:
-        optuna.storages.fail_stale_trials(study)
-    else:
-        _reap_dead_local_workers(study, store)
-    if space.planned:
-        _enqueue_missing(study, space)
+    if prepare:
+        if isinstance(storage, optuna.storages.RDBStorage) and options.heartbeat:
+            optuna.storages.fail_stale_trials(study)
+        else:
+            _reap_dead_local_workers(study, store)
+        if space.planned:
+            _enqueue_missing(study, space)
+    return OpenSweep(options, dataset, store, study, created, experiment_id, parent)
 
+
+def work(sweep: OpenSweep, progress: SweepProgress | None) -> None:
+    """Run trials of the study until every point is done, or (planned sweeps) no point is left waiting."""
+    space, study = sweep.options.space, sweep.study
+    objective = make_objective(sweep.context(progress))
+    while len(tally(study)) < space.n_trials and (not space.planned or _has_waiting(study)):
+        study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
+        if progress:
+            progress.trials_done(len(tally(study)))
+
+
+def _worker_process(options: SweepOptions, threads: int) -> None:
+    """One of ``--workers K`` processes: its share of the CPU threads, no display of its own."""
+    import torch
+
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        work(open_sweep(options, prepare=False), None)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _run_workers(sweep: OpenSweep, progress: SweepProgress) -> None:
+    """Start K worker processes on the study and follow the study's progress until they end."""
+    import multiprocessing
+
+    k = sweep.options.workers
+    threads = max(1, (os.cpu_count() or 1) // k)
+    spawn = multiprocessing.get_context("spawn")
+    processes = [spawn.Process(target=_worker_process, args=(sweep.options, threads)) for _ in range(k)]
+    for process in processes:
+        process.start()
+    try:
+        while any(p.is_alive() for p in processes):
+            progress.trials_done(len(tally(sweep.study)))
+            progress.stage(f"{k} workers, {threads} threads each")
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(timeout=60)
+        raise
+    progress.trials_done(len(tally(sweep.study)))
+
+
+def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOutcome:
+    """Create or resume the study, run its trials (in ``options.workers`` processes), then summarize.
+
+    When the last point is done the parent run gets the population's barrier matrix and the correlation report,
+    and ends FINISHED.
+    """
+    console = console or Console()
+    sweep = open_sweep(options)
+    space, study, parent = options.space, sweep.study, sweep.parent
     done = len(tally(study))
+    device = resolve_device(options.preset.train.device)
     console.print(
-        f"[bold]{'Created' if created else 'Resuming'} study[/] {options.study_name}: "
-        f"{done}/{space.n_trials} trials done, preset [cyan]{preset.name}[/], "
-        f"device {preset.train.device}, parent run {parent.run_id}"
+        f"[bold]{'Created' if sweep.created else 'Resuming'} study[/] {options.study_name}: "
+        f"{done}/{space.n_trials} trials done, preset [cyan]{options.preset.name}[/] on {device}, "
+        f"MLflow parent run {parent.run_id}"
     )
-    context = TrialContext(space, preset, dataset, store, experiment_id, parent.run_id, options.study_name)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with SweepProgress(space.n_trials, done, console) as progress:
-            context.progress = progress
-            objective = make_objective(context)
-            while len(tally(study)) < space.n_trials and (not space.planned or _has_waiting(study)):
-                study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
-                progress.trials_done(len(tally(study)))
+            if options.workers > 1:
+                _run_workers(sweep, progress)
+            else:
+                work(sweep, progress)
             finished = tally(study)
             complete = len(finished) >= space.n_trials and parent_status(parent) != "FINISHED"
-            if complete and preset.analysis.runs("connectivity") and options.max_pairs > 0:
-                barrier_matrix(study, context, parent, options.max_pairs)
+            if complete and options.preset.analysis.runs("connectivity") and options.max_pairs > 0:
+                barrier_matrix(study, sweep.context(progress), parent, options.max_pairs)
         print_trials(study, console)
         if complete:
             report_sweep(
-                store,
-                experiment_id=experiment_id,
+                sweep.store,
+                experiment_id=sweep.experiment_id,
                 study=options.study_name,
                 parent_run_id=parent.run_id,
                 console=console,
@@ -212,6 +287,8 @@ def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOut
     if complete:
         parent.metrics({"sweep/finished": len(finished) - failed, "sweep/failed": failed})
         parent.finish("FINISHED")
+    elif len(finished) < space.n_trials:
+        console.print(f"{len(finished)}/{space.n_trials} trials done; rerun the same command to finish the sweep.")
     return SweepOutcome(options.study_name, parent.run_id, len(finished) - failed, failed, space.n_trials)
 
 
@@ -233,6 +310,7 @@ def print_trials(study: optuna.Study, console: Console) -> None:
     for column in ("trial", "seed", "lr", "test acc", "test loss", "gap", "status"):
         table.add_column(column, justify="right")
     done = tally(study)
+    preset_lr = json.loads(study.user_attrs.get("config", "{}")).get("train.lr")
     shown = {t.number for t in done.values()}
     rows = list(done.values()) + [
         t
@@ -243,22 +321,14 @@ def print_trials(study: optuna.Study, console: Console) -> None:
         attrs = trial.user_attrs
         status = "diverged" if attrs.get("failure") == "diverged" else trial.state.name.lower()
         style = {"complete": "green", "diverged": "red"}.get(status, "yellow")
-        lr = trial.params.get("lr", study.user_attrs.get("lr"))
+        lr = trial.params.get("lr", preset_lr)
         table.add_row(
             str(trial.number),
             str(trial.params.get("seed")),
-            f"{lr:.3g}" if lr else "preset",
+            f"{float(lr):.3g}" if lr else "-",
             f"{attrs['test_acc']:.4f}" if "test_acc" in attrs else "-",
             f"{trial.value:.4f}" if trial.value is not None else "-",
             f"{attrs['gap_loss']:+.4f}" if "gap_loss" in attrs else "-",
             f"[{style}]{status}[/]",
         )
     console.print(table)
-
-
-def summary(outcome: SweepOutcome) -> dict[str, Any]:
-    return asdict(outcome)
-
-
-logging.getLogger("alembic").setLevel(logging.WARNING)
-_ = Path, time

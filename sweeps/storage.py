@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial
 
 from tracking.store import redact
 
@@ -25,13 +27,20 @@ class StudyConfigMismatch(RuntimeError):
     """An existing study was created with a different config; mixing them silently would corrupt the population."""
 
 
-def open_storage(url: str | None = None, *, root: str | Path = "mlruns", heartbeat: int | None = None) -> Any:
+def open_storage(
+    url: str | None = None,
+    *,
+    root: str | Path = "mlruns",
+    heartbeat: int | None = None,
+    on_stale: Callable[[FrozenTrial], None] | None = None,
+) -> Any:
     """A Journal file storage under ``root`` (``url`` None), a journal at a given path, or an RDB storage.
 
     Args:
         url: None, a path ending in ``.journal``, or an SQLAlchemy URL (``postgresql://user@host/db``).
         root: where the default journal lives.
         heartbeat: RDB only: seconds between heartbeats; trials silent for 2x that are failed and retried.
+        on_stale: called with each stale trial before it is retried (e.g. to mark its MLflow run KILLED).
     """
     if url is None or url.endswith(".journal"):
         path = Path(url) if url else Path(root) / DEFAULT_JOURNAL.name
@@ -43,11 +52,14 @@ def open_storage(url: str | None = None, *, root: str | Path = "mlruns", heartbe
         return JournalStorage(JournalFileBackend(str(path)))
     kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
     if heartbeat:
-        kwargs.update(
-            heartbeat_interval=heartbeat,
-            grace_period=2 * heartbeat,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
-        )
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+        def stale(study: optuna.Study, trial: FrozenTrial) -> None:
+            if on_stale is not None:
+                on_stale(trial)
+            retry(study, trial)
+
+        kwargs.update(heartbeat_interval=heartbeat, grace_period=2 * heartbeat, heartbeat_stale_trial_callback=stale)
     if url.startswith("postgresql"):
         kwargs["engine_kwargs"]["connect_args"] = {"connect_timeout": 5}
     try:

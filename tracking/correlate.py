@@ -57,10 +57,11 @@ _SCATTER_PRIORITY = (
     "hessian/lambda_max",
     "hessian/trace",
     "sharpness/eps",
-    "sharpness/adaptive",
     "flatness/pac_bayes",
     "perturb/test_loss_delta/sigma_0.05",
-    "norm/weights",
+    "barrier/test_loss",
+    "norm/weights",  # a sharpness measure only matters if it beats the norm baselines
+    "sharpness/adaptive",
     "norm/dist_init",
 )
 _NAN = float("nan")
@@ -308,9 +309,10 @@ def analyze(
     One ``stats.correlation_table`` call over all pairs (so Holm's family is the whole report), with the final
     train loss as covariate, ``axes={"seed", "lr"}`` for the granulated Kendall and, when lr varies, the lr as
     bootstrap clusters (runs at one lr share it, so resampling runs would overstate the precision). Per pair it adds
-    the partial correlation given train loss and log(lr) (lr varying only), the within-lr and within-seed rhos, the
-    Simpson flag and the verdict. The train-loss control gets no partial correlations (they would be with itself).
-    Spearman partials rank their covariates, so log(lr) and lr give the same numbers; log is the natural scale.
+    the partial correlation given train loss and log(lr) (lr varying only), the within-lr and within-seed rhos (from
+    groups of at least ``MIN_RUNS`` runs; see ``_within``), the Simpson flag and the verdict. The train-loss
+    control gets no partial correlations (they would be with itself). Spearman partials rank their covariates, so
+    log(lr) and lr give the same numbers; log is the natural scale.
 
     Args:
         population: The runs (``load_population``).

@@ -217,8 +217,8 @@ def test_trace_of_quadratic_within_three_stderr(quadratic):
 
 
 def test_trace_matches_dense_tiny_cnn(tiny_model, tiny_data, tiny_dense):
-    result = hs.hessian_trace(tiny_model, tiny_data, n_probes=60, block_size=30)
-    assert 0 < result.stderr < 0.2 * abs(tiny_dense.trace)
+    result = hs.hessian_trace(tiny_model, tiny_data, n_probes=40, block_size=20)
+    assert 0 < result.stderr < 0.25 * abs(tiny_dense.trace)  # informative: a 2x error would fail
     assert abs(result.estimate - tiny_dense.trace) <= 3 * result.stderr
 
 
