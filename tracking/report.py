@@ -178,7 +178,7 @@ def render(report: CorrelationReport, console: Console) -> None:
     note.append(report.power_note, style="italic")
     missing = {k: v for k, v in report.missing.items() if v}
     if missing:
-        note.append("; rows with missing values have less", style="italic")
+        note.append("; rows with missing values have less power", style="italic")
     console.print(note)
 
 
