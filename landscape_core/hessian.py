@@ -138,7 +138,7 @@ class HessianOperator:
         v = self._check_vectors(v, 1)
         tangent = self._to_dict(v, batched=False)
         total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
-        with eval_mode(self.model):
+        with torch.no_grad():
             for batch, weight in self.batches:
                 total += self._flat(self._hvp_chunk(batch, tangent), batched=False) * weight
         self.n_hvp += 1
@@ -185,7 +185,7 @@ class HessianOperator:
     def _matmat_vmap(self, V: Tensor) -> Tensor:
         tangents = self._to_dict(V, batched=True)
         total = torch.zeros_like(V)
-        with eval_mode(self.model):
+        with torch.no_grad():
             for batch, weight in self.batches:
                 # The primal (params, batch) is unbatched, so vmap computes its forward/backward pass once per chunk;
                 # only the tangent computations are batched over the m vectors.
@@ -316,8 +316,11 @@ def top_eigenvalues(
     whole basis) from ``v0`` (or a Gaussian vector from ``seed``). After each step the tridiagonal matrix is
     diagonalized; the run stops when the top-``k`` Ritz residual estimates ``|beta_j s_{j,i}|`` are all
     ``<= tol * max(|theta_i|, 1)``, or after ``max_iter`` steps (at most ``P``). ``max_iter`` counts Lanczos steps,
-    one HVP each. On an exact breakdown (an invariant Krylov subspace) it restarts from a random vector orthogonal to
-    the basis, so a warm start that is itself an eigenvector still yields ``k`` eigenpairs.
+    one HVP each. It keeps the basis and its HVPs (``2 * max_iter * P`` numbers) so that the residuals of the Ritz
+    pairs are true residuals at no extra HVP. On an exact breakdown (an invariant Krylov subspace) before ``k`` steps
+    it restarts from a random vector orthogonal to the basis, so a warm start that is itself an eigenvector still
+    yields ``k`` eigenpairs; like any Krylov method it cannot see past an invariant subspace of dimension ``>= k``
+    (e.g. ``k=1`` and ``v0`` exactly a non-top eigenvector), which a generic start or warm start never is.
 
     ``method="power"``: the deflated power iteration of PyHessian, kept for parity with the paper. Eigenvector ``i``
     starts from a fresh Gaussian vector (``v0`` for the first), is re-orthogonalized against the ones already found

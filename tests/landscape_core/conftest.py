@@ -16,7 +16,7 @@ from landscape_core.functional import Data, Params, flatten, mean_loss, param_di
 from landscape_core.models import TinyCNN
 
 TINY_SEED = 0
-TINY_EXAMPLES = 256
+TINY_EXAMPLES = 128  # the dense reference costs O(N): 256 examples take ~20 s on two shared cores, 128 ~8 s
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -144,6 +144,14 @@ class QuadraticModel(nn.Module):
         return torch.stack([per_example, torch.zeros_like(per_example)], dim=1)
 
 
+class TrainModeQuadratic(QuadraticModel):
+    """A QuadraticModel whose loss triples in train mode: a function that forgets eval mode gets it wrong."""
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        out = super().forward(inputs)
+        return 3.0 * out if self.training else out
+
+
 def quadratic_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean of the per-example quadratic losses (column 0 of the logits)."""
     return logits[:, 0].mean()
@@ -175,9 +183,12 @@ class Quadratic:
         return param_dict(self.model)
 
 
-def make_quadratic(eigenvalues: list[float], *, n_examples: int = 50, seed: int = 0) -> Quadratic:
+def make_quadratic(
+    eigenvalues: list[float], *, n_examples: int = 50, seed: int = 0, train_sensitive: bool = False
+) -> Quadratic:
     """A quadratic whose mean Hessian is ``A = Q diag(eigenvalues) Q^T`` (Q random orthogonal) and whose examples
-    differ (``A_i = A + E_i``, ``sum_i E_i = 0``), so a chunked sum instead of a mean would be visibly wrong."""
+    differ (``A_i = A + E_i``, ``sum_i E_i = 0``), so a chunked sum instead of a mean would be visibly wrong.
+    ``train_sensitive``: the model is a :class:`TrainModeQuadratic` left in train mode."""
     g = torch.Generator().manual_seed(seed)
     lam = torch.tensor(sorted(eigenvalues, reverse=True), dtype=torch.float64)
     p = lam.numel()
@@ -194,7 +205,8 @@ def make_quadratic(eigenvalues: list[float], *, n_examples: int = 50, seed: int 
     inputs = torch.cat([A + E, (b + e)[:, :, None]], dim=2)
     targets = torch.zeros(n_examples, dtype=torch.long)
     x0 = torch.randn(p, generator=g, dtype=torch.float64)
-    return Quadratic(QuadraticModel(x0), (inputs, targets), A, b, lam, Q)
+    model = TrainModeQuadratic(x0).train() if train_sensitive else QuadraticModel(x0)
+    return Quadratic(model, (inputs, targets), A, b, lam, Q)
 
 
 # Near-degenerate top pair, negative eigenvalues; the largest magnitude is positive, so power iteration applies.

@@ -9,7 +9,7 @@ from landscape_core import hessian as hs
 from landscape_core import slices as sl
 from landscape_core.directions import eigen_direction, orthogonal_pair, random_filter_normalized
 from landscape_core.functional import evaluate, flatten, param_dict
-from tests.landscape_core.conftest import ModelSnapshot
+from tests.landscape_core.conftest import NEAR_DEGENERATE, ModelSnapshot, make_quadratic
 
 
 def _subset(data, n):
@@ -91,6 +91,17 @@ def test_directional_curvature_matches_hvp_on_tiny_cnn(tiny_model, tiny_data):
     top = hs.top_eigenvalues(tiny_model, data, k=1, tol=1e-6)
     c_top = sl.directional_curvature(tiny_model, data, eigen_direction(top.eigenvectors[0], tiny_model), eps=1e-4)
     assert c_top == pytest.approx(float(top.eigenvalues[0]), rel=1e-4)
+
+
+def test_slices_evaluate_in_eval_mode():
+    q = make_quadratic(NEAR_DEGENERATE, train_sensitive=True)  # its loss triples in train mode
+    x0, u = q.x(), q.eigenvectors[:, 0]
+    one = sl.slice_1d(q.model, q.data, u, [0.0, 1.0], loss_fn=q.loss_fn)
+    assert one.loss.tolist() == pytest.approx([q.loss(x0), q.loss(x0 + u)], abs=1e-10)
+    two = sl.slice_2d(q.model, q.data, u, u, [0.0], [0.0], loss_fn=q.loss_fn)
+    assert two.loss[0, 0].item() == pytest.approx(q.loss(x0), abs=1e-10)
+    assert sl.directional_curvature(q.model, q.data, u, eps=1e-2, loss_fn=q.loss_fn) == pytest.approx(19.13, abs=1e-7)
+    assert q.model.training
 
 
 def test_slices_leave_the_model_unchanged(tiny_model, tiny_data):
