@@ -3,7 +3,8 @@ known Hessians, and a slow exact dense-Hessian reference."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -16,7 +17,29 @@ from landscape_core.functional import Data, Params, flatten, mean_loss, param_di
 from landscape_core.models import TinyCNN
 
 TINY_SEED = 0
-TINY_EXAMPLES = 128  # the dense reference costs O(N): 256 examples take ~20 s on two shared cores, 128 ~8 s
+TINY_EXAMPLES = 256
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread for the block, then restore the previous count.
+
+    These tests are many small ops; on two cores shared with other jobs, OpenMP's spinning threads made them 3-5x
+    slower in wall time (and CPU time) than one thread. Numbers are unaffected beyond summation order.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Module-scoped :func:`single_thread`: use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    with single_thread():
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -118,7 +141,8 @@ def tiny_data() -> Data:
 
 @pytest.fixture(scope="session")
 def tiny_dense(tiny_data: Data) -> DenseReference:
-    H = dense_hessian_tiny(make_tiny_model(), tiny_data)
+    with single_thread():
+        H = dense_hessian_tiny(make_tiny_model(), tiny_data)
     return DenseReference(eigenvalues=torch.linalg.eigvalsh(H), hessian=H)
 
 

@@ -9,6 +9,8 @@ from landscape_core import directions as dr
 from landscape_core.functional import flatten, param_dict
 from tests.landscape_core.conftest import ModelSnapshot
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _filter_norms(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)

@@ -11,6 +11,8 @@ from landscape_core.directions import eigen_direction, orthogonal_pair, random_f
 from landscape_core.functional import evaluate, flatten, param_dict
 from tests.landscape_core.conftest import NEAR_DEGENERATE, ModelSnapshot, make_quadratic
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _subset(data, n):
     return data[0][:n], data[1][:n]
