@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import optuna
 from rich.console import Console
+from rich.markup import escape
 
 from landscape_core.config import ANALYSES, Preset, get_preset
 from landscape_core.data import DataMissingError
@@ -100,20 +101,24 @@ def run_cli(
     console = Console()
     # torch's forward-mode AD registers its decompositions with torch.jit.script, which warns on first use.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    # Heartbeats and their retry callback are "experimental" in Optuna; that is no news to a user, at every start.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     args = parser.parse_args(argv)
     try:
         options = build(args)
         run_sweep(options, console)
     except USER_ERRORS as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        # soft_wrap: one line however narrow the terminal (rich would break it at the console width)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt as interrupt:
         from sweeps.runner import Terminated
 
         console.print(
             "[yellow]interrupted:[/] the running trial was recorded as failed (its run KILLED); "
-            "rerun the same command to resume the sweep."
+            "rerun the same command to resume the sweep.",
+            soft_wrap=True,
         )
         return 143 if isinstance(interrupt, Terminated) else 130
     return 0

@@ -70,9 +70,12 @@ def _already_done(trial: optuna.Trial, context: TrialContext) -> bool:
     key = point_key(trial.params)
     me = trial.study._storage.get_trial(trial._trial_id)
     for other in trial.study.get_trials(deepcopy=False):
-        if other.number == trial.number or not other.params or point_key(other.params) != key:
+        # An enqueued trial's point is known before it starts: its params only once its worker has suggested them,
+        # too late when two workers pick up copies of one point at the same time.
+        point = other.user_attrs.get("point") or other.params
+        if other.number == trial.number or "seed" not in point or point_key(point) != key:
             continue
-        if other.state == optuna.trial.TrialState.COMPLETE:
+        if other.state == optuna.trial.TrialState.COMPLETE or other.user_attrs.get("failure") == "diverged":
             return True
         if other.state == optuna.trial.TrialState.RUNNING and (other.datetime_start, other.number) < (
             me.datetime_start,

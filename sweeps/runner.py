@@ -171,19 +171,20 @@ def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
     space, preset = options.space, options.preset
     dataset = load_fashion_mnist(options.data_dir)
     store = TrackingStore.resolve(options.tracking_uri, options.root)
-    store.check()
+    store.validate()  # writes nothing: the local store is only created once the storage and the study check out
     storage = open_storage(
         options.storage, root=options.root, heartbeat=options.heartbeat, on_stale=lambda t: _mark_killed(store, t)
     )
     sampler = optuna.samplers.TPESampler(seed=0) if space.sampler == "tpe" else None
     study, created = create_or_resume_study(storage, options.study_name, study_config(space, preset), sampler)
+    store.check()
     experiment_id = store.experiment_id(options.experiment)
     parent = find_or_create_parent(
         store,
         experiment_id,
         options.study_name,
         tags={"sweep": space.kind, "preset": preset.name},
-        run_id=study.user_attrs.get("mlflow_parent_run_id"),
+        run_id=_recorded_parent(study, created),
     )
     if "mlflow_parent_run_id" not in study.user_attrs:
         study.set_user_attr("mlflow_parent_run_id", parent.run_id)
@@ -198,11 +199,23 @@ def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
     return OpenSweep(options, dataset, store, study, created, experiment_id, parent)
 
 
+def _recorded_parent(study: optuna.Study, created: bool, timeout: float = 30.0) -> str | None:
+    """The parent run id recorded on the study. Workers started together on a new study wait for the one that
+    created it to record its parent run (a few seconds), so that they all log under one parent run."""
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    deadline = time.monotonic() + timeout
+    while run_id is None and not created and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run_id = study.user_attrs.get("mlflow_parent_run_id")
+    return run_id
+
+
 def work(sweep: OpenSweep, progress: SweepProgress | None) -> None:
-    """Run trials of the study until every point is done, or (planned sweeps) no point is left waiting."""
+    """Run trials of the study until every point is done (adaptive sweeps) or no trial is left waiting (planned
+    sweeps: duplicate copies of a point, left by workers enqueueing at once, are drained as they are dropped)."""
     space, study = sweep.options.space, sweep.study
     objective = make_objective(sweep.context(progress))
-    while len(tally(study)) < space.n_trials and (not space.planned or _has_waiting(study)):
+    while _has_waiting(study) if space.planned else len(tally(study)) < space.n_trials:
         study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
         if progress:
             progress.trials_done(len(tally(study)))

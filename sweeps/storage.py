@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
@@ -62,11 +67,32 @@ def open_storage(
         kwargs.update(heartbeat_interval=heartbeat, grace_period=2 * heartbeat, heartbeat_stale_trial_callback=stale)
     if url.startswith("postgresql"):
         kwargs["engine_kwargs"]["connect_args"] = {"connect_timeout": 5}
-    try:
-        return RDBStorage(url, **kwargs)
-    except Exception as error:  # sqlalchemy raises many types; one line is what the user needs
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise StorageError(f"cannot open the Optuna storage {redact(url)}: {reason}") from None
+    for attempt in range(3):
+        try:
+            return RDBStorage(_with_installed_driver(url), **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+            # Workers started together on a new database race to create its tables: the loser sees them exist.
+            if attempt == 2:
+                raise StorageError(f"cannot open the Optuna storage {redact(url)}: {_reason(error, url)}") from None
+            time.sleep(0.5 + random.random())
+        except Exception as error:  # sqlalchemy raises many types; one line is what the user needs
+            raise StorageError(f"cannot open the Optuna storage {redact(url)}: {_reason(error, url)}") from None
+    raise AssertionError("unreachable")
+
+
+def _reason(error: Exception, url: str) -> str:
+    """The first line of an error, without the URL's password should a driver quote it."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    password = urlsplit(url).password
+    return reason.replace(password, "***") if password else reason
+
+
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` spelled with the driver this project installs: SQLAlchemy 2.1 maps the bare scheme to
+    psycopg 3, which may be absent where psycopg2 (our dependency) is installed."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def create_or_resume_study(
@@ -81,12 +107,16 @@ def create_or_resume_study(
         StudyConfigMismatch: the existing study has another config.
     """
     encoded = json.dumps(config, sort_keys=True)
+    # Load first: creating an existing study appends a record to a journal (a write, even on a refused rerun).
     try:
-        study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction="minimize")
-        study.set_user_attr("config", encoded)
-        return study, True
-    except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    except KeyError:
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction="minimize")
+            study.set_user_attr("config", encoded)
+            return study, True
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it in between
+            study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     existing = study.user_attrs.get("config")
     if existing is not None and existing != encoded:
         old, new = json.loads(existing), config

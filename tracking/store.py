@@ -51,8 +51,28 @@ class TrackingStore:
     def is_local(self) -> bool:
         return self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
 
+    def validate(self) -> None:
+        """Raise a one-line StoreError when the store cannot be written or reached; writes nothing."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            directory = Path(self.tracking_uri.removeprefix("sqlite:///")).parent
+            existing = directory
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                raise StoreError(f"cannot create the store directory {directory}: {existing} is not a directory")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise StoreError(f"the store directory {existing} is not writable")
+        elif self.tracking_uri.startswith(("http://", "https://")):
+            import urllib.request
+
+            try:
+                urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=5).read()
+            except OSError as error:
+                raise StoreError(f"the MLflow server {redact(self.tracking_uri)} is not reachable: {error}") from None
+
     def check(self) -> None:
-        """Fail early with a one-line StoreError when the store cannot be written or reached."""
+        """``validate``, then create the local store directory; a one-line StoreError when that fails."""
+        self.validate()
         if self.tracking_uri.startswith("sqlite:///"):
             directory = Path(self.tracking_uri.removeprefix("sqlite:///")).parent
             try:
@@ -61,13 +81,6 @@ class TrackingStore:
                 raise StoreError(f"cannot create the store directory {directory}: {error.strerror}") from None
             if not os.access(directory, os.W_OK):
                 raise StoreError(f"the store directory {directory} is not writable")
-        elif self.tracking_uri.startswith(("http://", "https://")):
-            import urllib.request
-
-            try:
-                urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=5).read()
-            except OSError as error:
-                raise StoreError(f"the MLflow server {redact(self.tracking_uri)} is not reachable: {error}") from None
 
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.tracking_uri)
