@@ -8,7 +8,8 @@ def test_landscape_core_loads_neither_mlflow_nor_optuna():
     code = (
         "import sys, landscape_core, landscape_core.train, landscape_core.data; "
         "import pkgutil, importlib; "
-        "[importlib.import_module('landscape_core.' + m.name) for m in pkgutil.walk_packages(landscape_core.__path__)]; "
+        "modules = pkgutil.walk_packages(landscape_core.__path__, 'landscape_core.'); "
+        "[importlib.import_module(m.name) for m in modules]; "
         "bad = [m for m in ('mlflow', 'optuna', 'tracking', 'sweeps') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
