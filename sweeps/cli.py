@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -53,6 +54,9 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     where.add_argument(
         "--max-pairs", type=int, default=45, help="cap on pairs in the end-of-sweep barrier matrix (45: 10 minima)"
     )
+    where.add_argument(
+        "--batch-trials", type=int, default=1, help="train this many trials at once as one vmapped ensemble"
+    )
     where.add_argument("--workers", type=int, default=1, help="worker processes on this machine (CPU threads split)")
     where.add_argument(
         "--heartbeat", type=int, default=60, help="RDB storages: heartbeat seconds (stale trials retried)"
@@ -75,6 +79,8 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Preset) -> SweepOptions:
     if args.heartbeat is not None and args.heartbeat < 1:
         raise ValueError(f"Expected `--heartbeat` >= 1, got {args.heartbeat}")
+    if args.batch_trials < 1:
+        raise ValueError(f"Expected `--batch-trials` >= 1, got {args.batch_trials}")
     if args.workers < 1:
         raise ValueError(f"Expected `--workers` >= 1, got {args.workers}")
     if args.max_pairs < 0:
@@ -91,6 +97,7 @@ def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Prese
         heartbeat=args.heartbeat,
         max_pairs=args.max_pairs,
         workers=args.workers,
+        batch_trials=args.batch_trials,
     )
 
 
@@ -104,6 +111,7 @@ def run_cli(
     # Heartbeats and their retry callback are "experimental" in Optuna; that is no news to a user, at every start.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
     args = parser.parse_args(argv)
     try:
         options = build(args)

@@ -11,8 +11,9 @@ import optuna
 
 from landscape_core.config import Preset
 from landscape_core.data import FashionMNIST
+from landscape_core.ensemble import train_ensemble
 from landscape_core.measure import LambdaMaxTracker, measure
-from landscape_core.train import DivergenceError, make_datasets, resolve_device, train
+from landscape_core.train import DivergenceError, TrainResult, make_datasets, resolve_device, train
 from sweeps.progress import SweepProgress
 from sweeps.space import SweepSpace, configs_from_trial, point_key
 from tracking.checkpoints import load_run_model
@@ -20,7 +21,7 @@ from tracking.runs import flatten_config, start_child
 from tracking.store import TrackingStore
 from tracking.trial_log import log_epoch, log_measurements, log_training
 
-__all__ = ["NotPlanned", "TrialContext", "TrialDiverged", "make_objective"]
+__all__ = ["NotPlanned", "TrialContext", "TrialDiverged", "lambda_tracker", "make_objective", "run_batch", "run_trial"]
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -48,20 +49,68 @@ class TrialContext:
     reference: dict[str, Any] = field(default_factory=dict)
 
 
+def claim(trial: optuna.Trial, context: TrialContext) -> Preset:
+    """This worker takes the trial: its configs, or NotPlanned when it is not a point of the sweep or a duplicate."""
+    if context.space.planned and "point" not in trial.user_attrs:
+        raise NotPlanned(f"trial {trial.number} was not enqueued")
+    preset = configs_from_trial(trial, context.space, context.preset)
+    trial.set_user_attr("worker", WORKER)
+    if _already_done(trial, context):
+        trial.set_user_attr("duplicate", True)
+        raise NotPlanned(f"point {trial.params} already ran in another trial")
+    return preset
+
+
 def make_objective(context: TrialContext):
     """The Optuna objective of a sweep: returns the trial's final test loss."""
 
     def objective(trial: optuna.Trial) -> float:
-        if context.space.planned and "point" not in trial.user_attrs:
-            raise NotPlanned(f"trial {trial.number} was not enqueued")
-        preset = configs_from_trial(trial, context.space, context.preset)
-        trial.set_user_attr("worker", WORKER)
-        if _already_done(trial, context):
-            trial.set_user_attr("duplicate", True)
-            raise NotPlanned(f"point {trial.params} already ran in another trial")
-        return run_trial(trial, preset, context)
+        return run_trial(trial, claim(trial, context), context)
 
     return objective
+
+
+def run_batch(study: optuna.Study, context: TrialContext, size: int) -> int:
+    """Claim up to ``size`` waiting trials, train them as one vmapped ensemble, then measure and log each.
+
+    Every trial still gets its own child run and its own Optuna result. Returns how many trials were claimed.
+    """
+    claimed: list[tuple[optuna.Trial, Preset]] = []
+    told: set[int] = set()
+    try:
+        while len(claimed) < size and study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            trial = study.ask()
+            try:
+                claimed.append((trial, claim(trial, context)))
+            except NotPlanned:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                told.add(trial.number)
+        if not claimed:
+            return 0
+        progress = context.progress
+        trackers = [lambda_tracker(preset, context) for _, preset in claimed]
+        if progress:
+            seeds = ", ".join(str(p.train.seed) for _, p in claimed)
+            progress.trial_started(f"ensemble of {len(claimed)} (seeds {seeds})", claimed[0][1].train.epochs)
+        outcomes = train_ensemble(
+            [preset.train for _, preset in claimed],
+            context.dataset,
+            on_epoch=lambda member, epoch, model: trackers[member](epoch, model) if trackers[member] else None,
+            on_step=(lambda member, *args: progress.step(*args) if member == 0 else None) if progress else None,
+        )
+        for (trial, preset), outcome in zip(claimed, outcomes):
+            try:
+                value = run_trial(trial, preset, context, trained=outcome)
+            except TrialDiverged:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(trial, value)
+            told.add(trial.number)
+    finally:
+        for trial, _ in claimed:
+            if trial.number not in told:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return len(claimed)
 
 
 def _already_done(trial: optuna.Trial, context: TrialContext) -> bool:
@@ -104,8 +153,25 @@ def _reference_model(trial: optuna.Trial, context: TrialContext) -> Any:
     return context.reference[run_id]
 
 
-def run_trial(trial: optuna.Trial, preset: Preset, context: TrialContext) -> float:
-    """Train, measure and log one trial into its own child run; the run ends FINISHED, FAILED or KILLED."""
+def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | None:
+    """The per-epoch lambda_max hook of a trial, unless tracking or the Hessian is skipped."""
+    if not (preset.analysis.runs("tracking") and preset.analysis.runs("hessian")):
+        return None
+    config = preset.train
+    train_data, _ = make_datasets(context.dataset, config)
+    return LambdaMaxTracker(
+        train_data, preset.analysis.hessian, lr=config.lr, momentum=config.momentum, seed=config.data_seed
+    )
+
+
+def run_trial(
+    trial: optuna.Trial, preset: Preset, context: TrialContext, trained: TrainResult | DivergenceError | None = None
+) -> float:
+    """Train, measure and log one trial into its own child run; the run ends FINISHED, FAILED or KILLED.
+
+    ``trained``: the outcome of this trial's training when it already ran as a member of a batched ensemble (its
+    epochs are then logged afterwards); None trains here.
+    """
     config = preset.train
     run = start_child(
         context.store,
@@ -128,20 +194,20 @@ def run_trial(trial: optuna.Trial, preset: Preset, context: TrialContext) -> flo
         run.params({"preset": preset.name, **flatten_config(config), **flatten_config(preset.analysis, "analysis.")})
         if progress:
             progress.trial_started(f"trial {trial.number} seed {config.seed} lr {config.lr:.3g}", config.epochs)
-
-        on_epoch = None
-        if preset.analysis.runs("tracking") and preset.analysis.runs("hessian"):
-            train_data, _ = make_datasets(context.dataset, config)
-            on_epoch = LambdaMaxTracker(
-                train_data, preset.analysis.hessian, lr=config.lr, momentum=config.momentum, seed=config.data_seed
+        if trained is None:
+            result = train(
+                config,
+                context.dataset,
+                on_epoch=lambda_tracker(preset, context),
+                on_step=progress.step if progress else None,
+                on_metrics=lambda metrics: log_epoch(run, metrics),
             )
-        result = train(
-            config,
-            context.dataset,
-            on_epoch=on_epoch,
-            on_step=progress.step if progress else None,
-            on_metrics=lambda metrics: log_epoch(run, metrics),
-        )
+        elif isinstance(trained, DivergenceError):
+            raise trained
+        else:
+            result = trained
+            for metrics in result.history:
+                log_epoch(run, metrics)
         log_training(run, result)
         measurements = measure(
             result.model,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -36,7 +38,8 @@ class SweepProgress:
         self.progress.reset(self.epochs, total=epochs, visible=True, description=label, info="")
 
     def step(self, epoch: int, step: int, steps: int, loss: float) -> None:
-        self.progress.update(self.epochs, completed=epoch - 1 + step / steps, info=f"loss {loss:.4f}")
+        info = f"loss {loss:.4f}" if math.isfinite(loss) else f"{step}/{steps}"
+        self.progress.update(self.epochs, completed=epoch - 1 + step / steps, info=info)
 
     def stage(self, text: str) -> None:
         self.progress.update(self.epochs, info=text)

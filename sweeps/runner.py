@@ -18,7 +18,7 @@ from rich.table import Table
 from landscape_core.config import Preset
 from landscape_core.data import load_fashion_mnist
 from landscape_core.train import resolve_device
-from sweeps.pipeline import NotPlanned, TrialContext, TrialDiverged, make_objective
+from sweeps.pipeline import NotPlanned, TrialContext, TrialDiverged, make_objective, run_batch
 from sweeps.population import barrier_matrix
 from sweeps.progress import SweepProgress
 from sweeps.space import SweepSpace, point_key
@@ -45,6 +45,7 @@ class SweepOptions:
     heartbeat: int | None = None
     max_pairs: int = 45
     workers: int = 1
+    batch_trials: int = 1
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,14 @@ def work(sweep: OpenSweep, progress: SweepProgress | None) -> None:
     """Run trials of the study until every point is done (adaptive sweeps) or no trial is left waiting (planned
     sweeps: duplicate copies of a point, left by workers enqueueing at once, are drained as they are dropped)."""
     space, study = sweep.options.space, sweep.study
-    objective = make_objective(sweep.context(progress))
+    context = sweep.context(progress)
+    objective = make_objective(context)
+    batch = sweep.options.batch_trials
     while _has_waiting(study) if space.planned else len(tally(study)) < space.n_trials:
-        study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
+        if batch > 1 and space.planned:
+            run_batch(study, context, batch)
+        else:
+            study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
         if progress:
             progress.trials_done(len(tally(study)))
 

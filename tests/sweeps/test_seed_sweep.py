@@ -68,3 +68,29 @@ def test_trials_record_their_run_ids_and_a_rerun_does_nothing(seed_sweep):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "3/3 trials done" in again.stdout
     assert len(_runs(root)[2]) == 3
+
+
+def test_batched_trials_match_sequential_ones(seed_sweep, tmp_path):
+    root, _ = seed_sweep
+    batched_root = tmp_path / "mlruns"
+    result = run_cli(
+        "sweeps.seeds",
+        "--n",
+        "3",
+        *SMOKE,
+        "--root",
+        str(batched_root),
+        "--batch-trials",
+        "3",
+        "--skip",
+        "density,slices,flatness,noise,sharpness,trace",
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    sequential = {int(c.data.tags["seed"]): c.data.metrics for c in _runs(root)[2]}
+    _, parents, batched = _runs(batched_root)
+    assert len(parents) == 1 and len(batched) == 3
+    for child in batched:
+        assert child.info.status == "FINISHED"
+        reference = sequential[int(child.data.tags["seed"])]
+        for key in ("final/train_loss", "final/test_loss", "final/test_acc"):
+            assert abs(child.data.metrics[key] - reference[key]) < 1e-4, key
