@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from tracking.store import default_tracking_uri
@@ -26,12 +25,3 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 6
 
 def client_for(root: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=default_tracking_uri(root))
-
-
-@pytest.fixture(scope="session")
-def seed_sweep(tmp_path_factory):
-    """``python -m sweeps.seeds --n 3 --preset smoke`` into a temporary root; returns (root, completed process)."""
-    root = tmp_path_factory.mktemp("seed-sweep") / "mlruns"
-    result = run_cli("sweeps.seeds", "--n", "3", *SMOKE, "--root", str(root))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root, result

@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 
 from landscape_core import stats
+from tests.sweeps.conftest import SMOKE
 from tests.tracking.conftest import SEEDS
 from tracking import keys
 from tracking.correlate import (
@@ -335,7 +336,6 @@ def test_report_sweep_never_raises(planted):
 # ------------------------------------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
-SMOKE = ["--preset", "smoke", "--device", "cpu"]
 
 
 def _python_m(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -346,10 +346,8 @@ def _python_m(module: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_end_to_end_smoke_sweeps_then_correlate(tmp_path):
-    root = tmp_path / "mlruns"
-    seeds = _python_m("sweeps.seeds", "--n", "3", *SMOKE, "--root", str(root))
-    assert seeds.returncode == 0, seeds.stdout[-3000:] + seeds.stderr[-3000:]
+def test_end_to_end_smoke_sweeps_then_correlate(seed_sweep, tmp_path):
+    root, _ = seed_sweep  # the session's smoke seed sweep; the lr sweep joins its store
     # --lr-max 0.05: smoke's default top lr (0.3) diverges for some seeds, leaving fewer than 4 runs to correlate.
     lr = _python_m("sweeps.lr", "--n", "2", "--seeds-per-lr", "2", "--lr-max", "0.05", *SMOKE, "--root", str(root))
     assert lr.returncode == 0, lr.stdout[-3000:] + lr.stderr[-3000:]
