@@ -5,6 +5,7 @@ from __future__ import annotations
 from landscape_core.config import PRESETS, AnalysisConfig, Preset, TrainConfig, get_preset
 from landscape_core.connectivity import align, barrier, interpolate
 from landscape_core.data import DataMissingError, FashionMNIST, load_fashion_mnist
+from landscape_core.ensemble import train_ensemble
 from landscape_core.flatness import distance_from_init, pac_bayes_sigma, weight_norm
 from landscape_core.hessian import hessian_trace, hvp, spectral_density, top_eigenvalues
 from landscape_core.measure import LambdaMaxTracker, Measurements, measure, population_barriers
@@ -51,6 +52,7 @@ __all__ = [
     "spectral_density",
     "top_eigenvalues",
     "train",
+    "train_ensemble",
     "weight_noise_robustness",
     "weight_norm",
 ]

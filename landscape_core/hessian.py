@@ -24,7 +24,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
 
-from landscape_core.functional import DEFAULT_CHUNK, Data, LossFn, Params, chunks, eval_mode, flatten, loss_at
+from landscape_core.functional import (
+    DEFAULT_CHUNK,
+    Data,
+    LossFn,
+    Params,
+    chunks,
+    effective_chunk,
+    eval_mode,
+    flatten,
+    loss_at,
+)
 from landscape_core.functional import param_dict as _param_dict
 
 __all__ = [
@@ -66,7 +76,9 @@ class HessianOperator:
     Args:
         model: Any module; evaluated in eval mode through ``torch.func.functional_call``, never mutated.
         data: ``(inputs [N, ...], targets [N])``.
-        chunk_size: Examples per forward pass (bounds memory; ``matmat`` of ``m`` vectors holds ``m`` tangents).
+        chunk_size: At most this many examples per forward pass (bounds memory; ``matmat`` of ``m`` vectors holds ``m``
+            tangents). On a CPU passes are capped at ``functional.CPU_CHUNK`` examples, which keeps activations in
+            cache and makes an HVP ~2x faster than one pass over 1024 (the result changes only by summation order).
         loss_fn: ``loss_fn(logits, targets) -> scalar`` mean loss of a chunk; cross-entropy when ``None``.
         vectorize: ``matmat`` vmaps the JVP over its vectors so each chunk's primal forward and backward pass is
             computed once for all of them. If vmap raises (an op without a batching rule), the operator warns once
@@ -87,7 +99,7 @@ class HessianOperator:
         self.model = model
         self.params: Params = _param_dict(model)
         self.buffers: Params = {name: b.detach() for name, b in model.named_buffers()}
-        self.batches = list(chunks(data, chunk_size))
+        self.batches = list(chunks(data, effective_chunk(chunk_size, data[0].device)))
         self.loss_fn = loss_fn
         self.vectorize = vectorize
         self.n_hvp = 0

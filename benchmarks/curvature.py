@@ -1,0 +1,228 @@
+"""lambda_max to 1 % relative accuracy: our Lanczos against PyHessian's power iteration on double-backward HVPs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.common import Context, Result, at_least, timed
+from landscape_core.config import PRESETS, TrainConfig
+from landscape_core.functional import Data, effective_chunk
+from landscape_core.hessian import top_eigenvalues
+from landscape_core.measure import LambdaMaxTracker
+from landscape_core.train import make_datasets, train
+
+__all__ = ["PowerResult", "lambda_max_vs_power_double_backward", "power_iteration_double_backward"]
+
+ACCURACY = 0.01  # the 1 % the comparison is about
+PYHESSIAN_TOL = 1e-3  # PyHessian's default: stop when the relative change of the estimate is below this
+REFERENCE_TOL = 1e-5  # Lanczos residual <= 1e-5 lambda: the reference is 1000x tighter than the 1 % judged
+
+
+@dataclass
+class PowerResult:
+    """What the baseline found: its estimate, the HVPs spent and the estimate after each HVP."""
+
+    eigenvalue: float
+    n_hvp: int
+    history: list[float] = field(default_factory=list)
+
+
+def _normalize(vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+    norm = torch.sqrt(sum((v * v).sum() for v in vectors))
+    return [v / (norm + 1e-6) for v in vectors]
+
+
+def power_iteration_double_backward(
+    model: nn.Module,
+    data: Data,
+    *,
+    chunk_size: int,
+    tol: float = PYHESSIAN_TOL,
+    max_iter: int = 100,
+    seed: int = 0,
+    retain_graph: bool = False,
+) -> PowerResult:
+    """PyHessian's ``hessian.eigenvalues(top_n=1)``, written out.
+
+    Start from a Gaussian vector; each step computes ``Hv`` by double backward (``g = grad(L, create_graph=True)``,
+    then ``grad(g, params, grad_outputs=v)``, i.e. the gradient of ``g . v``), accumulates it over the data chunks
+    weighted by chunk size, sets ``lambda = Hv . v`` and ``v = Hv / ||Hv||``, and stops when
+    ``|lambda - lambda_prev| / (|lambda_prev| + 1e-6) < tol``, returning ``lambda_prev`` as PyHessian does.
+
+    ``retain_graph=False`` is PyHessian's data-loader mode (forward and first backward redone for every HVP);
+    ``True`` is its single-batch mode (one forward and ``create_graph`` backward per chunk, kept in memory, and each HVP
+    a backward pass through it).
+    """
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    inputs, targets = data
+    n = inputs.shape[0]
+    bounds = [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
+
+    def gradients(start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        loss = nn.functional.cross_entropy(model(inputs[start:stop]), targets[start:stop])
+        return torch.autograd.grad(loss, params, create_graph=True)
+
+    kept = [gradients(start, stop) for start, stop in bounds] if retain_graph else None
+
+    def hvp(v: list[torch.Tensor]) -> list[torch.Tensor]:
+        total = [torch.zeros_like(p) for p in params]
+        for i, (start, stop) in enumerate(bounds):
+            g = kept[i] if kept is not None else gradients(start, stop)
+            hv = torch.autograd.grad(g, params, grad_outputs=v, retain_graph=retain_graph)
+            total = [t + h.detach() * ((stop - start) / n) for t, h in zip(total, hv)]
+        return total
+
+    generator = torch.Generator().manual_seed(seed)
+    v = _normalize([torch.randn(p.shape, generator=generator).to(p) for p in params])
+    eigenvalue: float | None = None
+    history: list[float] = []
+    for _ in range(max_iter):
+        hv = hvp(v)
+        estimate = float(sum((a * b).sum() for a, b in zip(hv, v)))
+        history.append(estimate)
+        v = _normalize(hv)
+        if eigenvalue is not None and abs(eigenvalue - estimate) / (abs(eigenvalue) + 1e-6) < tol:
+            break
+        eigenvalue = estimate
+    return PowerResult(float(eigenvalue if eigenvalue is not None else history[-1]), len(history), history)
+
+
+def _first_within(history: list[float], reference: float) -> int | None:
+    for i, value in enumerate(history, start=1):
+        if abs(value - reference) <= ACCURACY * abs(reference):
+            return i
+    return None
+
+
+def lambda_max_vs_power_double_backward(ctx: Context) -> list[Result]:
+    """Seconds to lambda_max on a briefly trained SeedCNN (1 epoch on a train subset), Hessian over 1024 (quick: 256)
+    train images: ``top_eigenvalues`` (Lanczos, residual <= 1 % of lambda, which bounds its error by 1 %) against
+    PyHessian-style power iteration; both judged against a converged Lanczos reference (residual <= 1e-5 lambda).
+
+    The baseline gets the data in batches of ``chunk`` (the whole Hessian subset, as HessianConfig passes it to us);
+    our operator passes at most ``functional.CPU_CHUNK`` examples at once on a CPU, which is part of our speed.
+
+    Rows: the main comparison (cold starts, data-loader-mode baseline); Lanczos warm-started from the eigenvector that
+    ``LambdaMaxTracker`` followed during training (what a trial has in hand); the baseline's single-batch mode (graph
+    kept, so each HVP skips the forward pass); on a CPU, the baseline in batches as small as our passes.
+    """
+    train_size = ctx.pick(quick=2048, full=8192, cuda=60000)
+    hessian_size = ctx.pick(quick=256, full=1024)
+    preset = PRESETS["quick" if ctx.quick else "paper"]
+    config = TrainConfig(seed=2, epochs=1, train_size=train_size, test_size=256, device=str(ctx.device))
+    # The per-epoch lambda_max tracker of a trial, on the same train subset train() will use.
+    tracker = LambdaMaxTracker(
+        make_datasets(ctx.dataset, config)[0], preset.analysis.hessian, lr=config.lr, momentum=config.momentum
+    )
+    trained = train(config, ctx.dataset, on_epoch=tracker)
+    model = trained.model
+    data = (trained.train_data[0][:hessian_size], trained.train_data[1][:hessian_size])
+    chunk = hessian_size
+
+    reference = top_eigenvalues(model, data, k=2, tol=REFERENCE_TOL, max_iter=300, chunk_size=chunk, seed=123)
+    lam = float(reference.eigenvalues[0])
+
+    def lanczos(v0: torch.Tensor | None = None):
+        return top_eigenvalues(model, data, k=1, tol=ACCURACY, max_iter=100, chunk_size=chunk, seed=0, v0=v0)
+
+    # warm-ups: one HVP each (forward-AD decompositions, the allocator)
+    top_eigenvalues(model, data, k=1, max_iter=1, chunk_size=chunk)
+    power_iteration_double_backward(model, data, chunk_size=chunk, max_iter=1)
+    ours_chunk = effective_chunk(chunk, ctx.device)  # what our operator really passes through the model at once
+    contenders: dict[str, Callable[[], Any]] = {
+        "lanczos": lanczos,
+        "lanczos_warm": lambda: lanczos(tracker.vector),
+        "power": lambda: power_iteration_double_backward(model, data, chunk_size=chunk),
+        "power_kept": lambda: power_iteration_double_backward(model, data, chunk_size=chunk, retain_graph=True),
+    }
+    if ours_chunk != chunk and not ctx.quick:
+        contenders["power_same"] = lambda: power_iteration_double_backward(model, data, chunk_size=ours_chunk)
+    # Alternate the contenders and keep each one's best time: machine load then hits all of them alike.
+    repeats = ctx.pick(quick=1, full=2)
+    best: dict[str, tuple[float, Any]] = {}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            seconds, value = timed(run, ctx.device)
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, value)
+    (t_ours, ours), (t_warm, warm) = best["lanczos"], best["lanczos_warm"]
+    (t_power, power), (t_kept, kept) = best["power"], best["power_kept"]
+    same_chunks = best.get("power_same")
+
+    def error(value: float) -> float:
+        return abs(value - lam) / abs(lam)
+
+    def summary(seconds: float, value: float, n_hvp: int) -> dict[str, float | bool]:
+        return {"seconds": seconds, "lambda": value, "n_hvp": n_hvp, "rel_error": error(value)}
+
+    timings = {
+        "reference": {
+            "lambda_1": lam,
+            "lambda_2": float(reference.eigenvalues[1]),
+            "n_hvp": reference.n_hvp,
+            "residuals": reference.residuals.tolist(),
+            # |lambda - theta| <= ||H v - theta v|| for some eigenvalue lambda: a guaranteed bound on the reference
+            "rel_error_bound": float(reference.residuals[0]) / abs(lam),
+        },
+        "lanczos": summary(t_ours, float(ours.eigenvalues[0]), ours.n_hvp),
+        "lanczos_warm": summary(t_warm, float(warm.eigenvalues[0]), warm.n_hvp),
+        "power_double_backward": {
+            **summary(t_power, power.eigenvalue, power.n_hvp),
+            "first_hvp_within_1pct": _first_within(power.history, lam),
+        },
+        "power_retained_graph": summary(t_kept, kept.eigenvalue, kept.n_hvp),
+        "chunk": chunk,
+        "repeats": repeats,
+        "ours_pass_size": ours_chunk,
+        "train_size": train_size,
+        "hessian_images": hessian_size,
+        "trained": {"train_loss": trained.final.train_loss, "train_acc": trained.final.train_acc},
+    }
+
+    def flag(value: float) -> str:
+        return "yes" if error(value) <= ACCURACY else "NO"
+
+    def row(
+        name: str, ours: tuple[float, float, int, str], base: tuple[float, PowerResult, str], goal: float | None
+    ) -> Result:
+        seconds, value, n_hvp, label = ours
+        base_s, base_result, base_label = base
+        target, met = at_least(base_s / seconds, goal)
+        note = f"lambda_1 {lam:.3f}, lambda_2 {float(reference.eigenvalues[1]):.3f}; {hessian_size} images"
+        if error(base_result.eigenvalue) > ACCURACY:
+            note += f"; the baseline stopped {100 * error(base_result.eigenvalue):.1f}% off: the ratio is a lower bound"
+        return Result(
+            name,
+            seconds,
+            base_s,
+            base_s / seconds,
+            "s (ratio = speedup)",
+            f"{label}: {n_hvp} HVPs, within 1%: {flag(value)}",
+            f"{base_label}: {base_result.n_hvp} HVPs, within 1%: {flag(base_result.eigenvalue)}",
+            target,
+            met,
+            note,
+            timings if goal is not None else {},
+        )
+
+    lanczos_cold = (t_ours, float(ours.eigenvalues[0]), ours.n_hvp, "Lanczos")
+    lanczos_warm = (t_warm, float(warm.eigenvalues[0]), warm.n_hvp, "Lanczos, warm start")
+    loader_mode = (t_power, power, "power, double backward")
+    batch_mode = (t_kept, kept, "power, double backward, graph kept")
+    rows = [
+        row("lambda_max_vs_power_double_backward", lanczos_cold, loader_mode, 2.0),
+        row("lambda_max_warm_vs_power_double_backward", lanczos_warm, loader_mode, None),
+        row("lambda_max_vs_power_retained_graph", lanczos_cold, batch_mode, None),
+    ]
+    if same_chunks is not None:
+        t_same, same = same_chunks
+        timings["power_same_chunks"] = summary(t_same, same.eigenvalue, same.n_hvp)
+        label = f"power, double backward, batches of {ours_chunk}"
+        rows.append(row("lambda_max_vs_power_same_chunks", lanczos_cold, (t_same, same, label), None))
+    return rows

@@ -1,0 +1,164 @@
+"""``python -m benchmarks.run [--quick] [--json PATH] [--only NAME ...] [--device DEV]``: one table of ratios.
+
+Every benchmark times ours and its baseline in the same process (or, for whole sweeps, as subprocesses of this one),
+on the same data and model, so machine load hits both; where it matters they alternate and keep the best of a few.
+Timings on a busy machine are noisy: compare runs on a quiet one. Nothing here asserts a speed.
+
+The JSON holds ``ratios`` (name -> ratio), ``timings`` (name -> raw numbers), ``machine`` (CPU, threads, torch,
+device, load average) and ``rows`` (every column of the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.common import Context, Result, machine_info
+from benchmarks.curvature import lambda_max_vs_power_double_backward
+from benchmarks.sweep_runs import memory_4n_vs_n, workers2_vs_1
+from benchmarks.training import batched_vs_sequential, eval_throughput, flops_vs_peak, train_vs_dataloader
+from landscape_core.train import resolve_device
+
+__all__ = ["BENCHMARKS", "main", "render", "run_benchmarks"]
+
+Benchmark = Callable[[Context], list[Result]]
+
+# Name -> function, in the order they run (cheap in-process ones first; the sweeps last).
+BENCHMARKS: dict[str, Benchmark] = {
+    "train_vs_dataloader": train_vs_dataloader,
+    "flops_vs_peak": flops_vs_peak,
+    "eval_throughput": eval_throughput,
+    "batched_vs_sequential": batched_vs_sequential,
+    "lambda_max_vs_power_double_backward": lambda_max_vs_power_double_backward,
+    "workers2_vs_1": workers2_vs_1,
+    "memory_4n_vs_n": memory_4n_vs_n,
+}
+
+
+def _fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def render(rows: Sequence[Result], *, title: str) -> Table:
+    """The rich table: name, ours, baseline, ratio, unit, target and what each side was."""
+    table = Table(title=title, title_justify="left")
+    for column, justify in [
+        ("benchmark", "left"),
+        ("ours", "right"),
+        ("baseline", "right"),
+        ("ratio", "right"),
+        ("unit", "left"),
+        ("target", "left"),
+        ("ours / baseline: what", "left"),
+    ]:
+        table.add_column(column, justify=justify, overflow="fold")
+    for r in rows:
+        mark = {True: "[green]yes[/]", False: "[red]no[/]", None: ""}[r.met]
+        target = f"{r.target} {mark}".strip()
+        what = f"{r.ours_label}\n{r.baseline_label}" + (f"\n[dim]{r.note}[/]" if r.note else "")
+        table.add_row(r.name, _fmt(r.ours), _fmt(r.baseline), f"{_fmt(r.ratio)}x", r.unit, target, what)
+    return table
+
+
+def run_benchmarks(ctx: Context, names: Sequence[str]) -> tuple[list[Result], dict[str, str]]:
+    """Run the named benchmarks in registry order; a failing one is reported and the others still run."""
+    rows: list[Result] = []
+    errors: dict[str, str] = {}
+    for name in [n for n in BENCHMARKS if n in names]:
+        ctx.log(f"[benchmark] {name} ...")
+        start = time.perf_counter()
+        try:
+            rows.extend(BENCHMARKS[name](ctx))
+        except Exception as error:  # one broken benchmark must not hide the others
+            errors[name] = f"{type(error).__name__}: {error}"
+            ctx.log(traceback.format_exc())
+        ctx.log(f"[benchmark] {name}: {time.perf_counter() - start:.1f} s")
+    return rows, errors
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a 2-core CPU")
+    p.add_argument("--json", type=Path, help="also write ratios, timings and machine facts to this JSON file")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"run only these (repeat or comma-separate): {', '.join(BENCHMARKS)}",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files ($LANDSCAPE_DATA_DIR)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: rich would wrap at 80 columns
+        console = Console(width=170)
+    names = [n.strip() for item in args.only for n in item.split(",") if n.strip()] or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        console.print(f"[bold red]error:[/] unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+        return 2
+    # torch's forward-mode AD registers its decompositions with torch.jit.script, which warns on first use.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    device = resolve_device(args.device)
+    machine = machine_info(device)
+    with tempfile.TemporaryDirectory(prefix="landscape-bench-") as workdir:
+        ctx = Context(
+            quick=args.quick,
+            device=device,
+            workdir=Path(workdir),
+            data_dir=args.data_dir,
+            log=lambda message: console.print(message, highlight=False, markup=False),
+        )
+        start = time.perf_counter()
+        rows, errors = run_benchmarks(ctx, names)
+        total = time.perf_counter() - start
+    if hasattr(os, "getloadavg"):
+        machine["loadavg_end"] = list(os.getloadavg())
+    machine["total_seconds"] = total
+    mode = "quick" if args.quick else "full"
+    load = machine.get("loadavg_start")
+    title = f"benchmarks ({mode}, {device}, {machine['torch_threads']} threads"
+    title += f", load {load[0]:.1f})" if load else ")"
+    console.print(render(rows, title=title))
+    for name, error in errors.items():
+        console.print(f"[bold red]{name} failed:[/] {error}", highlight=False)
+    if args.json:
+        payload = {
+            "ratios": {r.name: r.ratio for r in rows},
+            "timings": {r.name: r.timings for r in rows if r.timings},
+            "machine": {**machine, "mode": mode},
+            "rows": [{k: v for k, v in dataclasses.asdict(r).items() if k != "timings"} for r in rows],
+            "errors": errors,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
+        console.print(f"wrote {args.json}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Batched trials: every ensemble member equals sequential training of its own config, divergence is per member."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from landscape_core.config import TrainConfig
+from landscape_core.ensemble import check_ensemble_configs, train_ensemble
+from landscape_core.functional import param_dict
+from landscape_core.train import DivergenceError, TrainResult, train
+
+BASE = TrainConfig(epochs=2, batch_size=64, train_size=256, test_size=128, eval_chunk=100, device="cpu")
+# Two learning rates among three seeds; eval_chunk=100 leaves a partial chunk (weights by chunk size).
+CONFIGS = [
+    dataclasses.replace(BASE, seed=1, lr=0.01),
+    dataclasses.replace(BASE, seed=2, lr=0.05),
+    dataclasses.replace(BASE, seed=3, lr=0.01),
+]
+HUGE_LR = dataclasses.replace(BASE, seed=4, lr=1e4)
+RTOL, ATOL = 1e-4, 1e-5
+
+
+@pytest.fixture(scope="module")
+def sequential(fashion) -> dict[TrainConfig, TrainResult | DivergenceError]:
+    out: dict[TrainConfig, TrainResult | DivergenceError] = {}
+    for config in [*CONFIGS, HUGE_LR]:
+        try:
+            out[config] = train(config, fashion)
+        except DivergenceError as error:
+            out[config] = error
+    return out
+
+
+def assert_same_training(got: TrainResult, want: TrainResult) -> None:
+    for name, tensor in want.init_params.items():
+        assert torch.equal(got.init_params[name], tensor), f"init {name} differs"
+    got_params, want_params = param_dict(got.model), param_dict(want.model)
+    assert list(got_params) == list(want_params)
+    for name, tensor in want_params.items():
+        torch.testing.assert_close(got_params[name], tensor, rtol=RTOL, atol=ATOL, msg=f"final {name} differs")
+    assert len(got.history) == len(want.history) == BASE.epochs
+    for g, w in zip(got.history, want.history):
+        assert g.epoch == w.epoch
+        assert g.train_loss == pytest.approx(w.train_loss, rel=RTOL, abs=ATOL)
+        assert g.test_loss == pytest.approx(w.test_loss, rel=RTOL, abs=ATOL)
+        # a prediction may flip on a float tie; one example is 1/256 resp. 1/128
+        assert g.train_acc == pytest.approx(w.train_acc, abs=1.5 / BASE.train_size)
+        assert g.test_acc == pytest.approx(w.test_acc, abs=1.5 / BASE.test_size)
+    for got_data, want_data in ((got.train_data, want.train_data), (got.test_data, want.test_data)):
+        assert all(torch.equal(a, b) for a, b in zip(got_data, want_data))
+    assert not got.model.training
+
+
+@pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "loop"])
+def test_members_equal_sequential_training(fashion, sequential, vectorize: bool) -> None:
+    seen_metrics: list[tuple[int, int]] = []
+    seen_epochs: list[tuple[int, int]] = []
+
+    def on_epoch(member: int, epoch: int, model: torch.nn.Module) -> dict[str, float]:
+        seen_epochs.append((member, epoch))
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)  # a callback's changes must not reach training
+        return {"member": float(member)}
+
+    results = train_ensemble(
+        CONFIGS,
+        fashion,
+        vectorize=vectorize,
+        on_epoch=on_epoch,
+        on_metrics=lambda member, metrics: seen_metrics.append((member, metrics.epoch)),
+    )
+    assert len(results) == len(CONFIGS)
+    for member, (config, result) in enumerate(zip(CONFIGS, results)):
+        assert isinstance(result, TrainResult)
+        assert_same_training(result, sequential[config])
+        assert [m.extra for m in result.history] == [{"member": float(member)}] * BASE.epochs
+    expected = [(member, epoch) for epoch in (1, 2) for member in range(len(CONFIGS))]
+    assert seen_metrics == expected and seen_epochs == expected
+    # the members really differ (different seeds and learning rates)
+    assert results[0].final.train_loss != results[1].final.train_loss != results[2].final.train_loss
+
+
+@pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "loop"])
+def test_diverged_member_is_reported_and_the_others_still_match(fashion, sequential, vectorize: bool) -> None:
+    want = sequential[HUGE_LR]
+    assert isinstance(want, DivergenceError), "lr 1e4 must diverge in sequential training too"
+    configs = [CONFIGS[0], HUGE_LR, CONFIGS[1]]
+    steps: list[tuple[int, int, int]] = []
+    results = train_ensemble(
+        configs, fashion, vectorize=vectorize, on_step=lambda m, e, s, n, loss: steps.append((m, e, s))
+    )
+    diverged = results[1]
+    assert isinstance(diverged, DivergenceError)
+    assert (diverged.epoch, diverged.step) == (want.epoch, want.step)
+    assert_same_training(results[0], sequential[CONFIGS[0]])
+    assert_same_training(results[2], sequential[CONFIGS[1]])
+    # after diverging, the member is no longer stepped or reported
+    assert all((e, s) < (want.epoch, want.step) for m, e, s in steps if m == 1)
+    assert any(m == 2 and e == BASE.epochs for m, e, s in steps)
+
+
+def test_all_members_diverging_returns_only_errors(fashion) -> None:
+    configs = [HUGE_LR, dataclasses.replace(HUGE_LR, seed=5)]
+    results = train_ensemble(configs, fashion, vectorize=False)
+    assert all(isinstance(r, DivergenceError) for r in results)
+
+
+def test_single_member_matches_train(fashion, sequential) -> None:
+    (result,) = train_ensemble(CONFIGS[1:2], fashion)
+    assert_same_training(result, sequential[CONFIGS[1]])
+
+
+@pytest.mark.parametrize(
+    ("configs", "message"),
+    [
+        ([], "at least one"),
+        ([BASE, dataclasses.replace(BASE, batch_size=32)], "`batch_size`"),
+        ([BASE, dataclasses.replace(BASE, epochs=3)], "`epochs`"),
+        ([BASE, dataclasses.replace(BASE, data_seed=1)], "`data_seed`"),
+        ([BASE, dataclasses.replace(BASE, model="tiny_cnn")], "`model`"),
+        ([BASE, "not a config"], "TrainConfig"),
+    ],
+)
+def test_bad_configs_raise_value_error(configs, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_ensemble_configs(configs)
+    with pytest.raises(ValueError, match=message):
+        train_ensemble(configs, dataset=None)  # type: ignore[arg-type]  # validated before the data is touched
