@@ -72,8 +72,9 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     preset = get_preset(name)
     overrides = {field: getattr(args, field, None) for field in TRAIN_OVERRIDES}
     preset = preset.replace(**overrides)
-    skip = frozenset(s.strip() for s in args.skip.split(",") if s.strip())
-    return dataclasses.replace(preset, analysis=dataclasses.replace(preset.analysis, skip=skip))
+    # --skip adds to what the preset already skips (quick skips the spectral density)
+    skip = preset.analysis.skip | {s.strip() for s in args.skip.split(",") if s.strip()}
+    return dataclasses.replace(preset, analysis=dataclasses.replace(preset.analysis, skip=frozenset(skip)))
 
 
 def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Preset) -> SweepOptions:

@@ -165,3 +165,13 @@ def test_a_corrupted_checkpoint_is_one_clear_error(tmp_path):
         assert message.startswith(f"cannot load checkpoint {path}: {reason}"), message
         assert "\n" not in message and "weights_only" not in message.replace("weights-only", ""), message
     assert not marker.exists(), "weights_only=True must refuse to run code from a checkpoint"
+
+
+def test_skip_adds_to_the_presets_own_skips():
+    from sweeps.cli import preset_from_args
+    from sweeps.seeds import parser
+
+    quick = preset_from_args(parser().parse_args(["--preset", "quick", "--skip", "slices"]))
+    assert quick.analysis.skip == {"density", "slices"}
+    smoke = preset_from_args(parser().parse_args(["--preset", "smoke"]))
+    assert smoke.analysis.skip == frozenset()
