@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 PRESET ?= auto
 N      ?= 20
 PYTEST_ARGS ?=
+DATA   := $(PY) -c "import sys; from landscape_core.data import main; sys.exit(main(sys.argv[1:]))"
 
 .PHONY: sweep test install data ui lint bench clean-store
 
@@ -26,14 +27,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # Fashion-MNIST: found in $LANDSCAPE_DATA_DIR, /usr/share/datasets/fashion-mnist or ./data; otherwise Debian's
 # package (as root or with sudo), and torchvision's download into ./data as the last resort.
 data: install
-	@$(PY) -m landscape_core.data >/dev/null 2>&1 || { \
+	@$(DATA) >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	    { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; } || true; \
 	  fi; \
-	  $(PY) -m landscape_core.data >/dev/null 2>&1 || $(PY) -m landscape_core.data --download; \
+	  $(DATA) >/dev/null 2>&1 || $(DATA) --download; \
 	}
-	@$(PY) -m landscape_core.data
+	@$(DATA)
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
