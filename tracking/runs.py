@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tempfile
 import time
@@ -137,7 +136,3 @@ def start_child(
     all_tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, "run_kind": "trial", **{k: str(v) for k, v in tags.items()}}
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     return RunLogger(client, run.info.run_id)
-
-
-def dump_json(data: Any) -> str:
-    return json.dumps(_json_safe(data), indent=1)

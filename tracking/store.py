@@ -47,10 +47,6 @@ class TrackingStore:
         root = Path(root)
         return cls(default_tracking_uri(root), (root.resolve() / "artifacts").as_uri())
 
-    @property
-    def is_local(self) -> bool:
-        return self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
-
     def validate(self) -> None:
         """Raise a one-line StoreError when the store cannot be written or reached; writes nothing."""
         if self.tracking_uri.startswith("sqlite:///"):
