@@ -57,6 +57,17 @@ class TutorialFashionMNIST(Dataset):
         return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
 
 
+class TextbookSeedCNN(SeedCNN):
+    """SeedCNN as a tutorial writes it and runs it: ReLU before the pooling, default (NCHW) weights. The same function
+    and parameters as ours (``models.SeedCNN`` pools first and trains ``channels_last`` on a CPU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
 def _idx_path(directory: Path, stem: str) -> Path:
     for folder in (directory, directory / "FashionMNIST" / "raw"):
         for name in (f"{stem}.gz", stem):
@@ -101,11 +112,12 @@ def _ours_images_per_s(ctx: Context, config: TrainConfig) -> tuple[float, float]
 
 
 def _tutorial_images_per_s(ctx: Context, config: TrainConfig, dataset: TutorialFashionMNIST) -> tuple[float, float]:
-    """Images/s of the textbook loop: DataLoader(shuffle, num_workers=0) -> to(device) -> step -> loss.item()."""
+    """Images/s of the textbook loop: DataLoader(shuffle, num_workers=0) -> to(device) -> step -> loss.item(), with
+    :class:`TextbookSeedCNN` (the same initial weights as ours)."""
     device = torch.device(ctx.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_model(config.model).to(device)
+        model = TextbookSeedCNN().to(device)
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
         model.train()
@@ -239,21 +251,24 @@ def flops_vs_peak(ctx: Context) -> list[Result]:
 
 def eval_throughput(ctx: Context) -> list[Result]:
     """Images/s of ``functional.evaluate`` (TrainConfig's eval_chunk) against ``model(x)`` in batches of 1000 under
-    ``torch.no_grad`` (the pytorch/examples MNIST test loop), same model and data. Informational."""
+    ``torch.no_grad`` (the pytorch/examples MNIST test loop, with :class:`TextbookSeedCNN`), same weights and data.
+    Informational."""
     size = ctx.pick(quick=2048, full=8192, cuda=10000)
     x = ctx.dataset.test_x[:size].to(ctx.device)
     y = ctx.dataset.test_y[:size].to(ctx.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        model = SeedCNN().to(ctx.device)
+        model = build_model("seed_cnn", ctx.device)
+    textbook = TextbookSeedCNN().to(ctx.device)
+    textbook.load_state_dict(model.state_dict())
     chunk = TrainConfig().eval_chunk
 
     def plain() -> tuple[float, float]:
-        model.eval()
+        textbook.eval()
         loss = correct = 0.0
         with torch.no_grad():
             for start in range(0, size, 1000):
-                logits = model(x[start : start + 1000])
+                logits = textbook(x[start : start + 1000])
                 loss += nn.functional.cross_entropy(logits, y[start : start + 1000], reduction="sum").item()
                 correct += (logits.argmax(1) == y[start : start + 1000]).sum().item()
         return loss / size, correct / size

@@ -1,19 +1,20 @@
-"""Batched trials: B models of one protocol trained side by side as one ensemble with ``torch.func``.
+"""Batched trials: B models of one protocol trained side by side as one ensemble.
 
 ``train_ensemble`` reproduces :func:`landscape_core.train.train` member by member: the same initialization
 (``fork_rng`` + ``manual_seed(seed)`` + ``build_model``), the same shuffling generator and batch order, SGD with
-momentum implemented functionally with each member's own learning rate, and the same per-epoch evaluation. The members'
-parameters are stacked (``torch.func.stack_module_state``) into tensors ``[B, ...]``; one training step evaluates all
-members on their own batches ``[B, batch, ...]`` and updates all of them at once.
+momentum with each member's own learning rate, and the same per-epoch evaluation. Every step takes one batch
+``[B, batch, ...]`` (each member its own rows) and updates all members.
 
 Two ways to run a step, the same numbers (up to float summation order):
 
-* ``vectorize=True``: one ``vmap(functional_call)`` forward over the members and one backward pass of the summed member
-  losses (members share no parameter, so each member's gradient is exactly its own loss's gradient). This is what pays
-  on a GPU, where B small kernels become one large one.
-* ``vectorize=False``: a Python loop of ``functional_call`` over the members, each on slices of the stacked tensors.
-  On a CPU, ``vmap`` lowers the convolutions of B members to grouped convolutions, which oneDNN runs ~2x slower than B
-  plain ones (measured on SeedCNN, batch 128), so the loop is the faster choice there.
+* ``vectorize=True`` (``_StackedMembers``): the members' parameters stacked into tensors ``[B, ...]``
+  (``torch.func.stack_module_state``), one ``vmap(functional_call)`` forward over the members and one backward pass of
+  the summed member losses (members share no parameter, so each member's gradient is exactly its own loss's gradient).
+  This is what pays on a GPU, where B small kernels become one large one.
+* ``vectorize=False`` (``_LoopMembers``): a Python loop over B modules, each with its own ``torch.optim.SGD``, doing
+  exactly what ``train`` does. On a CPU, ``vmap`` lowers the convolutions of B members to grouped convolutions, which
+  oneDNN runs ~2x slower than B plain ones (measured on SeedCNN, batch 128), and a CPU's cores are already busy with
+  one model, so the loop is the faster choice there: batching then saves only the per-trial overheads.
 
 The default (``vectorize=None``) picks ``vmap`` on CUDA and the loop elsewhere.
 """
@@ -32,7 +33,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from landscape_core.config import TrainConfig
 from landscape_core.data import FashionMNIST
-from landscape_core.functional import Data, Params, effective_chunk, param_dict
+from landscape_core.functional import Data, Params, effective_chunk, evaluate, param_dict
 from landscape_core.models import build_model
 from landscape_core.train import DivergenceError, EpochMetrics, TrainResult, make_datasets, resolve_device
 
@@ -70,11 +71,86 @@ def check_ensemble_configs(configs: Sequence[TrainConfig]) -> None:
             )
 
 
-class _Ensemble:
-    """The live members: stacked parameters ``[A, ...]`` of the A members still training, their momentum buffers,
-    learning rates and shuffling generators; rows follow ``self.members`` (indices into the configs)."""
+class _Members:
+    """The live members of an ensemble, whichever way their steps run: rows follow ``self.members`` (indices into
+    the configs), each with its shuffling generator. Subclasses hold the weights and optimizer state."""
 
-    def __init__(self, models: list[nn.Module], configs: Sequence[TrainConfig], vectorize: bool) -> None:
+    def __init__(self, configs: Sequence[TrainConfig]) -> None:
+        self.members = list(range(len(configs)))
+        self.shufflers = [torch.Generator().manual_seed(c.seed) for c in configs]
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def drop(self, rows: list[int]) -> None:
+        """Remove members (by row) from the ensemble: their weights and state are discarded."""
+        if not rows:
+            return
+        keep = [r for r in range(self.size) if r not in set(rows)]
+        self._keep(keep)
+        self.members = [self.members[r] for r in keep]
+        self.shufflers = [self.shufflers[r] for r in keep]
+
+    def _keep(self, rows: list[int]) -> None:
+        raise NotImplementedError
+
+    def step(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """One SGD step of every member on its own batch (``inputs [A, batch, ...]``, ``targets [A, batch]``);
+        returns the members' batch losses ``[A]`` before the step (detached)."""
+        raise NotImplementedError
+
+    def evaluate(self, data: Data, chunk_size: int) -> tuple[Tensor, Tensor]:
+        """Every member's mean loss and accuracy over all of ``data``, in eval mode: ``([A], [A])`` float64 on CPU."""
+        raise NotImplementedError
+
+    def model(self, row: int, like: nn.Module) -> nn.Module:
+        """A fresh module (a deep copy of ``like``) holding member ``row``'s current weights, in eval mode."""
+        raise NotImplementedError
+
+
+class _LoopMembers(_Members):
+    """Each member a module with its own ``torch.optim.SGD``, stepped in turn exactly as ``train`` steps one model:
+    the same operations in the same order, so on a given device each member equals its sequential training."""
+
+    def __init__(self, models: list[nn.Module], configs: Sequence[TrainConfig]) -> None:
+        super().__init__(configs)
+        self.models = models
+        self.optimizers = [
+            torch.optim.SGD(m.parameters(), lr=c.lr, momentum=c.momentum) for m, c in zip(models, configs)
+        ]
+
+    def _keep(self, rows: list[int]) -> None:
+        self.models = [self.models[r] for r in rows]
+        self.optimizers = [self.optimizers[r] for r in rows]
+
+    def step(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        losses = []
+        for row, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
+            model.train()
+            loss = nn.functional.cross_entropy(model(inputs[row]), targets[row])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        return torch.stack(losses)
+
+    def evaluate(self, data: Data, chunk_size: int) -> tuple[Tensor, Tensor]:
+        results = [evaluate(model, data, chunk_size=chunk_size) for model in self.models]
+        return tuple(torch.tensor(column, dtype=torch.float64) for column in zip(*results))  # type: ignore[return-value]
+
+    def model(self, row: int, like: nn.Module) -> nn.Module:
+        return copy.deepcopy(self.models[row]).eval()
+
+
+class _StackedMembers(_Members):
+    """The members' parameters stacked ``[A, ...]`` (``torch.func.stack_module_state``) and stepped together: one
+    ``vmap(functional_call)`` forward over the members, one backward pass of the summed member losses (members share
+    no parameter, so each gradient is its own loss's), and SGD with momentum applied functionally with per-member
+    learning rates."""
+
+    def __init__(self, models: list[nn.Module], configs: Sequence[TrainConfig]) -> None:
+        super().__init__(configs)
         params, buffers = stack_module_state(models)
         self.params: Params = {name: p.detach() for name, p in params.items()}
         self.buffers: Params = {name: b.detach() for name, b in buffers.items()}
@@ -83,15 +159,8 @@ class _Ensemble:
         dtype = next(iter(self.params.values())).dtype
         self.lrs = torch.tensor([c.lr for c in configs], dtype=dtype, device=device)
         self.momentum = configs[0].momentum
-        self.members = list(range(len(configs)))
-        self.shufflers = [torch.Generator().manual_seed(c.seed) for c in configs]
-        self.vectorize = vectorize
         # A stateless copy of the architecture: functional_call only reads its structure and its train/eval flags.
         self.template = copy.deepcopy(models[0]).to("meta")
-
-    @property
-    def size(self) -> int:
-        return len(self.members)
 
     def member_state(self, row: int) -> Params:
         return {**{n: b[row] for n, b in self.buffers.items()}, **{n: p[row] for n, p in self.params.items()}}
@@ -99,40 +168,25 @@ class _Ensemble:
     def _forward(self, params: Params, buffers: Params, inputs: Tensor) -> Tensor:
         return functional_call(self.template, (params, buffers), (inputs,))
 
-    # -- training ------------------------------------------------------------------------------------------------------
+    def step(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        losses, grads = self.losses_and_grads(inputs, targets)
+        self.sgd_step(grads)
+        return losses
 
     def losses_and_grads(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Each member's mean cross-entropy on its own batch and its gradient.
-
-        Args:
-            inputs: ``[A, batch, ...]``, row ``a`` the batch of member ``a``.
-            targets: ``[A, batch]``.
-
-        Returns:
-            ``losses [A]`` (detached) and gradients stacked like the parameters.
-        """
+        """Each member's mean cross-entropy on its own batch (``inputs [A, batch, ...]``) and its gradient."""
         self.template.train()
         names = list(self.params)
-        if self.vectorize:
-            leaves = {n: p.requires_grad_(True) for n, p in self.params.items()}
-            try:
-                logits = vmap(self._forward)(leaves, self.buffers, inputs)  # [A, batch, classes]
-                per_example = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-                losses = per_example.view(self.size, -1).mean(dim=1)
-                grads = torch.autograd.grad(losses.sum(), [leaves[n] for n in names])
-            finally:
-                for p in self.params.values():
-                    p.requires_grad_(False)
-            return losses.detach(), dict(zip(names, grads))
-        losses, per_member = [], []
-        for row in range(self.size):
-            leaves = {n: p[row].detach().requires_grad_(True) for n, p in self.params.items()}
-            buffers = {n: b[row] for n, b in self.buffers.items()}
-            loss = nn.functional.cross_entropy(self._forward(leaves, buffers, inputs[row]), targets[row])
-            per_member.append(torch.autograd.grad(loss, [leaves[n] for n in names]))
-            losses.append(loss.detach())
-        grads = {n: torch.stack([g[i] for g in per_member]) for i, n in enumerate(names)}
-        return torch.stack(losses), grads
+        leaves = {n: p.requires_grad_(True) for n, p in self.params.items()}
+        try:
+            logits = vmap(self._forward)(leaves, self.buffers, inputs)  # [A, batch, classes]
+            per_example = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+            losses = per_example.view(self.size, -1).mean(dim=1)
+            grads = torch.autograd.grad(losses.sum(), [leaves[n] for n in names])
+        finally:
+            for p in self.params.values():
+                p.requires_grad_(False)
+        return losses.detach(), dict(zip(names, grads))
 
     @torch.no_grad()
     def sgd_step(self, grads: dict[str, Tensor]) -> None:
@@ -152,30 +206,19 @@ class _Ensemble:
         for p, step in zip(params, steps):
             p.addcmul_(step, -self.lrs.view(-1, *([1] * (p.ndim - 1))))
 
-    def drop(self, rows: list[int]) -> None:
-        """Remove members (by row) from the ensemble: their parameters and state are discarded."""
-        if not rows:
-            return
-        keep = [r for r in range(self.size) if r not in set(rows)]
-        index = torch.tensor(keep, dtype=torch.long, device=self.lrs.device)
+    def _keep(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, dtype=torch.long, device=self.lrs.device)
         self.params = {n: p.index_select(0, index) for n, p in self.params.items()}
         self.buffers = {n: b.index_select(0, index) for n, b in self.buffers.items()}
         if self.momentum_buffers is not None:
             self.momentum_buffers = {n: b.index_select(0, index) for n, b in self.momentum_buffers.items()}
         self.lrs = self.lrs.index_select(0, index)
-        self.members = [self.members[r] for r in keep]
-        self.shufflers = [self.shufflers[r] for r in keep]
-
-    # -- evaluation ----------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self, data: Data, chunk_size: int) -> tuple[Tensor, Tensor]:
-        """Every member's mean loss and accuracy over all of ``data``, in eval mode: ``([A], [A])`` float64 on CPU.
-
-        With ``vectorize`` the members share each chunk's inputs (vmap over the parameters only) and a chunk holds
+        """The members share each chunk's inputs (vmap over the parameters only) and a chunk holds
         ``chunk_size // A`` examples, so a pass holds as many member-examples as one pass of ``evaluate`` in ``train``;
-        both cap passes on a CPU (``functional.effective_chunk``).
-        """
+        both cap passes on a CPU (``functional.effective_chunk``)."""
         inputs, targets = data
         n = inputs.shape[0]
         chunk_size = effective_chunk(chunk_size, inputs.device)
@@ -185,31 +228,19 @@ class _Ensemble:
         correct = torch.zeros(self.size, dtype=torch.float64)
         self.template.eval()
         with torch.inference_mode():
-            if self.vectorize:
-                step = max(1, chunk_size // self.size)
-                forward = vmap(self._forward, in_dims=(0, 0, None))
-                for start in range(0, n, step):
-                    x, y = inputs[start : start + step], targets[start : start + step]
-                    logits = forward(self.params, self.buffers, x)  # [A, chunk, classes]
-                    per_example = nn.functional.cross_entropy(
-                        logits.flatten(0, 1), y.repeat(self.size), reduction="none"
-                    ).view(self.size, -1)
-                    total_loss += per_example.mean(dim=1).double().cpu() * (x.shape[0] / n)
-                    correct += (logits.argmax(dim=2) == y).sum(dim=1).double().cpu()
-            else:
-                for row in range(self.size):
-                    state = self.member_state(row)
-                    params = {k: v for k, v in state.items() if k in self.params}
-                    buffers = {k: v for k, v in state.items() if k in self.buffers}
-                    for start in range(0, n, chunk_size):
-                        x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
-                        logits = self._forward(params, buffers, x)
-                        total_loss[row] += float(nn.functional.cross_entropy(logits, y)) * (x.shape[0] / n)
-                        correct[row] += float((logits.argmax(dim=1) == y).sum())
+            step = max(1, chunk_size // self.size)
+            forward = vmap(self._forward, in_dims=(0, 0, None))
+            for start in range(0, n, step):
+                x, y = inputs[start : start + step], targets[start : start + step]
+                logits = forward(self.params, self.buffers, x)  # [A, chunk, classes]
+                per_example = nn.functional.cross_entropy(
+                    logits.flatten(0, 1), y.repeat(self.size), reduction="none"
+                ).view(self.size, -1)
+                total_loss += per_example.mean(dim=1).double().cpu() * (x.shape[0] / n)
+                correct += (logits.argmax(dim=2) == y).sum(dim=1).double().cpu()
         return total_loss, correct / n
 
     def model(self, row: int, like: nn.Module) -> nn.Module:
-        """A fresh module (a deep copy of ``like``) holding member ``row``'s current weights, in eval mode."""
         model = copy.deepcopy(like)
         state = self.member_state(row)
         with torch.no_grad():
@@ -271,11 +302,11 @@ def train_ensemble(
     for config in configs:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            model = build_model(config.model).to(device)
+            model = build_model(config.model, device)
         models.append(model)
         init_params.append(param_dict(model))
     like = copy.deepcopy(models[0])  # the architecture on the device, for the modules handed out
-    ensemble = _Ensemble(models, configs, vectorize)
+    ensemble = _StackedMembers(models, configs) if vectorize else _LoopMembers(models, configs)
     del models
 
     results: list[TrainResult | DivergenceError | None] = [None] * len(configs)
@@ -298,8 +329,7 @@ def train_ensemble(
         orders = torch.stack([torch.randperm(n, generator=g) for g in ensemble.shufflers]).to(device)  # [A, n]
         for step in range(steps):
             index = orders[:, step * batch_size : (step + 1) * batch_size]  # [A, batch]
-            losses, grads = ensemble.losses_and_grads(inputs[index], targets[index])
-            ensemble.sgd_step(grads)
+            losses = ensemble.step(inputs[index], targets[index])
             if step % report_every == 0 or step == steps - 1:
                 values = losses.tolist()
                 bad = [(row, v) for row, v in enumerate(values) if not math.isfinite(v)]

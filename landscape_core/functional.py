@@ -69,10 +69,15 @@ def flatten(params: Params) -> Tensor:
 
 
 def unflatten(vector: Tensor, like: Params) -> Params:
-    """Split a flat vector ``[P]`` into a dict shaped like ``like``."""
+    """Split a flat vector ``[P]`` into a dict shaped like ``like``: views of ``vector``, except that a 4-D entry of
+    ``like`` stored ``channels_last`` (see ``models.memory_format_for``) gets a copy in that layout, so convolutions
+    at the result stay on their fast path (conv weights are small: the copy is cheap)."""
     out, start = {}, 0
     for name, p in like.items():
-        out[name] = vector[start : start + p.numel()].view_as(p)
+        view = vector[start : start + p.numel()].view_as(p)
+        if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+            view = view.contiguous(memory_format=torch.channels_last)
+        out[name] = view
         start += p.numel()
     if start != vector.numel():
         raise ValueError(f"Expected a vector of {start} elements, got {vector.numel()}")

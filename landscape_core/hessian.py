@@ -34,6 +34,7 @@ from landscape_core.functional import (
     eval_mode,
     flatten,
     loss_at,
+    unflatten,
 )
 from landscape_core.functional import param_dict as _param_dict
 
@@ -113,11 +114,13 @@ class HessianOperator:
     # -- helpers -------------------------------------------------------------------------------------------------------
 
     def _to_dict(self, vector: Tensor, batched: bool) -> Params:
+        if not batched:
+            return unflatten(vector, self.params)  # keeps channels_last conv weights on their fast path
         out, start = {}, 0
         for name, p in self.params.items():
             stop = start + p.numel()
             piece = vector[..., start:stop]
-            out[name] = piece.reshape((vector.shape[0], *p.shape) if batched else p.shape)
+            out[name] = piece.reshape(vector.shape[0], *p.shape)
             start = stop
         return out
 

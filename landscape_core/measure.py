@@ -66,6 +66,7 @@ def measure(
     reference: nn.Module | None = None,
     seed: int = 0,
     stage: Stage | None = None,
+    v0: torch.Tensor | None = None,
 ) -> Measurements:
     """Run every analysis in ``config`` (minus ``config.skip``) on ``model`` at its current weights.
 
@@ -78,6 +79,9 @@ def measure(
         reference: the study's reference model for the barriers (None: no barriers, e.g. for the reference itself).
         seed: the sweep's analysis seed: subsets and random directions are the same for every trial.
         stage: called with each analysis' name as it starts (progress display).
+        v0: a start vector for the top eigenvalues' Lanczos, e.g. ``LambdaMaxTracker.vector``, the top eigenvector
+            of the last epoch on the tracking subset: it lies close to the final one, so Lanczos meets its residual
+            test in fewer HVPs (measured: ``benchmarks`` row ``lambda_max_vs_power_double_backward``). None: random.
 
     Returns:
         Measurements with scalars, arrays and per-analysis seconds.
@@ -94,7 +98,14 @@ def measure(
     if config.runs("hessian"):
         with out.timed("hessian", stage):
             top = hessian.top_eigenvalues(
-                model, hessian_data, k=h.top_k, max_iter=h.max_iter, tol=h.tol, seed=seed, chunk_size=h.chunk_size
+                model,
+                hessian_data,
+                k=h.top_k,
+                max_iter=h.max_iter,
+                tol=h.tol,
+                seed=seed,
+                chunk_size=h.chunk_size,
+                v0=v0,
             )
         out.scalars.update(
             {

@@ -108,7 +108,7 @@ def train(
     train_data, test_data = make_datasets(dataset, config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_model(config.model).to(device)
+        model = build_model(config.model, device)
     init_params = param_dict(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     shuffler = torch.Generator().manual_seed(config.seed)

@@ -98,9 +98,9 @@ def run_batch(study: optuna.Study, context: TrialContext, size: int) -> int:
             on_epoch=lambda member, epoch, model: trackers[member](epoch, model) if trackers[member] else None,
             on_step=(lambda member, *args: progress.step(*args) if member == 0 else None) if progress else None,
         )
-        for (trial, preset), outcome in zip(claimed, outcomes):
+        for (trial, preset), outcome, tracker in zip(claimed, outcomes, trackers):
             try:
-                value = run_trial(trial, preset, context, trained=outcome)
+                value = run_trial(trial, preset, context, trained=outcome, tracker=tracker)
             except TrialDiverged:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
@@ -165,14 +165,21 @@ def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | 
 
 
 def run_trial(
-    trial: optuna.Trial, preset: Preset, context: TrialContext, trained: TrainResult | DivergenceError | None = None
+    trial: optuna.Trial,
+    preset: Preset,
+    context: TrialContext,
+    trained: TrainResult | DivergenceError | None = None,
+    tracker: LambdaMaxTracker | None = None,
 ) -> float:
     """Train, measure and log one trial into its own child run; the run ends FINISHED, FAILED or KILLED.
 
     ``trained``: the outcome of this trial's training when it already ran as a member of a batched ensemble (its
-    epochs are then logged afterwards); None trains here.
+    epochs are then logged afterwards), with ``tracker`` the lambda_max hook that followed it; None trains here.
+    The tracker's last eigenvector warm-starts the final lambda_max (fewer HVPs: see ``measure``).
     """
     config = preset.train
+    if trained is None:
+        tracker = lambda_tracker(preset, context)
     run = start_child(
         context.store,
         context.experiment_id,
@@ -198,7 +205,7 @@ def run_trial(
             result = train(
                 config,
                 context.dataset,
-                on_epoch=lambda_tracker(preset, context),
+                on_epoch=tracker,
                 on_step=progress.step if progress else None,
                 on_metrics=lambda metrics: log_epoch(run, metrics),
             )
@@ -218,6 +225,7 @@ def run_trial(
             reference=_reference_model(trial, context),
             seed=config.data_seed,
             stage=progress.stage if progress else None,
+            v0=tracker.vector if tracker is not None else None,
         )
         log_measurements(run, measurements)
     except DivergenceError as error:

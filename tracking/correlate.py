@@ -300,7 +300,7 @@ def analyze(
     measures: Sequence[str] | None = None,
     targets: Sequence[str] | None = None,
     n_boot: int = 2000,
-    n_perm: int = 2000,
+    n_perm: int | None = None,
     alpha: float = 0.05,
     seed: int = 0,
 ) -> CorrelationReport:
@@ -319,7 +319,8 @@ def analyze(
         measures: Measure keys or unambiguous last components; default: ``population.measure_keys()``.
         targets: Names from ``keys.TARGETS`` (or their metric keys); default: all four.
         n_boot: Bootstrap resamples per row.
-        n_perm: Permutation resamples per row.
+        n_perm: Permutation resamples per row; None: enough for the report's Holm family to reach ``alpha``
+            (``stats.permutations_for``; the number used is in the report).
         alpha: Significance level.
         seed: Seed of the resampling.
 
@@ -338,6 +339,8 @@ def analyze(
     lrs, seeds = population.lrs, population.seeds
     lr_varies = len({_lr_label(v) for v in lrs[np.isfinite(lrs)]}) > 1
     seed_varies = len(set(seeds.tolist())) > 1
+    if n_perm is None:
+        n_perm = stats.permutations_for(len(measure_keys) * len(target_map), alpha)
     common = dict(
         measures=tuple(measure_keys),
         targets=target_map,
@@ -484,7 +487,7 @@ def report_sweep(
     console: Console | None = None,
     measures: Sequence[str] | None = None,
     n_boot: int = 2000,
-    n_perm: int = 2000,
+    n_perm: int | None = None,
 ) -> CorrelationReport | None:
     """End-of-sweep report: analyze the study's runs, print the table and log it to the study's parent run.
 
@@ -502,7 +505,7 @@ def report_sweep(
         console: Where to print; a new Console by default.
         measures: Measures to report (default: every measure the runs logged).
         n_boot: Bootstrap resamples per row.
-        n_perm: Permutation resamples per row.
+        n_perm: Permutation resamples per row (None: as many as the Holm family needs, see ``analyze``).
 
     Returns:
         The report, or None when there was nothing to report or it failed.
@@ -590,7 +593,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in --root)")
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="local store directory (default ./mlruns)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    p.add_argument("--n-perm", type=int, default=2000, help="permutation resamples (default 2000)")
+    p.add_argument(
+        "--n-perm",
+        type=int,
+        default=None,
+        help="permutation resamples per row (default: enough for Holm over the whole report to reach alpha, >= 2000)",
+    )
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
     p.add_argument("--log-to-parent", action="store_true", help="log JSON, figure and table to the parent run")
@@ -610,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {error}", highlight=False)
         return 2
     try:
-        if args.n_boot < 1 or args.n_perm < 1:
+        if args.n_boot < 1 or (args.n_perm is not None and args.n_perm < 1):
             raise ValueError(f"Expected `--n-boot` and `--n-perm` >= 1, got {args.n_boot} and {args.n_perm}")
         _resolve_targets(args.targets)  # an unknown target is reported before the store is touched
         if _local_store_missing(args):

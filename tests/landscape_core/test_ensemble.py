@@ -20,7 +20,10 @@ CONFIGS = [
     dataclasses.replace(BASE, seed=3, lr=0.01),
 ]
 HUGE_LR = dataclasses.replace(BASE, seed=4, lr=1e4)
-RTOL, ATOL = 1e-4, 1e-5
+# vmap runs B members as grouped convolutions, whose float summation order differs from one model's channels_last
+# convolutions; over 8 SGD steps those rounding differences grow to ~1e-5 (largest in fc1.bias, |values| ~1e-2). The
+# loop does exactly what train() does: its members must equal sequential training bit for bit.
+RTOL, ATOL = 1e-4, 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +37,14 @@ def sequential(fashion) -> dict[TrainConfig, TrainResult | DivergenceError]:
     return out
 
 
-def assert_same_training(got: TrainResult, want: TrainResult) -> None:
+def assert_same_training(got: TrainResult, want: TrainResult, *, exact: bool = False) -> None:
     for name, tensor in want.init_params.items():
         assert torch.equal(got.init_params[name], tensor), f"init {name} differs"
     got_params, want_params = param_dict(got.model), param_dict(want.model)
     assert list(got_params) == list(want_params)
     for name, tensor in want_params.items():
+        if exact:
+            assert torch.equal(got_params[name], tensor), f"final {name} differs"
         torch.testing.assert_close(got_params[name], tensor, rtol=RTOL, atol=ATOL, msg=f"final {name} differs")
     assert len(got.history) == len(want.history) == BASE.epochs
     for g, w in zip(got.history, want.history):
@@ -75,7 +80,7 @@ def test_members_equal_sequential_training(fashion, sequential, vectorize: bool)
     assert len(results) == len(CONFIGS)
     for member, (config, result) in enumerate(zip(CONFIGS, results)):
         assert isinstance(result, TrainResult)
-        assert_same_training(result, sequential[config])
+        assert_same_training(result, sequential[config], exact=not vectorize)
         assert [m.extra for m in result.history] == [{"member": float(member)}] * BASE.epochs
     expected = [(member, epoch) for epoch in (1, 2) for member in range(len(CONFIGS))]
     assert seen_metrics == expected and seen_epochs == expected

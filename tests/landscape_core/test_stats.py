@@ -22,6 +22,7 @@ from landscape_core.stats import (
     holm,
     min_detectable_rho,
     partial_spearman,
+    permutations_for,
     simpson_flag,
     spearman_permutation_p,
     verdict,
@@ -488,3 +489,19 @@ def test_scatter_grid_panels() -> None:
     assert first.get_xlabel() == "a" and first.get_ylabel() == "t"
     plain = scatter_grid({"a": x}, {"t": y})
     assert len(plain.axes) == 1
+
+
+def test_default_permutations_let_a_large_holm_family_reach_significance():
+    # 25 measures x 4 targets: with 2000 resamples Holm's floor would be 100 x 2 / 2001 ~ 0.1, never below alpha.
+    assert permutations_for(100, 0.05) == 40_000
+    assert permutations_for(2, 0.05) == 2000  # never below the minimum
+    rng = np.random.default_rng(SEED)
+    n = 20
+    x = rng.normal(size=n)
+    measures = {f"m{i}": x + 0.01 * rng.normal(size=n) for i in range(25)}  # all near-perfectly monotone in y
+    targets = {f"t{j}": x + 0.01 * rng.normal(size=n) for j in range(4)}
+    rows = correlation_table(measures, targets, n_boot=10)
+    assert all(r.perm_p == pytest.approx(2 / 40_001) for r in rows)  # two-sided: no random pairing beats rho ~ 1
+    assert all(r.significant for r in rows)
+    floor = correlation_table(measures, targets, n_boot=10, n_perm=2000)
+    assert not any(r.significant for r in floor)
