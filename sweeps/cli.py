@@ -9,7 +9,6 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import optuna
-from rich.console import Console
 from rich.markup import escape
 
 from landscape_core.config import ANALYSES, Preset, get_preset
@@ -18,6 +17,7 @@ from landscape_core.train import resolve_device
 from sweeps.runner import SweepOptions, run_sweep
 from sweeps.space import SweepSpace
 from sweeps.storage import StorageError, StudyConfigMismatch
+from tracking.report import output_console
 from tracking.store import StoreError
 
 __all__ = ["base_parser", "preset_from_args", "run_cli"]
@@ -106,7 +106,7 @@ def run_cli(
     build: Callable[[argparse.Namespace], SweepOptions], parser: argparse.ArgumentParser, argv: Sequence[str] | None
 ) -> int:
     """Parse, build the options, run; user errors print one line and return 2, Ctrl-C/SIGTERM return 130/143."""
-    console = Console()
+    console = output_console()
     # torch's forward-mode AD registers its decompositions with torch.jit.script, which warns on first use.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     # Heartbeats and their retry callback are "experimental" in Optuna; that is no news to a user, at every start.

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from landscape_core import stats
 from landscape_core.stats import CorrelationRow
@@ -611,11 +612,13 @@ def _local_store_missing(args: argparse.Namespace) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, load, analyze, print, write; bad input prints one line and returns 2 (and writes nothing)."""
-    console = Console()
+    from tracking.report import output_console
+
+    console = output_console()
     try:
         args = parser().parse_args(argv)
     except _ArgumentError as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
     try:
         if args.n_boot < 1 or (args.n_perm is not None and args.n_perm < 1):
@@ -643,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if parent is None:
                 raise ValueError("--log-to-parent needs one parent run: give --study or --parent-run")
     except (ValueError, StoreError) as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
 
     from tracking.report import render

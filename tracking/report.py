@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 
 from rich.console import Console
 from rich.table import Table
@@ -21,7 +22,7 @@ from rich.text import Text
 
 from tracking.correlate import CorrelationEntry, CorrelationReport
 
-__all__ = ["SIMPSON_MARK", "render", "render_text"]
+__all__ = ["SIMPSON_MARK", "output_console", "render", "render_text"]
 
 SIMPSON_MARK = "⚠"
 
@@ -180,6 +181,13 @@ def render(report: CorrelationReport, console: Console) -> None:
     if missing:
         note.append("; rows with missing values have less power", style="italic")
     console.print(note)
+
+
+def output_console() -> Console:
+    """The console the CLIs print to: the terminal's width in a terminal, ``$COLUMNS`` when set; otherwise (output
+    to a file or a pipe) 160 columns, where rich would assume 80, too narrow for the report's tables."""
+    console = Console()
+    return console if console.is_terminal or os.environ.get("COLUMNS") else Console(width=160)
 
 
 def render_text(report: CorrelationReport, width: int = 160) -> str:

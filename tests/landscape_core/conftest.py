@@ -61,6 +61,43 @@ def make_tiny_data(n: int = TINY_EXAMPLES, seed: int = 1) -> Data:
     return torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (n,), generator=g)
 
 
+def make_learnable_data(n: int = 128, seed: int = 0) -> Data:
+    """``n`` float64 8x8 images with labels from a random linear rule: learnable by TinyCNN, so training reaches a
+    genuine minimum (~100 % train accuracy)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=gen, dtype=torch.float64)
+    w = torch.randn(64, 10, generator=gen, dtype=torch.float64)
+    return x, (x.flatten(1) @ w).argmax(1)
+
+
+def train_tiny(data: Data, *, seed: int = 2, steps: int = 40) -> nn.Module:
+    """A float64 TinyCNN trained full-batch with Adam (lr 3e-2) on ``data``; gradients cleared."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TinyCNN().double()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(steps):
+        loss = F.cross_entropy(model(data[0]), data[1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in model.parameters():
+        p.grad = None
+    return model
+
+
+@pytest.fixture(scope="module")
+def learnable_data() -> Data:
+    return make_learnable_data()
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(learnable_data: Data) -> nn.Module:
+    """A TinyCNN trained to ~100 % train accuracy on ``learnable_data`` (a genuine minimum), float64."""
+    with single_thread():
+        return train_tiny(learnable_data)
+
+
 def dense_hessian(model: nn.Module, data: Data, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """The exact Hessian ``[P, P]`` of the mean loss over all of ``data`` (one chunk), by ``torch.func.hessian`` over
     the flat parameters (order of ``named_parameters()``). Costs ``P`` HVPs over all of ``data``: small inputs only."""

@@ -20,15 +20,8 @@ from landscape_core.connectivity import (
 from landscape_core.functional import evaluate, flatten, param_dict
 from landscape_core.models import SeedCNN, TinyCNN
 
-
 # ---------------------------------------------------------------------------------------------- local fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is fastest and immune to oversubscription on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 def _model(cls: type[nn.Module], seed: int) -> nn.Module:

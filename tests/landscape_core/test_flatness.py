@@ -14,40 +14,17 @@ from landscape_core.functional import evaluate, flatten, param_dict, unflatten
 from landscape_core.models import TinyCNN
 from landscape_core.sharpness import weight_noise_robustness
 
-
-# ---------------------------------------------------------------------------------------------- local fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is fastest and immune to oversubscription on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[Tensor, Tensor]:
-    """8x8 inputs with balanced labels from a random linear rule, float64."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(128, 1, 8, 8, generator=gen, dtype=torch.float64)
-    w = torch.randn(64, 10, generator=gen, dtype=torch.float64)
-    return x, (x.flatten(1) @ w).argmax(1)
+def data(learnable_data: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return learnable_data
 
 
 @pytest.fixture(scope="module")
-def trained(data: tuple[Tensor, Tensor]) -> nn.Module:
-    """A TinyCNN trained to ~100 % train accuracy, float64."""
-    torch.manual_seed(2)
-    model = TinyCNN().double()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-    for _ in range(40):
-        loss = nn.functional.cross_entropy(model(data[0]), data[1])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    for p in model.parameters():
-        p.grad = None
-    return model
+def trained(trained_tiny: nn.Module) -> nn.Module:
+    return trained_tiny
 
 
 # ---------------------------------------------------------------------------------------------- PAC-Bayes

@@ -28,7 +28,7 @@ from tracking.correlate import (
     scatter_measures,
 )
 from tracking.population import load_population
-from tracking.report import SIMPSON_MARK, render_text
+from tracking.report import SIMPSON_MARK, output_console, render_text
 
 N_BOOT = 100  # the CI is not under test here; the cluster bootstrap is a Python loop
 MEASURES = [
@@ -363,3 +363,10 @@ def test_end_to_end_smoke_sweeps_then_correlate(seed_sweep, tmp_path):
     assert keys.CONTROL in data["measures"] and list(data["targets"]) == list(keys.TARGETS)
     pairs = [(row["measure"], row["target"]) for row in data["rows"]]
     assert pairs == [(m, t) for m in data["measures"] for t in keys.TARGETS]
+
+
+def test_output_to_a_file_is_wide_enough_for_the_tables(monkeypatch) -> None:
+    # rich assumes 80 columns off a terminal, where the report's tables collapse; sweeps are often logged to files.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert output_console().width == 160
