@@ -259,7 +259,7 @@ def eval_throughput(ctx: Context) -> list[Result]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         model = build_model("seed_cnn", ctx.device)
-    textbook = TextbookSeedCNN().to(ctx.device)
+        textbook = TextbookSeedCNN().to(ctx.device)  # its own init is overwritten: same weights as ours
     textbook.load_state_dict(model.state_dict())
     chunk = TrainConfig().eval_chunk
 

@@ -263,7 +263,8 @@ def train_ensemble(
     Each member is initialized exactly as :func:`landscape_core.train.train` does (``fork_rng``, ``manual_seed(seed)``,
     ``build_model``), shuffles with its own ``torch.Generator().manual_seed(seed)`` (the same ``randperm`` per epoch, so
     the same batches), and takes SGD-with-momentum steps with its own ``lr``. Its weights and history equal sequential
-    training within float tolerance (summation order differs); the test suite checks this.
+    training: bit for bit in the loop, within float tolerance under vmap (summation order differs); the test suite
+    checks both.
 
     Divergence follows ``train``: the loss is checked at the same steps (every ``steps // 20`` and the last of an epoch)
     and after each epoch's evaluation of the training set; a member whose loss is not finite there is dropped from the

@@ -451,6 +451,11 @@ def simpson_flag(pooled_rho: float, within: Mapping[Any, tuple[float, int]]) -> 
     return abs(majority) > SIMPSON_MIN_WITHIN and math.copysign(1.0, majority) != math.copysign(1.0, pooled_rho)
 
 
+# Resamples per vectorized pass of the permutation test: bounds its memory (PERMUTATION_BATCH x n floats) however many
+# resamples a large Holm family asks for.
+PERMUTATION_BATCH = 10_000
+
+
 def spearman_permutation_p(x: ArrayLike, y: ArrayLike, *, n_perm: int = 2000, seed: int = 0) -> float:
     """Two-sided permutation p-value of Spearman rho.
 
@@ -492,6 +497,7 @@ def _perm_p_clean(x: np.ndarray, y: np.ndarray, n_perm: int, seed: int) -> float
         permutation_type="pairings",
         vectorized=True,
         n_resamples=n_perm,
+        batch=PERMUTATION_BATCH,
         alternative="two-sided",
         rng=np.random.default_rng(seed),
     )

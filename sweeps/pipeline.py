@@ -71,7 +71,8 @@ def make_objective(context: TrialContext):
 
 
 def run_batch(study: optuna.Study, context: TrialContext, size: int) -> int:
-    """Claim up to ``size`` waiting trials, train them as one vmapped ensemble, then measure and log each.
+    """Claim up to ``size`` waiting trials, train them as one ensemble (``train_ensemble``: vmapped on CUDA, a loop
+    on a CPU), then measure and log each.
 
     Every trial still gets its own child run and its own Optuna result. Returns how many trials were claimed.
     """
@@ -147,8 +148,8 @@ def _reference_model(trial: optuna.Trial, context: TrialContext) -> Any:
         run_id = min(finished, key=lambda t: t.datetime_complete).user_attrs["mlflow_run_id"]
         study.set_user_attr("reference_run_id", run_id)
     if run_id not in context.reference:
-        model = load_run_model(context.store.client(), run_id, context.preset.train.model)
-        context.reference = {run_id: model.to(resolve_device(context.preset.train.device))}
+        device = resolve_device(context.preset.train.device)
+        context.reference = {run_id: load_run_model(context.store.client(), run_id, context.preset.train.model, device)}
     trial.set_user_attr("reference_run_id", run_id)
     return context.reference[run_id]
 

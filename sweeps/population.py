@@ -38,11 +38,10 @@ def barrier_matrix(study: optuna.Study, context: TrialContext, parent: RunLogger
         return
     preset, progress = context.preset, context.progress
     client = context.store.client()
-    models = [load_run_model(client, t.user_attrs["mlflow_run_id"], preset.train.model) for t in trials]
     _, test = make_datasets(context.dataset, preset.train)
     connectivity = preset.analysis.connectivity
     data = subset(test[0], test[1], connectivity.test_subset, preset.train.data_seed + 6)
-    models = [m.to(data[0].device) for m in models]
+    models = [load_run_model(client, t.user_attrs["mlflow_run_id"], preset.train.model, data[0].device) for t in trials]
     if progress:
         progress.trial_started(f"barrier matrix of {len(models)} minima", 1)
     matrices = population_barriers(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -186,8 +187,9 @@ def render(report: CorrelationReport, console: Console) -> None:
 def output_console() -> Console:
     """The console the CLIs print to: the terminal's width in a terminal, ``$COLUMNS`` when set; otherwise (output
     to a file or a pipe) 160 columns, where rich would assume 80, too narrow for the report's tables."""
-    console = Console()
-    return console if console.is_terminal or os.environ.get("COLUMNS") else Console(width=160)
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=160)
 
 
 def render_text(report: CorrelationReport, width: int = 160) -> str:
