@@ -145,7 +145,7 @@ def lambda_max_vs_power_double_backward(ctx: Context) -> list[Result]:
     if ours_chunk != chunk and not ctx.quick:
         contenders["power_same"] = lambda: power_iteration_double_backward(model, data, chunk_size=ours_chunk)
     # Alternate the contenders and keep each one's best time: machine load then hits all of them alike.
-    repeats = ctx.pick(quick=1, full=2)
+    repeats = 2  # best of two, alternating: one HVP costs +-25% from one second to the next on a shared 2-core VM
     best: dict[str, tuple[float, Any]] = {}
     for _ in range(repeats):
         for name, run in contenders.items():

@@ -325,8 +325,8 @@ def batched_vs_sequential(ctx: Context) -> list[Result]:
     """Trials per minute: B seeds trained by ``train_ensemble`` (its default strategy on this device) against B calls
     of ``train``, same configs. On a CPU the ``vmap`` strategy is also timed (an extra, informational row)."""
     members = 4
-    size = ctx.pick(quick=512, full=2048, cuda=60000)
-    test = ctx.pick(quick=256, full=1024, cuda=10000)
+    size = ctx.pick(quick=2048, full=4096, cuda=60000)  # seconds per contender: sub-second timings are noise here
+    test = ctx.pick(quick=512, full=1024, cuda=10000)
     epochs = ctx.pick(quick=1, full=1, cuda=2)
     base = TrainConfig(epochs=epochs, batch_size=BATCH, train_size=size, test_size=test, device=str(ctx.device))
     configs = [dataclasses.replace(base, seed=seed) for seed in range(1, members + 1)]
@@ -338,7 +338,7 @@ def batched_vs_sequential(ctx: Context) -> list[Result]:
             train(config, ctx.dataset)
 
     t_seq = t_batched = math.inf
-    for _ in range(ctx.pick(quick=1, full=2)):
+    for _ in range(2):  # best of two, alternating
         t_seq = min(t_seq, timed(sequential, ctx.device)[0])
         seconds, results = timed(lambda: train_ensemble(configs, ctx.dataset), ctx.device)
         t_batched = min(t_batched, seconds)
