@@ -13,7 +13,7 @@ Two ways to run a step, the same numbers (up to float summation order):
   This is what pays on a GPU, where B small kernels become one large one.
 * ``vectorize=False`` (``_LoopMembers``): a Python loop over B modules, each with its own ``torch.optim.SGD``, doing
   exactly what ``train`` does. On a CPU, ``vmap`` lowers the convolutions of B members to grouped convolutions, which
-  oneDNN runs ~2x slower than B plain ones (measured on SeedCNN, batch 128), and a CPU's cores are already busy with
+  oneDNN runs 2-4x slower than B plain ones (measured on SeedCNN, batch 128), and a CPU's cores are already busy with
   one model, so the loop is the faster choice there: batching then saves only the per-trial overheads.
 
 The default (``vectorize=None``) picks ``vmap`` on CUDA and the loop elsewhere.

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.training import TextbookSeedCNN
 from landscape_core.functional import flatten, param_dict, unflatten
 from landscape_core.hessian import hvp
 from landscape_core.models import SeedCNN, TinyCNN, build_model, count_parameters, memory_format_for
@@ -35,13 +36,6 @@ def test_unknown_model_is_a_clear_error():
         build_model("resnet")
 
 
-def _textbook_forward(model: SeedCNN, x: torch.Tensor) -> torch.Tensor:
-    """The paper's order: ReLU, then pooling."""
-    h = torch.relu(model.conv1(x))
-    h = torch.nn.functional.max_pool2d(torch.relu(model.conv2(h)), 2)
-    return model.fc2(torch.relu(model.fc1(h.flatten(1))))
-
-
 def test_pooling_before_relu_is_the_same_function_with_the_same_gradients():
     # relu(maxpool(z)) == maxpool(relu(z)); the gradients agree too, ties included (a window whose max is <= 0 gets
     # no gradient either way). Constant backgrounds make ties common, so the images get a constant band.
@@ -50,10 +44,12 @@ def test_pooling_before_relu_is_the_same_function_with_the_same_gradients():
     x = torch.randn(16, 1, 28, 28, dtype=torch.float64)
     x[:, :, :6] = -0.8  # a constant band, as Fashion-MNIST's background: tied maxima in every window there
     y = torch.randint(0, 10, (16,))
-    ours, textbook = model(x), _textbook_forward(model, x)
+    book = TextbookSeedCNN().double()  # the benchmarks' baseline: ReLU, then pooling
+    book.load_state_dict(model.state_dict())
+    ours, textbook = model(x), book(x)
     assert torch.equal(ours, textbook)
     grads_ours = torch.autograd.grad(torch.nn.functional.cross_entropy(ours, y), list(model.parameters()))
-    grads_book = torch.autograd.grad(torch.nn.functional.cross_entropy(textbook, y), list(model.parameters()))
+    grads_book = torch.autograd.grad(torch.nn.functional.cross_entropy(textbook, y), list(book.parameters()))
     for a, b in zip(grads_ours, grads_book, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
