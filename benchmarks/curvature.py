@@ -15,7 +15,8 @@ from landscape_core.config import PRESETS
 from landscape_core.functional import Data, effective_chunk
 from landscape_core.hessian import top_eigenvalues
 from landscape_core.measure import LambdaMaxTracker
-from landscape_core.train import make_datasets, train
+from landscape_core.splits import TrialData
+from landscape_core.train import train
 
 __all__ = ["PowerResult", "lambda_max_vs_power_double_backward", "power_iteration_double_backward"]
 
@@ -121,12 +122,11 @@ def lambda_max_vs_power_double_backward(ctx: Context) -> list[Result]:
     config = dataclasses.replace(preset.train, seed=2, test_size=256, device=str(ctx.device))
     train_size = config.train_size
     # The per-epoch lambda_max tracker of a trial, on the same train subset train() will use.
-    tracker = LambdaMaxTracker(
-        make_datasets(ctx.dataset, config)[0], preset.analysis.hessian, lr=config.lr, momentum=config.momentum
-    )
-    trained = train(config, ctx.dataset, on_epoch=tracker)
+    splits = TrialData.build(ctx.dataset, config)
+    tracker = LambdaMaxTracker(splits, preset.analysis.hessian, lr=config.lr, momentum=config.momentum)
+    trained = train(config, splits, on_epoch=tracker)
     model = trained.model
-    data = (trained.train_data[0][:hessian_size], trained.train_data[1][:hessian_size])
+    data = (splits.train[0][:hessian_size], splits.train[1][:hessian_size])
     chunk = hessian_size
 
     reference = top_eigenvalues(model, data, k=2, tol=REFERENCE_TOL, max_iter=300, chunk_size=chunk, seed=123)

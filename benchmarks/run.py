@@ -30,7 +30,7 @@ from benchmarks.common import Context, Result, machine_info
 from benchmarks.curvature import lambda_max_vs_power_double_backward
 from benchmarks.sweep_runs import memory_4n_vs_n, workers2_vs_1
 from benchmarks.training import batched_vs_sequential, eval_throughput, flops_vs_peak, train_vs_dataloader
-from landscape_core.train import resolve_device
+from landscape_core.devices import resolve_device
 
 __all__ = ["BENCHMARKS", "main", "render", "run_benchmarks"]
 

@@ -19,7 +19,8 @@ from landscape_core.data import FILES, MEAN, STD, find_data_dir, read_idx
 from landscape_core.ensemble import train_ensemble
 from landscape_core.functional import effective_chunk, evaluate
 from landscape_core.models import SeedCNN, build_model
-from landscape_core.train import make_datasets, train
+from landscape_core.splits import TrialData
+from landscape_core.train import train
 
 __all__ = [
     "batched_vs_sequential",
@@ -87,7 +88,7 @@ def tutorial_dataset(ctx: Context, config: TrainConfig) -> TutorialFashionMNIST:
     generator = torch.Generator().manual_seed(config.data_seed)
     index = torch.randperm(images.shape[0], generator=generator)[: config.train_size].sort().values.numpy()
     dataset = TutorialFashionMNIST(images[index], labels[index])
-    ours_x, ours_y = make_datasets(ctx.dataset, dataclasses.replace(config, device="cpu"))[0]
+    ours_x, ours_y = TrialData.build(ctx.dataset, dataclasses.replace(config, device="cpu")).train
     first = dataset[0][0]
     if not (torch.allclose(first, ours_x[0], atol=1e-5) and int(ours_y[0]) == dataset[0][1]):
         raise RuntimeError("the tutorial dataset does not hold the same images as ours")
@@ -106,7 +107,7 @@ def _ours_images_per_s(ctx: Context, config: TrainConfig) -> tuple[float, float]
     def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
         stamps.append((step, time.perf_counter()))  # train() calls loss.item() first: device work is done
 
-    train(config, ctx.dataset, on_step=on_step)
+    train(config, TrialData.build(ctx.dataset, config), on_step=on_step)
     (first, t0), (last, t1) = stamps[0], stamps[-1]
     return (last - first) * config.batch_size / (t1 - t0), t1 - t0
 
@@ -330,17 +331,20 @@ def batched_vs_sequential(ctx: Context) -> list[Result]:
     epochs = ctx.pick(quick=1, full=1, cuda=2)
     base = TrainConfig(epochs=epochs, batch_size=BATCH, train_size=size, test_size=test, device=str(ctx.device))
     configs = [dataclasses.replace(base, seed=seed) for seed in range(1, members + 1)]
-    train(dataclasses.replace(base, train_size=2 * BATCH, epochs=1), ctx.dataset)  # warm-up
-    train_ensemble([dataclasses.replace(c, train_size=2 * BATCH, epochs=1) for c in configs[:2]], ctx.dataset)
+    warm = [dataclasses.replace(c, train_size=2 * BATCH, epochs=1) for c in configs[:2]]
+    warm_data = TrialData.build(ctx.dataset, warm[0])
+    train(warm[0], warm_data)  # warm-up
+    train_ensemble(warm, warm_data)
+    data = TrialData.build(ctx.dataset, base)
 
     def sequential() -> None:
         for config in configs:
-            train(config, ctx.dataset)
+            train(config, data)
 
     t_seq = t_batched = math.inf
     for _ in range(2):  # best of two, alternating
         t_seq = min(t_seq, timed(sequential, ctx.device)[0])
-        seconds, results = timed(lambda: train_ensemble(configs, ctx.dataset), ctx.device)
+        seconds, results = timed(lambda: train_ensemble(configs, data), ctx.device)
         t_batched = min(t_batched, seconds)
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:
@@ -373,7 +377,7 @@ def batched_vs_sequential(ctx: Context) -> list[Result]:
         )
     ]
     if ctx.device.type != "cuda":
-        t_vmap, _ = timed(lambda: train_ensemble(configs, ctx.dataset, vectorize=True), ctx.device)
+        t_vmap, _ = timed(lambda: train_ensemble(configs, data, vectorize=True), ctx.device)
         timings["vmap_seconds"] = t_vmap
         rows.append(
             Result(

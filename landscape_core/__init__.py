@@ -12,13 +12,11 @@ from landscape_core.measure import LambdaMaxTracker, Measurements, measure, popu
 from landscape_core.models import SeedCNN, TinyCNN, build_model, count_parameters
 from landscape_core.sharpness import adaptive_sharpness, eps_sharpness, weight_noise_robustness
 from landscape_core.slices import directional_curvature, slice_1d, slice_2d
-from landscape_core.stats import CorrelationRow, correlation_table
 from landscape_core.train import DivergenceError, EpochMetrics, TrainResult, train
 
 __all__ = [
     "PRESETS",
     "AnalysisConfig",
-    "CorrelationRow",
     "DataMissingError",
     "DivergenceError",
     "EpochMetrics",
@@ -34,7 +32,6 @@ __all__ = [
     "align",
     "barrier",
     "build_model",
-    "correlation_table",
     "count_parameters",
     "directional_curvature",
     "distance_from_init",

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from landscape_core.common import check
+from landscape_core.errors import UsageError
+from landscape_core.models import MODELS
 
 __all__ = [
     "PRESETS",
@@ -24,8 +29,8 @@ ANALYSES = ("hessian", "trace", "density", "sharpness", "flatness", "noise", "sl
 
 
 def _check(condition: bool, name: str, expectation: str, value: Any) -> None:
-    if not condition:
-        raise ValueError(f"Expected `{name}` {expectation}, got {value!r}")
+    """A config field a user set, checked: a ``UsageError`` (one line, exit 2 in the CLIs) when it is off."""
+    check(condition, name, expectation, value, error=UsageError)
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -48,13 +53,15 @@ class TrainConfig:
     data_seed: int = 0  # picks the train/test subsets: fixed per sweep, identical across trials
     eval_chunk: int = 2048
     device: str = "auto"
-    model: str = "seed_cnn"
+    model: str = "seed_cnn"  # a name in landscape_core.models.MODELS
+    width: float = 1.0  # the architecture's width multiplier (channels and hidden units)
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "train_size", "test_size", "eval_chunk")
         _check(self.lr > 0, "lr", "> 0", self.lr)
         _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
-        _check(self.model in ("seed_cnn", "tiny_cnn"), "model", "in ('seed_cnn', 'tiny_cnn')", self.model)
+        _check(self.model in MODELS, "model", f"in {tuple(sorted(MODELS))}", self.model)
+        _check(math.isfinite(self.width) and self.width > 0, "width", "> 0", self.width)
 
 
 @dataclass(frozen=True)
@@ -238,6 +245,5 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset:
     """The named preset (``paper``, ``quick`` or ``smoke``)."""
-    if name not in PRESETS:
-        raise ValueError(f"Expected `preset` in {sorted(PRESETS)}, got {name!r}")
+    _check(name in PRESETS, "preset", f"in {sorted(PRESETS)}", name)
     return PRESETS[name]

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape_core.errors import UsageError
+
 __all__ = [
     "MEAN",
     "STD",
@@ -41,7 +43,7 @@ FILES = {
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
-class DataMissingError(FileNotFoundError):
+class DataMissingError(UsageError, FileNotFoundError):
     """Fashion-MNIST is not on this machine; the message names the three ways to get it."""
 
 

@@ -3,8 +3,9 @@ Hessian eigenvectors.
 
 A direction is a parameter dict (``Params``) with the names and shapes of ``model.named_parameters()``; flat vectors
 ``[P]`` in the same order are accepted wherever a direction is read (see :func:`as_params`). Every function returns
-new tensors; none touches the model. Gaussian draws come from a CPU ``torch.Generator`` in float64, then are cast to
-each parameter's dtype and device, so a seed gives the same direction on every device.
+new tensors; none touches the model. Gaussian draws follow landscape_core's one seeded-generator rule
+(:mod:`landscape_core.rng`): a CPU ``torch.Generator`` from the seed, float64 draws, then cast to each parameter's
+dtype and moved to its device, so a seed gives the same direction on every device.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from landscape_core import rng
 from landscape_core.functional import Params, flatten, param_dict, unflatten
 
 __all__ = [
@@ -70,10 +72,7 @@ def to_flat(direction: Tensor | Params) -> Tensor:
 
 
 def _gaussian(like: Params, generator: torch.Generator) -> Params:
-    return {
-        name: torch.randn(p.shape, generator=generator, dtype=torch.float64).to(device=p.device, dtype=p.dtype)
-        for name, p in like.items()
-    }
+    return {name: rng.randn(p.shape, generator, dtype=p.dtype, device=p.device) for name, p in like.items()}
 
 
 def random_direction(model: nn.Module, *, seed: int = 0) -> Params:
@@ -86,7 +85,7 @@ def random_direction(model: nn.Module, *, seed: int = 0) -> Params:
     Returns:
         ``{name: Tensor}`` with each tensor shaped like the parameter, in its dtype and device.
     """
-    return _gaussian(param_dict(model), torch.Generator(device="cpu").manual_seed(int(seed)))
+    return _gaussian(param_dict(model), rng.generator(seed))
 
 
 def filter_normalize(direction: Tensor | Params, params: Params, *, ignore_1d: bool = True) -> Params:
@@ -146,7 +145,7 @@ def orthogonal_pair(model: nn.Module, *, seed: int = 0, ignore_1d: bool = True) 
         ``(d1, d2)`` dicts shaped like the model's parameters.
     """
     theta = param_dict(model)
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    generator = rng.generator(seed)
     d1 = filter_normalize(_gaussian(theta, generator), theta, ignore_1d=ignore_1d)
     d2 = filter_normalize(_gaussian(theta, generator), theta, ignore_1d=ignore_1d)
     f1, f2 = flatten(d1), flatten(d2)

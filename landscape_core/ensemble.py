@@ -32,10 +32,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from landscape_core.config import TrainConfig
-from landscape_core.data import FashionMNIST
+from landscape_core.devices import resolve_device
 from landscape_core.functional import Data, Params, effective_chunk, evaluate, param_dict
 from landscape_core.models import build_model
-from landscape_core.train import DivergenceError, EpochMetrics, TrainResult, make_datasets, resolve_device
+from landscape_core.splits import TrialData
+from landscape_core.train import DivergenceError, EpochMetrics, TrainResult, check_data
 
 __all__ = [
     "EnsembleEpochCallback",
@@ -251,7 +252,7 @@ class _StackedMembers(_Members):
 
 def train_ensemble(
     configs: Sequence[TrainConfig],
-    dataset: FashionMNIST,
+    data: TrialData,
     *,
     on_epoch: EnsembleEpochCallback | None = None,
     on_step: EnsembleStepCallback | None = None,
@@ -277,7 +278,7 @@ def train_ensemble(
     Args:
         configs: one TrainConfig per member, differing only in ``seed`` and ``lr`` (``ValueError`` otherwise); the
             shared fields (architecture, batch size, epochs, sizes, ``data_seed``, device, ...) define the protocol.
-        dataset: the loaded Fashion-MNIST.
+        data: the protocol's splits, ``TrialData.build(dataset, configs[0])``.
         on_epoch: ``on_epoch(member, epoch, model)`` after each epoch's evaluation, with a fresh module holding the
             member's weights (changing it has no effect on training); the dict it returns goes to ``extra``.
         on_step: ``on_step(member, epoch, step, steps_per_epoch, loss)`` at the steps where losses are checked.
@@ -286,7 +287,7 @@ def train_ensemble(
 
     Returns:
         One entry per config, in order: a :class:`TrainResult` shaped like ``train``'s (the model, a fresh module
-        in eval mode, holds the member's final weights; ``train_data``/``test_data`` are shared by all members), or
+        in eval mode, holds the member's final weights; ``data`` is shared by all members), or
         the member's :class:`DivergenceError`.
 
     Raises:
@@ -298,12 +299,13 @@ def train_ensemble(
     device = resolve_device(protocol.device)
     if vectorize is None:
         vectorize = device.type == "cuda"
-    train_data, test_data = make_datasets(dataset, protocol)
+    check_data(data, protocol)
+    train_data, test_data = data.train, data.test
     models, init_params = [], []
     for config in configs:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            model = build_model(config.model, device)
+            model = build_model(config.model, device, width=config.width)
         models.append(model)
         init_params.append(param_dict(model))
     like = copy.deepcopy(models[0])  # the architecture on the device, for the modules handed out
@@ -371,7 +373,5 @@ def train_ensemble(
                 on_metrics(member, metrics)
 
     for row, member in enumerate(ensemble.members):
-        results[member] = TrainResult(
-            ensemble.model(row, like), init_params[member], histories[member], train_data, test_data
-        )
+        results[member] = TrainResult(ensemble.model(row, like), init_params[member], histories[member], data)
     return results  # type: ignore[return-value]  # every slot is filled: a result or its DivergenceError

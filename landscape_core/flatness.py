@@ -1,4 +1,10 @@
-"""PAC-Bayes flatness (Jiang et al. 2019) and the norm baselines a sharpness measure has to beat."""
+"""PAC-Bayes flatness (Jiang et al. 2019) and the norm baselines a sharpness measure has to beat.
+
+The PAC-Bayes noise vectors are :func:`landscape_core.noise.noise_vectors`, drawn by landscape_core's one
+seeded-generator rule (:mod:`landscape_core.rng`: float64 on the CPU, then cast to the model's dtype and moved to its
+device). This changed on purpose: they used to be drawn on the model's device in its dtype, so float64 CPU models get
+the numbers they got before and float32 or CUDA models new ones (the same, up to the cast, as a float64 copy's).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from landscape_core.functional import DEFAULT_CHUNK, Data, LossFn, Params, evaluate, flatten, param_dict
-from landscape_core.sharpness import _flat_params, _perturbed_metrics
+from landscape_core.common import check, check_count
+from landscape_core.functional import DEFAULT_CHUNK, Data, LossFn, Params, evaluate, flat_params, flatten, param_dict
+from landscape_core.noise import perturbed_metrics
 
 __all__ = ["PacBayesResult", "distance_from_init", "pac_bayes_sigma", "weight_norm"]
 
@@ -67,7 +74,7 @@ def pac_bayes_sigma(
     once from ``seed`` and reused at every sigma (common random numbers: ``drop`` is then a deterministic
     function of sigma, and the result is monotone in ``target_drop``). The noise std is ``s = sigma`` (plain) or
     ``s = sqrt(sigma^2 w^2 + 1e-3^2)`` elementwise (magnitude-aware). The ``z_k`` are the same vectors
-    ``weight_noise_robustness`` draws for the same seed.
+    ``weight_noise_robustness`` draws for the same seed (:func:`landscape_core.noise.noise_vectors`).
 
     Search: evaluate both ends of ``[1e-5, sigma_max]``; if ``drop(sigma_max) <= target`` return ``sigma_max``; if
     ``drop(1e-5) > target`` return ``1e-5`` (both flagged ``bracketed=False``). Otherwise bisect ``steps`` times in
@@ -90,21 +97,17 @@ def pac_bayes_sigma(
     Returns:
         ``PacBayesResult``.
     """
-    if not 0 < target_drop < 1:
-        raise ValueError(f"Expected `target_drop` in (0, 1), got {target_drop!r}")
-    if draws < 1:
-        raise ValueError(f"Expected `draws` >= 1, got {draws!r}")
-    if steps < 0:
-        raise ValueError(f"Expected `steps` >= 0, got {steps!r}")
-    if not sigma_max > SIGMA_MIN:
-        raise ValueError(f"Expected `sigma_max` > {SIGMA_MIN}, got {sigma_max!r}")
-    like, theta = _flat_params(model)
+    check(0 < target_drop < 1, "target_drop", "in (0, 1)", target_drop)
+    check_count("draws", draws)
+    check_count("steps", steps, minimum=0)
+    check(sigma_max > SIGMA_MIN, "sigma_max", f"> {SIGMA_MIN}", sigma_max)
+    like, theta = flat_params(model)
     base_acc = evaluate(model, data, params=like, chunk_size=chunk_size, loss_fn=loss_fn)[1]
     magnitude = theta.square() if magnitude_aware else None
 
     def drop(sigma: float) -> float:
         std = torch.sqrt(sigma**2 * magnitude + MAGNITUDE_EPS**2) if magnitude is not None else sigma
-        accs = _perturbed_metrics(
+        accs = perturbed_metrics(
             model, like, theta, data, std, draws=draws, seed=seed, chunk_size=chunk_size, loss_fn=loss_fn
         )[1]
         return base_acc - sum(accs) / len(accs)

@@ -23,6 +23,7 @@ __all__ = [
     "effective_chunk",
     "evaluate",
     "eval_mode",
+    "flat_params",
     "flatten",
     "loss_at",
     "mean_loss",
@@ -66,6 +67,19 @@ def param_dict(model: nn.Module) -> Params:
 def flatten(params: Params) -> Tensor:
     """Concatenate a parameter dict into one flat vector ``[P]``."""
     return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def flat_params(model: nn.Module) -> tuple[Params, Tensor]:
+    """``(like, theta)``: detached copies of the model's parameters by name (:func:`param_dict`) and their flat
+    concatenation ``[P]`` (:func:`flatten`), in the model's dtype and device.
+
+    Raises:
+        ValueError: the model has no parameters.
+    """
+    like = param_dict(model)
+    if not like:
+        raise ValueError("Expected a model with parameters, got none")
+    return like, flatten(like)
 
 
 def unflatten(vector: Tensor, like: Params) -> Params:

@@ -1,16 +1,27 @@
 """Hessian of the mean loss: exact chunked HVPs, top-k eigenvalues, Hutchinson trace and spectral density.
 
-Every estimator goes through one :class:`HessianOperator`, which takes detached copies of the parameters once, slices
-the data into chunks once, and exposes ``matvec`` (one HVP) and ``matmat`` (many HVPs sharing the forward pass of each
-chunk). HVPs are forward-over-reverse, ``jvp(grad(L), (theta,), (v,))[1]``, evaluated in eval mode and averaged over
-the chunks with weights ``chunk size / total`` (the exact mean over all of ``data``, never a sum).
+The estimators (:func:`top_eigenvalues`: Lanczos or power iteration, :func:`hessian_trace`: Hutchinson,
+:func:`spectral_density`: stochastic Lanczos quadrature) take a :class:`LinearOperator`, a symmetric operator on flat
+vectors ``[P]`` with ``matvec``/``matmat`` and a product counter, as hessian-eigenthings does; so the same Lanczos
+serves the Hessian and any other symmetric operator (a GGN or Fisher, a dense matrix in a test), and one operator,
+built once, serves several estimators::
+
+    op = HessianOperator(model, data, chunk_size=256)
+    top = top_eigenvalues(op, k=5)
+    trace = hessian_trace(op, n_probes=100)
+
+:class:`HessianOperator` takes detached copies of the parameters once, slices the data into chunks once, and exposes
+``matvec`` (one HVP) and ``matmat`` (many HVPs sharing the forward pass of each chunk). HVPs are forward-over-reverse,
+``jvp(grad(L), (theta,), (v,))[1]``, evaluated in eval mode and averaged over the chunks with weights
+``chunk size / total`` (the exact mean over all of ``data``, never a sum). Each result's ``n_hvp`` counts the products
+of that call only, also when the operator is reused.
 
 Flat vectors ``[P]`` follow the order of ``model.named_parameters()`` (see :func:`functional.flatten`). Nothing here
 mutates the caller's model: its train/eval flags are only switched for the duration of a call and then restored.
 
-Randomness is an argument: every function with probes or start vectors takes a ``seed``; the draws come from a CPU
-``torch.Generator`` in float64 (then cast to the model's dtype and device), so the same seed gives the same probes on
-every device.
+Randomness is an argument: every function with probes or start vectors takes a ``seed``; the draws follow
+landscape_core's one seeded-generator rule (:mod:`landscape_core.rng`: a CPU ``torch.Generator``, float64 draws, then
+cast to the operator's dtype and moved to its device), so the same seed gives the same probes on every device.
 """
 
 from __future__ import annotations
@@ -19,11 +30,14 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
 
+from landscape_core import rng
+from landscape_core.common import check, check_count, check_positive
 from landscape_core.functional import (
     DEFAULT_CHUNK,
     Data,
@@ -34,45 +48,96 @@ from landscape_core.functional import (
     eval_mode,
     flatten,
     loss_at,
+    param_dict,
     unflatten,
 )
-from landscape_core.functional import param_dict as _param_dict
 
 __all__ = [
     "DensityResult",
     "EigenResult",
     "HessianOperator",
+    "LinearOperator",
     "TraceResult",
     "hessian_trace",
     "hvp",
     "hvp_batch",
+    "random_vectors",
     "spectral_density",
     "top_eigenvalues",
 ]
 
 METHODS = ("lanczos", "power")
-
-
-def _check(condition: bool, name: str, expectation: str, value: object) -> None:
-    if not condition:
-        raise ValueError(f"Expected `{name}` {expectation}, got {value!r}")
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(int(seed))
+KINDS = ("gaussian", "rademacher")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The operator
+# The operators
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class LinearOperator(Protocol):
+    """What the estimators need of a symmetric linear operator ``A`` on flat vectors ``[size]``.
+
+    Attributes:
+        size: The dimension ``P``.
+        dtype: The dtype of the vectors ``matvec`` takes and returns (start vectors and probes are cast to it).
+        device: Their device.
+        n_hvp: Products computed so far (``matmat`` of ``m`` vectors counts ``m``); estimators report the
+            difference over their own call, so an operator can be reused.
+
+    ``matvec(v [P]) -> A v [P]`` and ``matmat(V [m, P]) -> [m, P]`` with row ``i`` equal to ``A V[i]``; both take
+    vectors in ``dtype`` on ``device``. Random start vectors and probes are drawn for it by :func:`random_vectors`.
+    """
+
+    size: int
+    dtype: torch.dtype
+    device: torch.device
+    n_hvp: int
+
+    def matvec(self, v: Tensor) -> Tensor: ...
+
+    def matmat(self, V: Tensor) -> Tensor: ...
+
+
+def random_vectors(op: LinearOperator, n: int, generator: torch.Generator, kind: str = "gaussian") -> Tensor:
+    """``n`` random vectors ``[n, op.size]`` (``gaussian`` or ``rademacher``) by the seeded-generator rule of
+    :mod:`landscape_core.rng`: drawn in float64 on the CPU from ``generator``, then cast to ``op.dtype`` and moved to
+    ``op.device``."""
+    if kind == "gaussian":
+        return rng.randn((n, op.size), generator, dtype=op.dtype, device=op.device)
+    if kind == "rademacher":
+        return rng.rademacher((n, op.size), generator, dtype=op.dtype, device=op.device)
+    raise ValueError(f"Expected `kind` in {KINDS}, got {kind!r}")
+
+
+def _vectors(op: LinearOperator, v: Tensor, ndim: int) -> Tensor:
+    """``v`` checked to be ``[P]`` (``ndim`` 1) or ``[m, P]`` (2) for ``op``, detached, in its dtype and device."""
+    v = torch.as_tensor(v)
+    if v.ndim != ndim or v.shape[-1] != op.size:
+        shape = "[P]" if ndim == 1 else "[m, P]"
+        raise ValueError(f"Expected a vector of shape {shape} with P = {op.size}, got {tuple(v.shape)}")
+    return v.detach().to(device=op.device, dtype=op.dtype)
+
+
+def _check_operator(op: object) -> None:
+    check(
+        not isinstance(op, nn.Module) and isinstance(op, LinearOperator),
+        "op",
+        "a LinearOperator such as HessianOperator(model, data)",
+        type(op).__name__,
+        error=TypeError,
+    )
 
 
 class HessianOperator:
-    """The Hessian of the exact mean loss of ``model`` over ``data``, as a linear operator on flat vectors ``[P]``.
+    """The Hessian of the exact mean loss of ``model`` over ``data``, as a :class:`LinearOperator` on flat vectors
+    ``[P]``.
 
     Parameters and buffers are detached copies taken at construction and the data is sliced into chunks once, so
-    Lanczos, power iteration, Hutchinson and SLQ share one HVP code path. ``n_hvp`` counts Hessian-vector products
-    (``matmat`` of ``m`` vectors counts ``m``).
+    Lanczos, power iteration, Hutchinson and SLQ share one HVP code path, and one operator can serve several
+    estimators (it describes the model as it was when the operator was built). ``n_hvp`` counts Hessian-vector
+    products (``matmat`` of ``m`` vectors counts ``m``).
 
     Args:
         model: Any module; evaluated in eval mode through ``torch.func.functional_call``, never mutated.
@@ -98,7 +163,7 @@ class HessianOperator:
         vectorize: bool = True,
     ) -> None:
         self.model = model
-        self.params: Params = _param_dict(model)
+        self.params: Params = param_dict(model)
         self.buffers: Params = {name: b.detach() for name, b in model.named_buffers()}
         self.batches = list(chunks(data, effective_chunk(chunk_size, data[0].device)))
         self.loss_fn = loss_fn
@@ -130,10 +195,7 @@ class HessianOperator:
         return flatten(tree)
 
     def _check_vectors(self, v: Tensor, ndim: int) -> Tensor:
-        if v.ndim != ndim or v.shape[-1] != self.size:
-            shape = "[P]" if ndim == 1 else "[m, P]"
-            raise ValueError(f"Expected a vector of shape {shape} with P = {self.size}, got {tuple(v.shape)}")
-        return v.detach().to(device=self.device, dtype=self.dtype)
+        return _vectors(self, v, ndim)
 
     def _grad_fn(self, batch: Data) -> Callable[[Params], Params]:
         model, loss_fn, buffers = self.model, self.loss_fn, self.buffers
@@ -175,7 +237,7 @@ class HessianOperator:
         V = self._check_vectors(V, 2)
         m = V.shape[0]
         block = m if block_size is None else block_size
-        _check(block >= 1, "block_size", ">= 1", block_size)
+        check(block >= 1, "block_size", ">= 1", block_size)
         out = torch.zeros_like(V)
         for start in range(0, m, max(block, 1)):
             out[start : start + block] = self._matmat_block(V[start : start + block])
@@ -216,15 +278,6 @@ class HessianOperator:
         V = self._check_vectors(V, 2)
         return (self.matmat(V, block_size=block_size) * V).sum(dim=1)
 
-    def random(self, n: int, generator: torch.Generator, kind: str = "gaussian") -> Tensor:
-        """``n`` random vectors ``[n, P]`` (``gaussian`` or ``rademacher``) in the model's dtype and device."""
-        if kind == "gaussian":
-            draws = torch.randn(n, self.size, generator=generator, dtype=torch.float64)
-        elif kind == "rademacher":
-            draws = torch.randint(0, 2, (n, self.size), generator=generator, dtype=torch.int8).double() * 2 - 1
-        else:
-            raise ValueError(f"Expected `kind` in ('gaussian', 'rademacher'), got {kind!r}")
-        return draws.to(device=self.device, dtype=self.dtype)
 
 
 def hvp(
@@ -283,16 +336,16 @@ def hvp_batch(
 
 @dataclass(frozen=True)
 class EigenResult:
-    """Top-k eigenpairs (largest algebraic) of the Hessian.
+    """Top-k eigenpairs (largest algebraic) of an operator (the Hessian, for a :class:`HessianOperator`).
 
     Attributes:
         eigenvalues: ``[k]`` float64 on CPU, descending.
-        eigenvectors: ``[k, P]`` unit rows, in the model's dtype and device.
+        eigenvectors: ``[k, P]`` unit rows, in the operator's dtype and device.
         residuals: ``[k]`` float64 on CPU: true residuals ``||H v - lambda v||`` computed from real HVPs (for Lanczos
             ``H v`` is assembled from the HVPs of the Krylov basis, ``H (Q^T s) = (H Q)^T s``, so it costs no extra
             HVP; for power iteration it is the last HVP of each eigenvector). Not the Lanczos bound.
         converged: ``True`` when ``residuals[i] <= tol * max(|eigenvalues[i]|, 1)`` for every ``i``.
-        n_hvp: Hessian-vector products spent.
+        n_hvp: Operator products (HVPs) this call spent.
         method: ``"lanczos"`` or ``"power"``.
         tol: The tolerance the result was computed (and judged) with.
     """
@@ -316,16 +369,13 @@ def _converged_mask(eigenvalues: Tensor, residuals: Tensor, tol: float) -> Tenso
 
 
 def top_eigenvalues(
-    model: nn.Module,
-    data: Data,
+    op: LinearOperator,
     *,
     k: int = 1,
     method: str = "lanczos",
     max_iter: int = 100,
     tol: float = 1e-4,
     seed: int = 0,
-    chunk_size: int = DEFAULT_CHUNK,
-    loss_fn: LossFn | None = None,
     v0: Tensor | Params | None = None,
 ) -> EigenResult:
     """The ``k`` largest (algebraic) eigenvalues of the Hessian of the mean loss, with eigenvectors and residuals.
@@ -351,29 +401,28 @@ def top_eigenvalues(
     iteration's relative-change rule is weaker, so its flag is often ``False`` at the same ``tol``.
 
     Args:
-        model: The model (not mutated; evaluated in eval mode).
-        data: ``(inputs [N, ...], targets [N])``.
+        op: The operator, e.g. ``HessianOperator(model, data, chunk_size=...)`` (the model is not mutated).
         k: Number of eigenpairs, ``1 <= k <= P``.
         method: ``"lanczos"`` or ``"power"``.
         max_iter: Lanczos steps in total (>= ``k``), or power-iteration HVPs per eigenvalue.
         tol: Convergence tolerance (relative to ``max(|lambda|, 1)``).
         seed: Seeds the start vector(s).
-        chunk_size: Examples per forward pass.
-        loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
-        v0: Warm start, flat ``[P]`` or a parameter dict (e.g. the previous epoch's top eigenvector).
+        v0: Warm start, flat ``[P]`` or (for a :class:`HessianOperator`) a parameter dict (e.g. the previous epoch's
+            top eigenvector).
 
     Returns:
         An :class:`EigenResult`.
     """
-    _check(isinstance(k, int) and k >= 1, "k", ">= 1", k)
-    _check(method in METHODS, "method", f"in {METHODS}", method)
-    _check(max_iter >= 1, "max_iter", ">= 1", max_iter)
-    _check(tol > 0, "tol", "> 0", tol)
-    op = HessianOperator(model, data, chunk_size=chunk_size, loss_fn=loss_fn)
-    _check(k <= op.size, "k", f"<= {op.size} (the number of parameters)", k)
+    _check_operator(op)
+    check(isinstance(k, int) and k >= 1, "k", ">= 1", k)
+    check(method in METHODS, "method", f"in {METHODS}", method)
+    check_count("max_iter", max_iter)
+    check_positive("tol", tol)
+    check(k <= op.size, "k", f"<= {op.size} (the number of parameters)", k)
     if method == "lanczos":
-        _check(max_iter >= k, "max_iter", f">= `k` ({k}) for Lanczos", max_iter)
-    generator = _generator(seed)
+        check(max_iter >= k, "max_iter", f">= `k` ({k}) for Lanczos", max_iter)
+    n_before = op.n_hvp
+    generator = rng.generator(seed)
     start = _start_vector(op, v0, generator)
     if method == "lanczos":
         values, vectors, residuals = _lanczos_top(op, start, k=k, max_iter=max_iter, tol=tol, generator=generator)
@@ -384,22 +433,24 @@ def top_eigenvalues(
         eigenvectors=vectors,
         residuals=residuals,
         converged=bool(_converged_mask(values, residuals, tol).all()),
-        n_hvp=op.n_hvp,
+        n_hvp=op.n_hvp - n_before,
         method=method,
         tol=float(tol),
     )
 
 
-def _start_vector(op: HessianOperator, v0: Tensor | Params | None, generator: torch.Generator) -> Tensor:
+def _start_vector(op: LinearOperator, v0: Tensor | Params | None, generator: torch.Generator) -> Tensor:
     if v0 is None:
-        v = op.random(1, generator)[0]
+        v = random_vectors(op, 1, generator)[0]
     else:
         if isinstance(v0, dict):
-            _check(set(v0) == set(op.params), "v0", f"with keys {list(op.params)}", list(v0))
-            v0 = torch.cat([torch.as_tensor(v0[name]).reshape(-1) for name in op.params])
-        v = op._check_vectors(torch.as_tensor(v0), 1)
+            names = getattr(op, "params", None)
+            check(names is not None, "v0", "a flat vector [P] (the operator has no parameter names)", "a dict")
+            check(set(v0) == set(names), "v0", f"with keys {list(names)}", list(v0))
+            v0 = torch.cat([torch.as_tensor(v0[name]).reshape(-1) for name in names])
+        v = _vectors(op, v0, 1)
     norm = torch.linalg.vector_norm(v)
-    _check(bool(norm > 0) and bool(torch.isfinite(norm)), "v0", "a non-zero finite vector", f"norm {float(norm)}")
+    check(bool(norm > 0) and bool(torch.isfinite(norm)), "v0", "a non-zero finite vector", f"norm {float(norm)}")
     return v / norm
 
 
@@ -427,7 +478,7 @@ def _breakdown_tol(alphas: list[float], betas: list[float]) -> float:
 
 
 def _lanczos_top(
-    op: HessianOperator, q: Tensor, *, k: int, max_iter: int, tol: float, generator: torch.Generator
+    op: LinearOperator, q: Tensor, *, k: int, max_iter: int, tol: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor]:
     steps = min(max_iter, op.size)
     # Uninitialized: row j is written at step j before any read, and untouched rows cost no memory traffic (zeroing
@@ -455,7 +506,7 @@ def _lanczos_top(
         if beta <= max(_breakdown_tol(alphas, betas), 10 * eps):
             # Invariant subspace: restart in its orthogonal complement (T gets a zero off-diagonal entry).
             for _ in range(3):
-                fresh = _orthogonalize(op.random(1, generator)[0], Q[:m])
+                fresh = _orthogonalize(random_vectors(op, 1, generator)[0], Q[:m])
                 norm = torch.linalg.vector_norm(fresh)
                 if norm > 1e-3:  # the complement is not numerically empty
                     break
@@ -478,13 +529,13 @@ def _lanczos_top(
 
 
 def _power_top(
-    op: HessianOperator, start: Tensor, *, k: int, max_iter: int, tol: float, generator: torch.Generator
+    op: LinearOperator, start: Tensor, *, k: int, max_iter: int, tol: float, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor]:
     found = torch.zeros(0, op.size, dtype=op.dtype, device=op.device)
     values: list[float] = []
     residuals: list[float] = []
     for i in range(k):
-        v = start if i == 0 else op.random(1, generator)[0]
+        v = start if i == 0 else random_vectors(op, 1, generator)[0]
         previous = None
         for step in range(max_iter):
             v = _orthogonalize(v, found)
@@ -523,7 +574,7 @@ class TraceResult:
     Attributes:
         estimate: Mean of the per-probe ``z^T H z``.
         stderr: Sample standard deviation of the per-probe values over ``sqrt(n_probes)`` (NaN for one probe).
-        n_hvp: Hessian-vector products spent (``n_probes``).
+        n_hvp: Operator products (HVPs) this call spent (``n_probes``).
         samples: Per-probe ``z^T H z``, ``[n_probes]`` float64 on CPU.
     """
 
@@ -533,46 +584,34 @@ class TraceResult:
     samples: Tensor
 
 
-def hessian_trace(
-    model: nn.Module,
-    data: Data,
-    *,
-    n_probes: int = 20,
-    seed: int = 0,
-    chunk_size: int = DEFAULT_CHUNK,
-    loss_fn: LossFn | None = None,
-    block_size: int = 10,
-    vectorize: bool = True,
-) -> TraceResult:
+def hessian_trace(op: LinearOperator, *, n_probes: int = 20, seed: int = 0, block_size: int = 10) -> TraceResult:
     """Hutchinson's trace estimator with Rademacher probes, ``tr(H) ~ mean_i z_i^T H z_i``.
 
-    Probes are drawn block by block from one generator and pushed through :meth:`HessianOperator.matmat`, so each
-    chunk's forward pass is shared by ``block_size`` probes.
+    Probes are drawn block by block from one generator and pushed through the operator's ``matmat``, so for a
+    :class:`HessianOperator` each chunk's forward pass is shared by ``block_size`` probes (its ``vectorize`` flag
+    chooses vmap or a loop).
 
     Args:
-        model: The model (not mutated; evaluated in eval mode).
-        data: ``(inputs [N, ...], targets [N])``.
+        op: The operator, e.g. ``HessianOperator(model, data, chunk_size=...)`` (the model is not mutated).
         n_probes: Number of Rademacher probes (>= 1).
         seed: Seeds the probes.
-        chunk_size: Examples per forward pass.
-        loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
-        block_size: Probes per vmapped pass (memory grows with it).
-        vectorize: vmap the probes of a block (default) or loop over them (see :class:`HessianOperator`).
+        block_size: Probes per ``matmat`` (memory grows with it).
 
     Returns:
         A :class:`TraceResult`.
     """
-    _check(n_probes >= 1, "n_probes", ">= 1", n_probes)
-    _check(block_size >= 1, "block_size", ">= 1", block_size)
-    op = HessianOperator(model, data, chunk_size=chunk_size, loss_fn=loss_fn, vectorize=vectorize)
-    generator = _generator(seed)
+    _check_operator(op)
+    check_count("n_probes", n_probes)
+    check_count("block_size", block_size)
+    n_before = op.n_hvp
+    generator = rng.generator(seed)
     samples = []
     for start in range(0, n_probes, block_size):
-        Z = op.random(min(block_size, n_probes - start), generator, kind="rademacher")
-        samples.append(op.quadratic_forms(Z).double().cpu())
+        Z = random_vectors(op, min(block_size, n_probes - start), generator, kind="rademacher")
+        samples.append((op.matmat(Z) * Z).sum(dim=1).double().cpu())
     values = torch.cat(samples)
     stderr = float(values.std(unbiased=True) / math.sqrt(n_probes)) if n_probes > 1 else math.nan
-    return TraceResult(estimate=float(values.mean()), stderr=stderr, n_hvp=op.n_hvp, samples=values)
+    return TraceResult(estimate=float(values.mean()), stderr=stderr, n_hvp=op.n_hvp - n_before, samples=values)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -587,7 +626,7 @@ class DensityResult:
     Attributes:
         nodes: Ritz values per probe, ``[n_probes, n_steps]`` float64 on CPU, ascending within a probe.
         weights: Squared first components of the Ritz vectors, ``[n_probes, n_steps]``; each row sums to 1.
-        n_hvp: Hessian-vector products spent.
+        n_hvp: Operator products (HVPs) this call spent.
     """
 
     nodes: Tensor
@@ -604,7 +643,7 @@ class DensityResult:
         Returns:
             ``[G]`` float64: ``mean_p sum_j w_pj N(grid; node_pj, sigma^2)``; integrates to ~1 over a wide grid.
         """
-        _check(sigma > 0, "sigma", "> 0", sigma)
+        check_positive("sigma", sigma)
         grid = torch.as_tensor(grid, dtype=torch.float64).cpu()
         z = (grid[None, None, :] - self.nodes[:, :, None]) / sigma
         kernel = torch.exp(-0.5 * z**2) / (sigma * math.sqrt(2 * math.pi))
@@ -615,45 +654,31 @@ class DensityResult:
         return (self.weights * self.nodes**power).sum(dim=1)
 
 
-def spectral_density(
-    model: nn.Module,
-    data: Data,
-    *,
-    n_probes: int,
-    n_steps: int,
-    seed: int = 0,
-    chunk_size: int = DEFAULT_CHUNK,
-    loss_fn: LossFn | None = None,
-    vectorize: bool = True,
-) -> DensityResult:
+def spectral_density(op: LinearOperator, *, n_probes: int, n_steps: int, seed: int = 0) -> DensityResult:
     """Stochastic Lanczos quadrature: the spectral density as Gauss quadrature nodes and weights per probe.
 
     Each probe is a normalized Rademacher vector ``v``; ``n_steps`` Lanczos steps with full reorthogonalization give a
     tridiagonal ``T = S diag(theta) S^T``; nodes are ``theta`` and weights ``S[0, :]^2`` (so that
-    ``sum_j w_j f(theta_j) ~ v^T f(H) v``). The probes' Lanczos recurrences run side by side and share each chunk's
-    forward pass through :meth:`HessianOperator.matmat`. A probe whose Krylov space becomes invariant before
+    ``sum_j w_j f(theta_j) ~ v^T f(H) v``). The probes' Lanczos recurrences run side by side and go through the
+    operator's ``matmat`` together (for a :class:`HessianOperator` they share each chunk's forward pass). A probe whose Krylov space becomes invariant before
     ``n_steps`` (exact quadrature already) stops there; its remaining entries are padded with its largest node and
     weight 0.
 
     Args:
-        model: The model (not mutated; evaluated in eval mode).
-        data: ``(inputs [N, ...], targets [N])``.
+        op: The operator, e.g. ``HessianOperator(model, data, chunk_size=...)`` (the model is not mutated).
         n_probes: Number of probes (>= 1).
         n_steps: Lanczos steps per probe, ``1 <= n_steps <= P``.
         seed: Seeds the probes.
-        chunk_size: Examples per forward pass.
-        loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
-        vectorize: vmap the probes' HVPs (default) or loop over them (see :class:`HessianOperator`).
 
     Returns:
         A :class:`DensityResult`.
     """
-    _check(n_probes >= 1, "n_probes", ">= 1", n_probes)
-    _check(n_steps >= 1, "n_steps", ">= 1", n_steps)
-    op = HessianOperator(model, data, chunk_size=chunk_size, loss_fn=loss_fn, vectorize=vectorize)
-    _check(n_steps <= op.size, "n_steps", f"<= {op.size} (the number of parameters)", n_steps)
-    generator = _generator(seed)
-    V = op.random(n_probes, generator, kind="rademacher") / math.sqrt(op.size)
+    _check_operator(op)
+    check_count("n_probes", n_probes)
+    check_count("n_steps", n_steps)
+    check(n_steps <= op.size, "n_steps", f"<= {op.size} (the number of parameters)", n_steps)
+    n_before = op.n_hvp
+    V = random_vectors(op, n_probes, rng.generator(seed), kind="rademacher") / math.sqrt(op.size)
     bases = torch.zeros(n_probes, n_steps, op.size, dtype=op.dtype, device=op.device)
     alphas: list[list[float]] = [[] for _ in range(n_probes)]
     betas: list[list[float]] = [[] for _ in range(n_probes)]
@@ -684,4 +709,4 @@ def spectral_density(
         m = theta.numel()
         nodes[p, :m], weights[p, :m] = theta, S[0] ** 2
         nodes[p, m:] = theta[-1]
-    return DensityResult(nodes=nodes, weights=weights, n_hvp=op.n_hvp)
+    return DensityResult(nodes=nodes, weights=weights, n_hvp=op.n_hvp - n_before)

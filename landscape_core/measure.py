@@ -19,8 +19,8 @@ from torch import nn
 
 from landscape_core import connectivity, directions, flatness, hessian, sharpness, slices
 from landscape_core.config import AnalysisConfig, HessianConfig
-from landscape_core.data import subset
 from landscape_core.functional import Data, Params
+from landscape_core.splits import TrialData
 
 __all__ = ["LambdaMaxTracker", "Measurements", "measure", "population_barriers"]
 
@@ -52,19 +52,13 @@ def _tensor_list(values: torch.Tensor) -> list[float]:
     return [float(v) for v in values.detach().cpu().reshape(-1)]
 
 
-def _sub(data: Data, size: int | None, seed: int) -> Data:
-    return subset(data[0], data[1], size, seed)
-
-
 def measure(
     model: nn.Module,
     *,
     init_params: Params | None,
-    train_data: Data,
-    test_data: Data,
+    data: TrialData,
     config: AnalysisConfig,
     reference: nn.Module | None = None,
-    seed: int = 0,
     stage: Stage | None = None,
     v0: torch.Tensor | None = None,
 ) -> Measurements:
@@ -73,11 +67,10 @@ def measure(
     Args:
         model: the trained model (unchanged by this call).
         init_params: its initial weights, for the distance from initialization (None: not measured).
-        train_data: the training set of the trial; analyses draw fixed subsets of it with ``seed``.
-        test_data: the test set of the trial.
+        data: the trial's splits; each analysis measures on its own fixed subset of them (``splits.SUBSETS``),
+            and random directions are seeded from ``data.seed`` too, so both are the same for every trial.
         config: sizes and resolutions per analysis, and which to skip.
         reference: the study's reference model for the barriers (None: no barriers, e.g. for the reference itself).
-        seed: the sweep's analysis seed: subsets and random directions are the same for every trial.
         stage: called with each analysis' name as it starts (progress display).
         v0: a start vector for the top eigenvalues' Lanczos, e.g. ``LambdaMaxTracker.vector``, the top eigenvector
             of the last epoch on the tracking subset: it lies close to the final one, so Lanczos meets its residual
@@ -87,6 +80,7 @@ def measure(
         Measurements with scalars, arrays and per-analysis seconds.
     """
     out = Measurements()
+    seed = data.direction_seed("probes")
     h = config.hessian
     with out.timed("norms", stage):
         out.scalars["norm/weights"] = flatness.weight_norm(model)
@@ -94,7 +88,7 @@ def measure(
             out.scalars["norm/dist_init"] = flatness.distance_from_init(model, init_params)
 
     top = None
-    hessian_data = _sub(train_data, h.subset, seed)
+    hessian_data = data.subset("hessian", h.subset)
     if config.runs("hessian"):
         with out.timed("hessian", stage):
             top = hessian.top_eigenvalues(
@@ -156,7 +150,7 @@ def measure(
 
     if config.runs("sharpness"):
         s = config.sharpness
-        sharp_data = _sub(train_data, s.subset, seed + 1)
+        sharp_data = data.subset("sharpness", s.subset)
         with out.timed("eps_sharpness", stage):
             eps = sharpness.eps_sharpness(model, sharp_data, eps=s.eps, steps=s.steps, seed=seed)
         with out.timed("adaptive_sharpness", stage):
@@ -168,7 +162,7 @@ def measure(
 
     if config.runs("flatness"):
         f = config.flatness
-        flat_data = _sub(train_data, f.subset, seed + 2)
+        flat_data = data.subset("flatness", f.subset)
         results = {}
         for aware, key in ((False, "pac_bayes"), (True, "pac_bayes_mag")):
             with out.timed(key, stage):
@@ -190,7 +184,7 @@ def measure(
         n = config.noise
         with out.timed("noise", stage):
             noise = sharpness.weight_noise_robustness(
-                model, _sub(test_data, n.subset, seed + 3), sigmas=n.sigmas, draws=n.draws, seed=seed
+                model, data.subset("noise", n.subset), sigmas=n.sigmas, draws=n.draws, seed=seed
             )
         for i, sigma in enumerate(noise.sigmas):
             key = _sigma_key(sigma)
@@ -202,28 +196,25 @@ def measure(
         out.arrays["noise"] = noise.to_dict()
 
     if config.runs("slices"):
-        _measure_slices(model, train_data, config, top, seed, out, stage)
+        _measure_slices(model, data, config, top, out, stage)
 
     if config.runs("connectivity") and reference is not None:
-        _measure_barriers(model, reference, train_data, test_data, config, seed, out, stage)
+        _measure_barriers(model, reference, data, config, out, stage)
     return out
 
 
 def _measure_slices(
-    model: nn.Module,
-    train_data: Data,
-    config: AnalysisConfig,
-    top: Any,
-    seed: int,
-    out: Measurements,
-    stage: Stage | None,
+    model: nn.Module, trial_data: TrialData, config: AnalysisConfig, top: Any, out: Measurements, stage: Stage | None
 ) -> None:
     c = config.slices
-    data = _sub(train_data, c.subset, seed + 4)
+    data = trial_data.subset("slices", c.subset)
     with out.timed("curvature", stage):
         curvatures = [
             slices.directional_curvature(
-                model, data, directions.random_direction(model, seed=seed + 100 + i), eps=c.curvature_eps
+                model,
+                data,
+                directions.random_direction(model, seed=trial_data.direction_seed("curvature", i)),
+                eps=c.curvature_eps,
             )
             for i in range(c.curvature_directions)
         ]
@@ -236,7 +227,8 @@ def _measure_slices(
         out.arrays["curvature"] = arrays
     alphas = torch.linspace(-c.span, c.span, c.points_1d, dtype=torch.float64)
     with out.timed("slice_1d", stage):
-        curves = {"random": slices.slice_1d(model, data, directions.random_filter_normalized(model, seed=seed), alphas)}
+        direction = directions.random_filter_normalized(model, seed=trial_data.direction_seed("slice_1d"))
+        curves = {"random": slices.slice_1d(model, data, direction, alphas)}
         if top is not None:
             curves["top_eigenvector"] = slices.slice_1d(
                 model, data, directions.eigen_direction(top.eigenvectors[0], model), alphas
@@ -249,7 +241,7 @@ def _measure_slices(
             out.scalars[f"slice/{name}_loss_at_span"] = float(r.loss[[0, -1]].mean())
     grid = torch.linspace(-c.span, c.span, c.points_2d, dtype=torch.float64)
     with out.timed("slice_2d", stage):
-        d1, d2 = directions.orthogonal_pair(model, seed=seed + 7)
+        d1, d2 = directions.orthogonal_pair(model, seed=trial_data.direction_seed("slice_2d"))
         plane = slices.slice_2d(model, data, d1, d2, grid, grid)
         out.arrays["slice_2d"] = {
             "alphas": _tensor_list(plane.alphas),
@@ -262,20 +254,18 @@ def _measure_slices(
 def _measure_barriers(
     model: nn.Module,
     reference: nn.Module,
-    train_data: Data,
-    test_data: Data,
+    data: TrialData,
     config: AnalysisConfig,
-    seed: int,
     out: Measurements,
     stage: Stage | None,
 ) -> None:
     k = config.connectivity
     alphas = torch.linspace(0.0, 1.0, k.points, dtype=torch.float64).tolist()
-    sets = {"train": _sub(train_data, k.train_subset, seed + 5), "test": _sub(test_data, k.test_subset, seed + 6)}
+    sets = {"train": data.subset("barrier_train", k.train_subset), "test": data.subset("barrier_test", k.test_subset)}
     candidates = {"": model}
     if k.align:
         with out.timed("align", stage):
-            candidates["_aligned"] = connectivity.align(reference, model, seed=seed)
+            candidates["_aligned"] = connectivity.align(reference, model, seed=data.direction_seed("probes"))
     paths: dict[str, Any] = {}
     with out.timed("barriers", stage):
         for suffix, endpoint in candidates.items():
@@ -296,9 +286,9 @@ class LambdaMaxTracker:
     threshold is where full-batch SGD with heavy-ball momentum beta leaves the stable regime (Cohen et al. 2021).
     """
 
-    def __init__(self, train_data: Data, config: HessianConfig, *, lr: float, momentum: float, seed: int = 0) -> None:
-        self.data = _sub(train_data, config.track_subset, seed + 8)
-        self.config, self.seed = config, seed
+    def __init__(self, data: TrialData, config: HessianConfig, *, lr: float, momentum: float) -> None:
+        self.data = data.subset("tracking", config.track_subset)
+        self.config, self.seed = config, data.direction_seed("probes")
         self.threshold = (2.0 + 2.0 * momentum) / lr
         self.vector: torch.Tensor | None = None
 

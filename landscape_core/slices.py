@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from landscape_core.common import check_positive
 from landscape_core.directions import as_params
 from landscape_core.functional import DEFAULT_CHUNK, Data, LossFn, Params, evaluate, flatten, param_dict
 
@@ -183,8 +184,7 @@ def directional_curvature(
     Returns:
         The curvature as a Python float.
     """
-    if not eps > 0:
-        raise ValueError(f"Expected `eps` > 0, got {eps!r}")
+    check_positive("eps", eps)
     theta = param_dict(model)
     d = as_params(direction, theta)
     norm = float(torch.linalg.vector_norm(flatten(d)))

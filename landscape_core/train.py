@@ -11,16 +11,16 @@ import torch
 from torch import nn
 
 from landscape_core.config import TrainConfig
-from landscape_core.data import FashionMNIST, subset
-from landscape_core.functional import Data, Params, evaluate, param_dict
+from landscape_core.devices import resolve_device
+from landscape_core.functional import Params, evaluate, param_dict
 from landscape_core.models import build_model
+from landscape_core.splits import TrialData
 
 __all__ = [
     "DivergenceError",
     "EpochMetrics",
     "TrainResult",
-    "make_datasets",
-    "resolve_device",
+    "check_data",
     "train",
 ]
 
@@ -48,13 +48,12 @@ class EpochMetrics:
 
 @dataclass
 class TrainResult:
-    """A trained model, the weights it started from, and its per-epoch history."""
+    """A trained model, the weights it started from, its per-epoch history, and the splits it saw."""
 
     model: nn.Module
     init_params: Params
     history: list[EpochMetrics]
-    train_data: Data
-    test_data: Data
+    data: TrialData
 
     @property
     def final(self) -> EpochMetrics:
@@ -65,24 +64,19 @@ EpochCallback = Callable[[int, nn.Module], dict[str, float] | None]
 StepCallback = Callable[[int, int, int, float], None]
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` means CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def make_datasets(dataset: FashionMNIST, config: TrainConfig) -> tuple[Data, Data]:
-    """The train and test subsets of a config, on its device (the same for every trial with the same data_seed)."""
-    device = resolve_device(config.device)
-    train = subset(dataset.train_x, dataset.train_y, config.train_size, config.data_seed)
-    test = subset(dataset.test_x, dataset.test_y, config.test_size, config.data_seed + 1)
-    return tuple(t.to(device) for t in train), tuple(t.to(device) for t in test)
+def check_data(data: TrialData, config: TrainConfig) -> None:
+    """Raise ``ValueError`` unless ``data`` holds the splits ``config`` asks for (``TrialData.build(dataset, config)``)."""
+    if not data.matches(config):
+        raise ValueError(
+            f"Expected the splits of data_seed {config.data_seed}, train_size {config.train_size} and test_size "
+            f"{config.test_size}, got data_seed {data.seed} with {data.train[0].shape[0]} and {data.test[0].shape[0]} "
+            "images"
+        )
 
 
 def train(
     config: TrainConfig,
-    dataset: FashionMNIST,
+    data: TrialData,
     *,
     on_epoch: EpochCallback | None = None,
     on_step: StepCallback | None = None,
@@ -95,7 +89,7 @@ def train(
 
     Args:
         config: the training protocol.
-        dataset: the loaded Fashion-MNIST.
+        data: the trial's splits, ``TrialData.build(dataset, config)`` (built once per sweep and shared).
         on_epoch: called after each epoch's evaluation as ``on_epoch(epoch, model)``; the dict it returns is stored
             in that epoch's ``extra`` metrics (e.g. lambda_max tracking). It must not change the model.
         on_step: called every few steps as ``on_step(epoch, step, steps_per_epoch, loss)`` for live progress.
@@ -104,11 +98,12 @@ def train(
     Raises:
         DivergenceError: a training loss is not finite.
     """
+    check_data(data, config)
     device = resolve_device(config.device)
-    train_data, test_data = make_datasets(dataset, config)
+    train_data, test_data = data.train, data.test
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_model(config.model, device)
+        model = build_model(config.model, device, width=config.width)
     init_params = param_dict(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     shuffler = torch.Generator().manual_seed(config.seed)
@@ -143,4 +138,4 @@ def train(
         if on_metrics is not None:
             on_metrics(history[-1])
     model.eval()
-    return TrainResult(model, init_params, history, train_data, test_data)
+    return TrainResult(model, init_params, history, data)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sweeps.runner import SweepOptions, SweepOutcome, run_sweep
+from sweeps.options import SweepOptions
+from sweeps.runner import SweepOutcome, run_sweep
 from sweeps.space import SweepSpace, configs_from_trial, lr_grid
 
 __all__ = ["SweepOptions", "SweepOutcome", "SweepSpace", "configs_from_trial", "lr_grid", "run_sweep"]

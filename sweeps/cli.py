@@ -1,4 +1,8 @@
-"""Command-line options shared by the sweep entry points, and the error policy: one line, exit status 2."""
+"""Command-line options shared by the sweep entry points, validated into ``SweepOptions`` before anything is written.
+
+The error policy is ``landscape_core.cli.run_command``'s: bad input (a ``UsageError``) prints one line and exits 2,
+a bug keeps its traceback and exits 1, Ctrl-C / SIGTERM end the running trial cleanly and exit 130 / 143.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +13,25 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import optuna
-from rich.markup import escape
+from rich.console import Console
 
+from landscape_core.cli import ArgumentParser, run_command
 from landscape_core.config import ANALYSES, Preset, get_preset
-from landscape_core.data import DataMissingError
-from landscape_core.train import resolve_device
-from sweeps.runner import SweepOptions, run_sweep
+from landscape_core.devices import resolve_device
+from landscape_core.errors import UsageError
+from sweeps.options import SweepOptions
+from sweeps.runner import run_sweep
 from sweeps.space import SweepSpace
-from sweeps.storage import StorageError, StudyConfigMismatch
-from tracking.report import output_console
-from tracking.store import StoreError
 
-__all__ = ["base_parser", "preset_from_args", "run_cli"]
+__all__ = ["base_parser", "options_from_args", "parse_widths", "preset_from_args", "run_sweep_cli"]
 
-USER_ERRORS = (ValueError, DataMissingError, StoreError, StorageError, StudyConfigMismatch)
 TRAIN_OVERRIDES = ("epochs", "lr", "momentum", "batch_size", "train_size", "test_size", "data_seed", "device")
+INTERRUPTED = "the running trial was recorded as failed (its run KILLED); rerun the same command to resume the sweep."
 
 
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def base_parser(prog: str, description: str) -> ArgumentParser:
     """Options every sweep has: protocol (preset and overrides), analyses, and where results go."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description)
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument(
         "--preset", default="paper", help="paper (default), quick, smoke, or auto (paper on a GPU, quick on a CPU)"
@@ -41,6 +44,11 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     protocol.add_argument("--test-size", type=int, help="test subset size (default: the preset's)")
     protocol.add_argument("--data-seed", type=int, help="seed of the fixed data subsets shared by all trials")
     protocol.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    protocol.add_argument(
+        "--width",
+        help="width multiplier of the model: one value (e.g. 2), or a comma-separated list (0.5,1,2) that makes "
+        "width an axis of the sweep: every point runs at each width",
+    )
     protocol.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files ($LANDSCAPE_DATA_DIR)")
     protocol.add_argument("--skip", default="", help=f"comma-separated analyses to skip: {','.join(ANALYSES)}")
     where = parser.add_argument_group("where results go")
@@ -64,28 +72,52 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_widths(text: str | None) -> tuple[float, ...] | None:
+    """``--width``: None when absent, else the positive widths it lists (``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)``)."""
+    if text is None:
+        return None
+    try:
+        widths = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"Expected `--width` as numbers separated by commas, got {text!r}") from None
+    if not all(0 < w < float("inf") for w in widths) or len(set(widths)) != len(widths):
+        raise UsageError(f"Expected `--width` values > 0 and distinct, got {text!r}")
+    return widths
+
+
 def preset_from_args(args: argparse.Namespace) -> Preset:
-    """The named preset with every command-line override applied (validated by the configs)."""
+    """The named preset with every command-line override applied (validated by the configs). A single ``--width``
+    value is an override too; a list is an axis (``sweep_widths``)."""
     name = args.preset
     if name == "auto":
         name = "paper" if resolve_device(args.device or "auto").type == "cuda" else "quick"
     preset = get_preset(name)
     overrides = {field: getattr(args, field, None) for field in TRAIN_OVERRIDES}
+    widths = parse_widths(getattr(args, "width", None))
+    if widths is not None and len(widths) == 1:
+        overrides["width"] = widths[0]
     preset = preset.replace(**overrides)
     # --skip adds to what the preset already skips (quick skips the spectral density)
     skip = preset.analysis.skip | {s.strip() for s in args.skip.split(",") if s.strip()}
     return dataclasses.replace(preset, analysis=dataclasses.replace(preset.analysis, skip=frozenset(skip)))
 
 
+def sweep_widths(args: argparse.Namespace) -> tuple[float, ...] | None:
+    """The width axis of the sweep: the ``--width`` list when it has more than one value, else None."""
+    widths = parse_widths(args.width)
+    return widths if widths is not None and len(widths) > 1 else None
+
+
 def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Preset) -> SweepOptions:
+    """The sweep's options from the shared arguments; bad values raise ``UsageError``."""
     if args.heartbeat is not None and args.heartbeat < 1:
-        raise ValueError(f"Expected `--heartbeat` >= 1, got {args.heartbeat}")
+        raise UsageError(f"Expected `--heartbeat` >= 1, got {args.heartbeat}")
     if args.batch_trials < 1:
-        raise ValueError(f"Expected `--batch-trials` >= 1, got {args.batch_trials}")
+        raise UsageError(f"Expected `--batch-trials` >= 1, got {args.batch_trials}")
     if args.workers < 1:
-        raise ValueError(f"Expected `--workers` >= 1, got {args.workers}")
+        raise UsageError(f"Expected `--workers` >= 1, got {args.workers}")
     if args.max_pairs < 0:
-        raise ValueError(f"Expected `--max-pairs` >= 0, got {args.max_pairs}")
+        raise UsageError(f"Expected `--max-pairs` >= 0, got {args.max_pairs}")
     return SweepOptions(
         space=space,
         preset=preset,
@@ -102,32 +134,19 @@ def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Prese
     )
 
 
-def run_cli(
-    build: Callable[[argparse.Namespace], SweepOptions], parser: argparse.ArgumentParser, argv: Sequence[str] | None
+def run_sweep_cli(
+    build: Callable[[argparse.Namespace], SweepOptions], parser: ArgumentParser, argv: Sequence[str] | None
 ) -> int:
-    """Parse, build the options, run; user errors print one line and return 2, Ctrl-C/SIGTERM return 130/143."""
-    console = output_console()
+    """Parse, build the options (``build`` validates them), run the sweep; exit statuses as ``run_command``'s."""
     # torch's forward-mode AD registers its decompositions with torch.jit.script, which warns on first use.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     # Heartbeats and their retry callback are "experimental" in Optuna; that is no news to a user, at every start.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
-    args = parser.parse_args(argv)
-    try:
-        options = build(args)
-        run_sweep(options, console)
-    except USER_ERRORS as error:
-        # soft_wrap: one line however narrow the terminal (rich would break it at the console width)
-        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt as interrupt:
-        from sweeps.runner import Terminated
 
-        console.print(
-            "[yellow]interrupted:[/] the running trial was recorded as failed (its run KILLED); "
-            "rerun the same command to resume the sweep.",
-            soft_wrap=True,
-        )
-        return 143 if isinstance(interrupt, Terminated) else 130
-    return 0
+    def command(args: argparse.Namespace, console: Console) -> int:
+        run_sweep(build(args), console)
+        return 0
+
+    return run_command(parser, argv, command, interrupted=INTERRUPTED)

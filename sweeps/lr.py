@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from sweeps.cli import base_parser, options_from_args, preset_from_args, run_cli
-from sweeps.runner import SweepOptions
+from landscape_core.cli import ArgumentParser
+from landscape_core.errors import UsageError
+from sweeps.cli import base_parser, options_from_args, preset_from_args, run_sweep_cli, sweep_widths
+from sweeps.options import SweepOptions
 from sweeps.space import SweepSpace, lr_grid
 
 __all__ = ["build_options", "main", "parser"]
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> ArgumentParser:
     p = base_parser(
         "python -m sweeps.lr", "A learning-rate sweep: n log-spaced learning rates, each with several seeds."
     )
@@ -34,22 +36,32 @@ def parser() -> argparse.ArgumentParser:
 
 def build_options(args: argparse.Namespace) -> SweepOptions:
     if args.n < 1:
-        raise ValueError(f"Expected `--n` >= 1, got {args.n}")
+        raise UsageError(f"Expected `--n` >= 1, got {args.n}")
     if args.seeds_per_lr < 1:
-        raise ValueError(f"Expected `--seeds-per-lr` >= 1, got {args.seeds_per_lr}")
+        raise UsageError(f"Expected `--seeds-per-lr` >= 1, got {args.seeds_per_lr}")
     if not (0 < args.lr_min < args.lr_max):
-        raise ValueError(f"Expected 0 < `--lr-min` < `--lr-max`, got {args.lr_min} and {args.lr_max}")
+        raise UsageError(f"Expected 0 < `--lr-min` < `--lr-max`, got {args.lr_min} and {args.lr_max}")
     seeds = tuple(range(args.seed_start, args.seed_start + args.seeds_per_lr))
     if args.sampler == "tpe":
-        space = SweepSpace("lr", seeds, None, args.lr_min, args.lr_max, "tpe", args.n * args.seeds_per_lr)
+        space = SweepSpace(
+            "lr",
+            seeds,
+            lr_min=args.lr_min,
+            lr_max=args.lr_max,
+            sampler="tpe",
+            adaptive_trials=args.n * args.seeds_per_lr,
+            widths=sweep_widths(args),
+        )
     else:
         lrs = lr_grid(args.n, args.lr_min, args.lr_max, args.sampler, args.sampler_seed)
-        space = SweepSpace("lr", seeds, lrs, args.lr_min, args.lr_max, args.sampler)
+        space = SweepSpace(
+            "lr", seeds, lrs, lr_min=args.lr_min, lr_max=args.lr_max, sampler=args.sampler, widths=sweep_widths(args)
+        )
     return options_from_args(args, space, preset_from_args(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_options, parser(), argv)
+    return run_sweep_cli(build_options, parser(), argv)
 
 
 if __name__ == "__main__":

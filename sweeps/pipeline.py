@@ -1,19 +1,26 @@
-"""One trial: train (landscape_core), measure (landscape_core), log (tracking). Optuna only hands in the trial."""
+"""One trial: train (landscape_core), measure (landscape_core), log (tracking). Optuna only hands in the trial.
+
+``TrialContext`` is what every trial of a sweep shares; it is immutable and built by keyword. The reference minimum
+of the barriers is loaded once per worker by ``ReferenceModels``, the one cache a sweep keeps.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import optuna
+from optuna.trial import TrialState
+from torch import nn
 
-from landscape_core.config import Preset
-from landscape_core.data import FashionMNIST
+from landscape_core.config import Preset, TrainConfig
+from landscape_core.devices import resolve_device
 from landscape_core.ensemble import train_ensemble
 from landscape_core.measure import LambdaMaxTracker, measure
-from landscape_core.train import DivergenceError, TrainResult, make_datasets, resolve_device, train
+from landscape_core.splits import TrialData
+from landscape_core.train import DivergenceError, TrainResult, train
 from sweeps.progress import SweepProgress
 from sweeps.space import SweepSpace, configs_from_trial, point_key
 from tracking.checkpoints import load_run_model
@@ -21,7 +28,16 @@ from tracking.runs import flatten_config, start_child
 from tracking.store import TrackingStore
 from tracking.trial_log import log_epoch, log_measurements, log_training
 
-__all__ = ["NotPlanned", "TrialContext", "TrialDiverged", "lambda_tracker", "make_objective", "run_batch", "run_trial"]
+__all__ = [
+    "NotPlanned",
+    "ReferenceModels",
+    "TrialContext",
+    "TrialDiverged",
+    "lambda_tracker",
+    "make_objective",
+    "run_batch",
+    "run_trial",
+]
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -34,124 +50,156 @@ class NotPlanned(RuntimeError):
     """A worker drew a trial that was not one of the enqueued points (a race with another worker); it is dropped."""
 
 
-@dataclass
+class ReferenceModels:
+    """The study's reference minima for barriers, each loaded from its run's checkpoint once per worker."""
+
+    def __init__(self, store: TrackingStore, device: str) -> None:
+        self.store, self.device = store, resolve_device(device)
+        self._loaded: dict[str, nn.Module] = {}
+
+    def get(self, run_id: str, config: TrainConfig) -> nn.Module:
+        """The reference of run ``run_id``, an architecture of ``config`` (its model and width)."""
+        if run_id not in self._loaded:
+            model = load_run_model(self.store.client(), run_id, config.model, self.device, width=config.width)
+            self._loaded[run_id] = model
+        return self._loaded[run_id]
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrialContext:
-    """What every trial of one sweep shares."""
+    """What every trial of one sweep shares: the population, the protocol, the data, where runs go."""
 
     space: SweepSpace
     preset: Preset
-    dataset: FashionMNIST
+    data: TrialData
     store: TrackingStore
     experiment_id: str
     parent_run_id: str
     study_name: str
     progress: SweepProgress | None = None
-    reference: dict[str, Any] = field(default_factory=dict)
+    references: ReferenceModels = field(repr=False)
 
 
-def claim(trial: optuna.Trial, context: TrialContext) -> Preset:
+def claim(study: optuna.Study, trial: optuna.Trial, context: TrialContext) -> Preset:
     """This worker takes the trial: its configs, or NotPlanned when it is not a point of the sweep or a duplicate."""
     if context.space.planned and "point" not in trial.user_attrs:
         raise NotPlanned(f"trial {trial.number} was not enqueued")
     preset = configs_from_trial(trial, context.space, context.preset)
     trial.set_user_attr("worker", WORKER)
-    if _already_done(trial, context):
+    if _already_done(study, trial):
         trial.set_user_attr("duplicate", True)
         raise NotPlanned(f"point {trial.params} already ran in another trial")
     return preset
 
 
-def make_objective(context: TrialContext):
-    """The Optuna objective of a sweep: returns the trial's final test loss."""
+def make_objective(study: optuna.Study, context: TrialContext) -> Callable[[optuna.Trial], float]:
+    """The Optuna objective of a sweep on ``study``: returns the trial's final test loss."""
 
     def objective(trial: optuna.Trial) -> float:
-        return run_trial(trial, claim(trial, context), context)
+        return run_trial(study, trial, claim(study, trial, context), context)
 
     return objective
 
 
-def run_batch(study: optuna.Study, context: TrialContext, size: int) -> int:
-    """Claim up to ``size`` waiting trials, train them as one ensemble (``train_ensemble``: vmapped on CUDA, a loop
-    on a CPU), then measure and log each.
+def _protocol(preset: Preset) -> tuple:
+    """What members of one ensemble must share: every training field but the seed and the lr."""
+    fields = flatten_config(preset.train)
+    return tuple(sorted((k, v) for k, v in fields.items() if k not in ("seed", "lr")))
 
-    Every trial still gets its own child run and its own Optuna result. Returns how many trials were claimed.
+
+def run_batch(study: optuna.Study, context: TrialContext, size: int) -> int:
+    """Claim up to ``size`` waiting trials, train those of one protocol as one ensemble (``train_ensemble``: vmapped
+    on CUDA, a loop on a CPU), then measure and log each.
+
+    Every trial still gets its own child run and its own Optuna result. Trials of different widths are trained as
+    separate ensembles. Returns how many trials were claimed.
     """
     claimed: list[tuple[optuna.Trial, Preset]] = []
     told: set[int] = set()
     try:
-        while len(claimed) < size and study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        while len(claimed) < size and study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             trial = study.ask()
             try:
-                claimed.append((trial, claim(trial, context)))
+                claimed.append((trial, claim(study, trial, context)))
             except NotPlanned:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                study.tell(trial, state=TrialState.FAIL)
                 told.add(trial.number)
-        if not claimed:
-            return 0
-        progress = context.progress
-        trackers = [lambda_tracker(preset, context) for _, preset in claimed]
-        if progress:
-            seeds = ", ".join(str(p.train.seed) for _, p in claimed)
-            progress.trial_started(f"ensemble of {len(claimed)} (seeds {seeds})", claimed[0][1].train.epochs)
-        outcomes = train_ensemble(
-            [preset.train for _, preset in claimed],
-            context.dataset,
-            on_epoch=lambda member, epoch, model: trackers[member](epoch, model) if trackers[member] else None,
-            on_step=(lambda member, *args: progress.step(*args) if member == 0 else None) if progress else None,
-        )
-        for (trial, preset), outcome, tracker in zip(claimed, outcomes, trackers):
-            try:
-                value = run_trial(trial, preset, context, trained=outcome, tracker=tracker)
-            except TrialDiverged:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            else:
-                study.tell(trial, value)
-            told.add(trial.number)
+        groups: dict[tuple, list[tuple[optuna.Trial, Preset]]] = {}
+        for trial, preset in claimed:
+            groups.setdefault(_protocol(preset), []).append((trial, preset))
+        for group in groups.values():
+            _train_and_log_group(study, context, group, told)
     finally:
         for trial, _ in claimed:
             if trial.number not in told:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                study.tell(trial, state=TrialState.FAIL)
     return len(claimed)
 
 
-def _already_done(trial: optuna.Trial, context: TrialContext) -> bool:
+def _train_and_log_group(
+    study: optuna.Study, context: TrialContext, group: list[tuple[optuna.Trial, Preset]], told: set[int]
+) -> None:
+    progress = context.progress
+    trackers = [lambda_tracker(preset, context) for _, preset in group]
+    if progress:
+        seeds = ", ".join(str(p.train.seed) for _, p in group)
+        progress.trial_started(f"ensemble of {len(group)} (seeds {seeds})", group[0][1].train.epochs)
+    outcomes = train_ensemble(
+        [preset.train for _, preset in group],
+        context.data,
+        on_epoch=lambda member, epoch, model: trackers[member](epoch, model) if trackers[member] else None,
+        on_step=(lambda member, *args: progress.step(*args) if member == 0 else None) if progress else None,
+    )
+    for (trial, preset), outcome, tracker in zip(group, outcomes, trackers):
+        try:
+            value = run_trial(study, trial, preset, context, trained=outcome, tracker=tracker)
+        except TrialDiverged:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+        told.add(trial.number)
+
+
+def _already_done(study: optuna.Study, trial: optuna.Trial) -> bool:
     """True when another trial of the same point finished, or started running before this one (a duplicate left by
     two workers enqueueing at once, or by a retry)."""
     key = point_key(trial.params)
-    me = trial.study._storage.get_trial(trial._trial_id)
-    for other in trial.study.get_trials(deepcopy=False):
+    mine = (trial.datetime_start, trial.number)
+    for other in study.get_trials(deepcopy=False):
         # An enqueued trial's point is known before it starts: its params only once its worker has suggested them,
         # too late when two workers pick up copies of one point at the same time.
         point = other.user_attrs.get("point") or other.params
         if other.number == trial.number or "seed" not in point or point_key(point) != key:
             continue
-        if other.state == optuna.trial.TrialState.COMPLETE or other.user_attrs.get("failure") == "diverged":
+        if other.state == TrialState.COMPLETE or other.user_attrs.get("failure") == "diverged":
             return True
-        if other.state == optuna.trial.TrialState.RUNNING and (other.datetime_start, other.number) < (
-            me.datetime_start,
-            me.number,
-        ):
+        if other.state == TrialState.RUNNING and (other.datetime_start, other.number) < mine:
             return True
     return False
 
 
-def _reference_model(trial: optuna.Trial, context: TrialContext) -> Any:
-    """The study's reference minimum for barriers: the first trial to finish, pinned on the study once chosen
-    (None while no trial has finished, e.g. for the reference itself)."""
-    study = trial.study
-    run_id = study.user_attrs.get("reference_run_id")
+def _reference_model(
+    study: optuna.Study, trial: optuna.Trial, preset: Preset, context: TrialContext
+) -> nn.Module | None:
+    """The study's reference minimum for barriers: the first trial to finish (of the same width, when width is an
+    axis), pinned on the study once chosen (None while no such trial has finished, e.g. for the reference itself)."""
+    config = preset.train
+    by_width = context.space.widths is not None
+    key = f"reference_run_id_w{config.width:g}" if by_width else "reference_run_id"
+    run_id = study.user_attrs.get(key)
     if run_id is None:
-        finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        finished = [t for t in finished if "mlflow_run_id" in t.user_attrs]
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        finished = [
+            t
+            for t in finished
+            if "mlflow_run_id" in t.user_attrs and (not by_width or t.params.get("width") == config.width)
+        ]
         if not finished:
             return None
         run_id = min(finished, key=lambda t: t.datetime_complete).user_attrs["mlflow_run_id"]
-        study.set_user_attr("reference_run_id", run_id)
-    if run_id not in context.reference:
-        device = resolve_device(context.preset.train.device)
-        context.reference = {run_id: load_run_model(context.store.client(), run_id, context.preset.train.model, device)}
+        study.set_user_attr(key, run_id)
     trial.set_user_attr("reference_run_id", run_id)
-    return context.reference[run_id]
+    return context.references.get(run_id, config)
 
 
 def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | None:
@@ -159,13 +207,33 @@ def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | 
     if not (preset.analysis.runs("tracking") and preset.analysis.runs("hessian")):
         return None
     config = preset.train
-    train_data, _ = make_datasets(context.dataset, config)
-    return LambdaMaxTracker(
-        train_data, preset.analysis.hessian, lr=config.lr, momentum=config.momentum, seed=config.data_seed
-    )
+    return LambdaMaxTracker(context.data, preset.analysis.hessian, lr=config.lr, momentum=config.momentum)
+
+
+def _run_tags(trial: optuna.Trial, preset: Preset, context: TrialContext) -> dict[str, object]:
+    config = preset.train
+    tags: dict[str, object] = {
+        "study": context.study_name,
+        "trial_number": trial.number,
+        "seed": config.seed,
+        "lr": config.lr,
+        "preset": preset.name,
+        "sweep": context.space.kind,
+        "worker": WORKER,
+    }
+    if context.space.widths is not None:
+        tags["width"] = config.width
+    return tags
+
+
+def _run_name(trial: optuna.Trial, preset: Preset, context: TrialContext) -> str:
+    config = preset.train
+    width = f"-w{config.width:g}" if context.space.widths is not None else ""
+    return f"trial-{trial.number:03d}-seed{config.seed}-lr{config.lr:.3g}{width}"
 
 
 def run_trial(
+    study: optuna.Study,
     trial: optuna.Trial,
     preset: Preset,
     context: TrialContext,
@@ -185,16 +253,8 @@ def run_trial(
         context.store,
         context.experiment_id,
         context.parent_run_id,
-        run_name=f"trial-{trial.number:03d}-seed{config.seed}-lr{config.lr:.3g}",
-        tags={
-            "study": context.study_name,
-            "trial_number": trial.number,
-            "seed": config.seed,
-            "lr": config.lr,
-            "preset": preset.name,
-            "sweep": context.space.kind,
-            "worker": WORKER,
-        },
+        run_name=_run_name(trial, preset, context),
+        tags=_run_tags(trial, preset, context),
     )
     trial.set_user_attr("mlflow_run_id", run.run_id)
     progress = context.progress
@@ -205,7 +265,7 @@ def run_trial(
         if trained is None:
             result = train(
                 config,
-                context.dataset,
+                context.data,
                 on_epoch=tracker,
                 on_step=progress.step if progress else None,
                 on_metrics=lambda metrics: log_epoch(run, metrics),
@@ -220,11 +280,9 @@ def run_trial(
         measurements = measure(
             result.model,
             init_params=result.init_params,
-            train_data=result.train_data,
-            test_data=result.test_data,
+            data=result.data,
             config=preset.analysis,
-            reference=_reference_model(trial, context),
-            seed=config.data_seed,
+            reference=_reference_model(study, trial, preset, context),
             stage=progress.stage if progress else None,
             v0=tracker.vector if tracker is not None else None,
         )

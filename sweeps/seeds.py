@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from sweeps.cli import base_parser, options_from_args, preset_from_args, run_cli
-from sweeps.runner import SweepOptions
+from landscape_core.cli import ArgumentParser
+from landscape_core.errors import UsageError
+from sweeps.cli import base_parser, options_from_args, preset_from_args, run_sweep_cli, sweep_widths
+from sweeps.options import SweepOptions
 from sweeps.space import SweepSpace
 
 __all__ = ["build_options", "main", "parser"]
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> ArgumentParser:
     p = base_parser("python -m sweeps.seeds", "A many-seed sweep: the same protocol, seeds seed_start..seed_start+n-1.")
     p.add_argument("--n", type=int, default=20, help="number of seeds (default 20)")
     p.add_argument("--seed-start", type=int, default=1, help="first seed (default 1)")
@@ -21,15 +23,15 @@ def parser() -> argparse.ArgumentParser:
 
 def build_options(args: argparse.Namespace) -> SweepOptions:
     if args.n < 1:
-        raise ValueError(f"Expected `--n` >= 1, got {args.n}")
+        raise UsageError(f"Expected `--n` >= 1, got {args.n}")
     if args.seed_start < 0:
-        raise ValueError(f"Expected `--seed-start` >= 0, got {args.seed_start}")
-    space = SweepSpace("seeds", tuple(range(args.seed_start, args.seed_start + args.n)))
+        raise UsageError(f"Expected `--seed-start` >= 0, got {args.seed_start}")
+    space = SweepSpace("seeds", tuple(range(args.seed_start, args.seed_start + args.n)), widths=sweep_widths(args))
     return options_from_args(args, space, preset_from_args(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_options, parser(), argv)
+    return run_sweep_cli(build_options, parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Search spaces: which (seed, lr) points a sweep visits, and the one function that turns a trial into configs."""
+"""Search spaces: which (seed, lr, width) points a sweep visits, and the one function that turns a trial into configs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import optuna
+from scipy.stats import qmc
 
 from landscape_core.config import Preset
+from landscape_core.errors import UsageError
 
 __all__ = ["SweepSpace", "configs_from_trial", "lr_grid", "point_key"]
 
@@ -19,6 +21,7 @@ class SweepSpace:
 
     A seeds sweep has ``lrs = None`` (every trial uses the preset's lr). An lr sweep lists its learning rates, each
     run with every seed; with ``sampler="tpe"`` the lrs are chosen adaptively in ``[lr_min, lr_max]`` instead.
+    ``widths`` (either sweep) adds the architecture's width multiplier as an axis: every point is run at each width.
     """
 
     kind: str  # "seeds" or "lr"
@@ -28,10 +31,13 @@ class SweepSpace:
     lr_max: float | None = None
     sampler: str = "grid"
     adaptive_trials: int = 0  # tpe only: how many trials the sampler proposes
+    widths: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.seeds:
-            raise ValueError("Expected at least one seed, got none")
+            raise UsageError("Expected at least one seed, got none")
+        if self.widths is not None and (not self.widths or min(self.widths) <= 0):
+            raise UsageError(f"Expected widths > 0, got {self.widths}")
 
     @property
     def n_trials(self) -> int:
@@ -42,11 +48,17 @@ class SweepSpace:
         """True when every point is known up front (grid, qmc, seeds) and enqueued; False for adaptive TPE."""
         return self.sampler != "tpe"
 
+    @property
+    def varies_lr(self) -> bool:
+        """True when the lr is an axis (an lr list, or chosen by the sampler)."""
+        return self.lrs is not None or not self.planned
+
     def points(self) -> list[dict[str, float | int]]:
-        """The enqueued trial params, lr-major: ``[{"seed": 1}, ...]`` or ``[{"lr": 0.01, "seed": 1}, ...]``."""
-        if self.lrs is None:
-            return [{"seed": s} for s in self.seeds]
-        return [{"lr": lr, "seed": s} for lr in self.lrs for s in self.seeds]
+        """The enqueued trial params, lr-major, then width, then seed: ``[{"seed": 1}, ...]``,
+        ``[{"lr": 0.01, "seed": 1}, ...]`` or ``[{"lr": 0.01, "width": 0.5, "seed": 1}, ...]``."""
+        lrs = [{"lr": lr} for lr in self.lrs] if self.lrs is not None else [{}]
+        widths = [{"width": w} for w in self.widths] if self.widths is not None else [{}]
+        return [{**lr, **width, "seed": s} for lr in lrs for width in widths for s in self.seeds]
 
 
 def lr_grid(n: int, lr_min: float, lr_max: float, sampler: str = "grid", seed: int = 0) -> tuple[float, ...]:
@@ -54,26 +66,29 @@ def lr_grid(n: int, lr_min: float, lr_max: float, sampler: str = "grid", seed: i
     if sampler == "grid":
         values = np.geomspace(lr_min, lr_max, n) if n > 1 else np.array([math.sqrt(lr_min * lr_max)])
     elif sampler == "qmc":
-        from scipy.stats import qmc
-
         unit = qmc.Sobol(d=1, scramble=True, rng=np.random.default_rng(seed)).random(n)[:, 0]
         values = np.exp(np.log(lr_min) + unit * (np.log(lr_max) - np.log(lr_min)))
     else:
-        raise ValueError(f"Expected `sampler` in ('grid', 'qmc', 'tpe'), got {sampler!r}")
+        raise UsageError(f"Expected `sampler` in ('grid', 'qmc', 'tpe'), got {sampler!r}")
     return tuple(float(f"{v:.6g}") for v in sorted(values))
 
 
 def point_key(params: dict) -> tuple:
-    """A hashable identity of a trial's point (its seed and, in lr sweeps, its lr)."""
-    return (int(params["seed"]), round(float(params["lr"]), 12) if "lr" in params else None)
+    """A hashable identity of a trial's point: ``(seed, lr, width)``, None for an axis the sweep does not vary."""
+
+    def axis(name: str) -> float | None:
+        return round(float(params[name]), 12) if name in params else None
+
+    return (int(params["seed"]), axis("lr"), axis("width"))
 
 
 def configs_from_trial(trial: optuna.trial.BaseTrial, space: SweepSpace, preset: Preset) -> Preset:
-    """The only place that reads trial params: the trial's seed (and lr) applied to the preset."""
+    """The only place that reads trial params: the trial's seed (and lr, width) applied to the preset."""
     seed = trial.suggest_int("seed", min(space.seeds), max(space.seeds))
     lr = preset.train.lr
-    if space.lrs is not None or space.sampler == "tpe":
+    if space.varies_lr:
         low = space.lr_min if space.lr_min is not None else min(space.lrs)
         high = space.lr_max if space.lr_max is not None else max(space.lrs)
         lr = trial.suggest_float("lr", low, high, log=True)
-    return preset.replace(seed=seed, lr=lr)
+    width = trial.suggest_categorical("width", space.widths) if space.widths is not None else None
+    return preset.replace(seed=seed, lr=lr, width=width)

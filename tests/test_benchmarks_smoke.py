@@ -17,7 +17,7 @@ from benchmarks.training import seed_cnn_forward_flops, tutorial_dataset
 from landscape_core.config import TrainConfig
 from landscape_core.hessian import hvp
 from landscape_core.models import SeedCNN, TinyCNN
-from landscape_core.train import make_datasets
+from landscape_core.splits import TrialData
 
 
 def test_analytic_flops_match_torch_flop_counter() -> None:
@@ -59,7 +59,7 @@ def test_power_iteration_baseline_hvps_and_stopping_rule() -> None:
 def test_tutorial_dataset_holds_our_images(fashion, tmp_path) -> None:
     config = TrainConfig(train_size=300, test_size=10, data_seed=3, device="cpu")
     dataset = tutorial_dataset(Context(quick=True, device=torch.device("cpu"), workdir=tmp_path), config)
-    (x, y), _ = make_datasets(fashion, config)
+    x, y = TrialData.build(fashion, config).train
     assert len(dataset) == 300
     for i in (0, 150, 299):
         image, label = dataset[i]

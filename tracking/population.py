@@ -19,6 +19,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from landscape_core.errors import UsageError
 from tracking import keys
 from tracking.store import TrackingStore
 
@@ -30,8 +31,9 @@ DEFAULT_EXPERIMENTS = ("seeds", "lr")
 PAGE_SIZE = 1000
 
 
-class PopulationError(ValueError):
-    """The population cannot be selected: an unknown experiment or parent run, or contradictory selectors."""
+class PopulationError(UsageError):
+    """The population cannot be selected: an unknown experiment or parent run, contradictory selectors, or no
+    finished trial runs where some are needed. Bad input: one line, exit 2."""
 
 
 @dataclass(frozen=True)

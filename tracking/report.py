@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import sys
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tracking.correlate import CorrelationEntry, CorrelationReport
+from tracking.correlation import CorrelationEntry, CorrelationReport
 
-__all__ = ["SIMPSON_MARK", "output_console", "render", "render_text"]
+__all__ = ["SIMPSON_MARK", "render", "render_text"]
 
 SIMPSON_MARK = "⚠"
 
@@ -182,14 +180,6 @@ def render(report: CorrelationReport, console: Console) -> None:
     if missing:
         note.append("; rows with missing values have less power", style="italic")
     console.print(note)
-
-
-def output_console() -> Console:
-    """The console the CLIs print to: the terminal's width in a terminal, ``$COLUMNS`` when set; otherwise (output
-    to a file or a pipe) 160 columns, where rich would assume 80, too narrow for the report's tables."""
-    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
-        return Console()
-    return Console(width=160)
 
 
 def render_text(report: CorrelationReport, width: int = 160) -> str:

@@ -15,6 +15,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from landscape_core.common import json_safe
 from tracking.store import TrackingStore
 
 __all__ = ["RunLogger", "find_or_create_parent", "flatten_config", "start_child"]
@@ -36,20 +37,6 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)
     return out
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, torch.Tensor):
-        return _json_safe(value.detach().cpu().tolist())
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _json_safe(value.tolist())
-    return value
 
 
 class RunLogger:
@@ -83,7 +70,7 @@ class RunLogger:
 
     def json(self, data: Any, name: str) -> None:
         """Save raw arrays/results as ``data/<name>.json`` (NaN and inf become null)."""
-        self.client.log_dict(self.run_id, _json_safe(data), f"data/{name}.json")
+        self.client.log_dict(self.run_id, json_safe(data), f"data/{name}.json")
 
     def checkpoint(self, state_dict: Mapping[str, torch.Tensor], name: str = "model.pt") -> None:
         """Save a state dict under ``checkpoint/`` (load it with ``torch.load(weights_only=True)``)."""

@@ -9,13 +9,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.tracking import MlflowClient
 
+from landscape_core.errors import UsageError
+
 __all__ = ["StoreError", "TrackingStore", "default_tracking_uri", "redact"]
 
 DEFAULT_ROOT = Path("mlruns")
 
 
-class StoreError(RuntimeError):
-    """The tracking store cannot be used (not writable, not reachable)."""
+class StoreError(UsageError):
+    """The tracking store cannot be used (not writable, not reachable, not there): bad input, one line, exit 2."""
 
 
 def default_tracking_uri(root: str | Path = DEFAULT_ROOT) -> str:

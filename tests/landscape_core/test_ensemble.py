@@ -10,6 +10,7 @@ import torch
 from landscape_core.config import TrainConfig
 from landscape_core.ensemble import check_ensemble_configs, train_ensemble
 from landscape_core.functional import param_dict
+from landscape_core.splits import TrialData
 from landscape_core.train import DivergenceError, TrainResult, train
 
 BASE = TrainConfig(epochs=2, batch_size=64, train_size=256, test_size=128, eval_chunk=100, device="cpu")
@@ -27,11 +28,16 @@ RTOL, ATOL = 1e-4, 5e-5
 
 
 @pytest.fixture(scope="module")
-def sequential(fashion) -> dict[TrainConfig, TrainResult | DivergenceError]:
+def data(fashion) -> TrialData:
+    return TrialData.build(fashion, BASE)  # every config here shares BASE's splits
+
+
+@pytest.fixture(scope="module")
+def sequential(data) -> dict[TrainConfig, TrainResult | DivergenceError]:
     out: dict[TrainConfig, TrainResult | DivergenceError] = {}
     for config in [*CONFIGS, HUGE_LR]:
         try:
-            out[config] = train(config, fashion)
+            out[config] = train(config, data)
         except DivergenceError as error:
             out[config] = error
     return out
@@ -57,13 +63,13 @@ def assert_same_training(got: TrainResult, want: TrainResult, *, exact: bool = F
         # a prediction may flip on a float tie; one example is 1/256 resp. 1/128
         assert g.train_acc == pytest.approx(w.train_acc, abs=1.5 / BASE.train_size)
         assert g.test_acc == pytest.approx(w.test_acc, abs=1.5 / BASE.test_size)
-    for got_data, want_data in ((got.train_data, want.train_data), (got.test_data, want.test_data)):
+    for got_data, want_data in ((got.data.train, want.data.train), (got.data.test, want.data.test)):
         assert all(torch.equal(a, b) for a, b in zip(got_data, want_data))
     assert not got.model.training
 
 
 @pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "loop"])
-def test_members_equal_sequential_training(fashion, sequential, vectorize: bool) -> None:
+def test_members_equal_sequential_training(data, sequential, vectorize: bool) -> None:
     seen_metrics: list[tuple[int, int]] = []
     seen_epochs: list[tuple[int, int]] = []
 
@@ -75,7 +81,7 @@ def test_members_equal_sequential_training(fashion, sequential, vectorize: bool)
 
     results = train_ensemble(
         CONFIGS,
-        fashion,
+        data,
         vectorize=vectorize,
         on_epoch=on_epoch,
         on_metrics=lambda member, metrics: seen_metrics.append((member, metrics.epoch)),
@@ -88,17 +94,18 @@ def test_members_equal_sequential_training(fashion, sequential, vectorize: bool)
     expected = [(member, epoch) for epoch in (1, 2) for member in range(len(CONFIGS))]
     assert seen_metrics == expected and seen_epochs == expected
     # the members really differ (different seeds and learning rates)
-    assert results[0].final.train_loss != results[1].final.train_loss != results[2].final.train_loss
+    losses = [r.final.train_loss for r in results]
+    assert len(set(losses)) == len(losses), losses
 
 
 @pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "loop"])
-def test_diverged_member_is_reported_and_the_others_still_match(fashion, sequential, vectorize: bool) -> None:
+def test_diverged_member_is_reported_and_the_others_still_match(data, sequential, vectorize: bool) -> None:
     want = sequential[HUGE_LR]
     assert isinstance(want, DivergenceError), "lr 1e4 must diverge in sequential training too"
     configs = [CONFIGS[0], HUGE_LR, CONFIGS[1]]
     steps: list[tuple[int, int, int]] = []
     results = train_ensemble(
-        configs, fashion, vectorize=vectorize, on_step=lambda m, e, s, n, loss: steps.append((m, e, s))
+        configs, data, vectorize=vectorize, on_step=lambda m, e, s, n, loss: steps.append((m, e, s))
     )
     diverged = results[1]
     assert isinstance(diverged, DivergenceError)
@@ -110,14 +117,14 @@ def test_diverged_member_is_reported_and_the_others_still_match(fashion, sequent
     assert any(m == 2 and e == BASE.epochs for m, e, s in steps)
 
 
-def test_all_members_diverging_returns_only_errors(fashion) -> None:
+def test_all_members_diverging_returns_only_errors(data) -> None:
     configs = [HUGE_LR, dataclasses.replace(HUGE_LR, seed=5)]
-    results = train_ensemble(configs, fashion, vectorize=False)
+    results = train_ensemble(configs, data, vectorize=False)
     assert all(isinstance(r, DivergenceError) for r in results)
 
 
-def test_single_member_matches_train(fashion, sequential) -> None:
-    (result,) = train_ensemble(CONFIGS[1:2], fashion)
+def test_single_member_matches_train(data, sequential) -> None:
+    (result,) = train_ensemble(CONFIGS[1:2], data)
     assert_same_training(result, sequential[CONFIGS[1]], exact=True)
 
 
@@ -136,4 +143,4 @@ def test_bad_configs_raise_value_error(configs, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_ensemble_configs(configs)
     with pytest.raises(ValueError, match=message):
-        train_ensemble(configs, dataset=None)  # type: ignore[arg-type]  # validated before the data is touched
+        train_ensemble(configs, data=None)  # type: ignore[arg-type]  # validated before the data is touched

@@ -8,6 +8,7 @@ import torch
 from landscape_core.config import ANALYSES, AnalysisConfig, HessianConfig
 from landscape_core.hessian import top_eigenvalues
 from landscape_core.measure import measure
+from landscape_core.splits import TrialData
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,7 +22,11 @@ def test_a_warm_start_gives_the_same_top_eigenvalue_in_fewer_hvps(trained_tiny, 
 
     def run(v0=None):
         return measure(
-            trained_tiny, init_params=None, train_data=learnable_data, test_data=learnable_data, config=config, v0=v0
+            trained_tiny,
+            init_params=None,
+            data=TrialData(train=learnable_data, test=learnable_data),
+            config=config,
+            v0=v0,
         ).scalars
 
     cold = run()

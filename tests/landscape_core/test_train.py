@@ -7,35 +7,37 @@ import torch
 
 from landscape_core.config import TrainConfig, get_preset
 from landscape_core.functional import evaluate
+from landscape_core.splits import TrialData
 from landscape_core.train import DivergenceError, train
 
 TINY = TrainConfig(epochs=2, batch_size=64, train_size=256, test_size=128, device="cpu")
 
 
 def test_training_is_deterministic_for_a_seed(fashion):
-    a, b = train(TINY, fashion), train(TINY, fashion)
+    data = TrialData.build(fashion, TINY)
+    a, b = train(TINY, data), train(TINY, data)
     for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
         assert torch.equal(p, q), name
     assert a.history[-1].train_loss == b.history[-1].train_loss
-    other = train(dataclasses.replace(TINY, seed=2), fashion)
+    other = train(dataclasses.replace(TINY, seed=2), data)
     assert not torch.equal(next(a.model.parameters()), next(other.model.parameters()))
 
 
 def test_epoch_metrics_are_full_evaluations_in_eval_mode(fashion):
     calls = []
-    result = train(TINY, fashion, on_epoch=lambda epoch, model: calls.append(epoch) or {"extra/x": 1.0})
+    result = train(TINY, TrialData.build(fashion, TINY), on_epoch=lambda epoch, model: calls.append(epoch) or {"extra/x": 1.0})
     assert calls == [1, 2] and [m.epoch for m in result.history] == [1, 2]
     assert result.history[-1].extra == {"extra/x": 1.0}
-    loss, acc = evaluate(result.model, result.train_data)
+    loss, acc = evaluate(result.model, result.data.train)
     assert result.final.train_loss == pytest.approx(loss, rel=1e-6)
     assert result.final.train_acc == pytest.approx(acc)
-    assert result.train_data[0].shape[0] == 256 and result.test_data[0].shape[0] == 128
+    assert result.data.train[0].shape[0] == 256 and result.data.test[0].shape[0] == 128
     assert not result.model.training
 
 
 def test_divergence_raises_a_typed_error_naming_epoch_and_step(fashion):
     with pytest.raises(DivergenceError) as info:
-        train(dataclasses.replace(TINY, lr=1e4), fashion)
+        train(dataclasses.replace(TINY, lr=1e4), TrialData.build(fashion, TINY))
     assert info.value.epoch == 1 and info.value.step >= 1
     assert "epoch 1, step" in str(info.value)
 

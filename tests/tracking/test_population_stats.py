@@ -1,5 +1,4 @@
-"""Tests for landscape_core.stats and landscape_core.plots.correlation: against scipy.stats, closed forms and
-hand computations."""
+"""Tests for tracking.population_stats: against scipy.stats, closed forms and hand computations."""
 
 from __future__ import annotations
 
@@ -9,12 +8,9 @@ import warnings
 
 import numpy as np
 import pytest
-from matplotlib.collections import PathCollection
-from matplotlib.figure import Figure
 from scipy import stats
 
-from landscape_core.plots.correlation import scatter_grid
-from landscape_core.stats import (
+from tracking.population_stats import (
     CorrelationRow,
     bootstrap_spearman_ci,
     correlation_table,
@@ -464,31 +460,6 @@ def test_row_to_dict_is_json_safe() -> None:
     assert d["partial_spearman"] is None  # no covariate
     assert set(d["granulated_by_axis"]) == {"a", "b"}
     assert json.loads(json.dumps(d, allow_nan=False))["n"] == 12
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Figure
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def test_scatter_grid_panels() -> None:
-    x, y, z = _population(25)
-    x[3] = np.nan
-    lr = np.geomspace(1e-3, 1e-1, 25)
-    lr[7] = np.nan
-    fig = scatter_grid({"a": x, "b": z}, {"t": y, "u": x + z, "v": y - z}, color_by=lr)
-    assert isinstance(fig, Figure)
-    scatter_axes = [ax for ax in fig.axes if any(isinstance(c, PathCollection) for c in ax.collections)]
-    assert len(scatter_axes) == 6
-    assert len(fig.axes) == 12  # one colorbar per panel
-    first = scatter_axes[0]
-    assert first.collections[0].get_offsets().shape[0] == 23  # the runs with NaN x or NaN colour are skipped
-    keep = np.isfinite(x) & np.isfinite(lr)
-    rho = stats.spearmanr(x[keep], y[keep]).statistic
-    assert f"rho={rho:+.2f}" in first.get_title()
-    assert first.get_xlabel() == "a" and first.get_ylabel() == "t"
-    plain = scatter_grid({"a": x}, {"t": y})
-    assert len(plain.axes) == 1
 
 
 def test_default_permutations_let_a_large_holm_family_reach_significance():

@@ -1,11 +1,12 @@
-"""Honest statistics for "does this sharpness measure predict generalization?".
+"""Population statistics: rank correlations, partial correlations, bootstrap, permutation tests, Holm, power.
 
-Pure numerics on numpy/scipy: no mlflow, no optuna. The entry point is :func:`correlation_table`, which turns a
-population of runs (one value per run for each measure and each generalization target) into one
-:class:`CorrelationRow` per (measure, target) pair with rank correlations, their p-values, a permutation p-value,
-a bootstrap confidence interval, a partial correlation given a covariate (e.g. train loss), a Holm adjustment over
-the whole family of rows and, when the sweep varies several hyperparameter axes, the granulated Kendall coefficient
-of Jiang et al. (2019).
+Pure numerics on numpy/scipy: no mlflow, no optuna (it lives in ``tracking`` because the correlation report is its
+only caller). The entry point is :func:`correlation_table`, which turns a population of runs (one value per run for
+each measure and each generalization target) into one :class:`CorrelationRow` per (measure, target) pair with rank
+correlations, their p-values, a permutation p-value, a bootstrap confidence interval, a partial correlation given a
+covariate (e.g. train loss), a Holm adjustment over the whole family of rows and, when the sweep varies several
+hyperparameter axes, the granulated Kendall coefficient of Jiang et al. (2019). :func:`min_detectable_rho` is the
+power side: the smallest correlation a population of n runs can detect.
 
 Conventions:
     * Everything scipy has comes from ``scipy.stats`` (``spearmanr``, ``kendalltau``, ``pearsonr``,
@@ -28,6 +29,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
+
+from landscape_core.common import check, check_count, json_safe
 
 __all__ = [
     "CorrelationRow",
@@ -52,6 +55,11 @@ PERMUTATION_BELOW_N = 30
 SIMPSON_MIN_WITHIN = 0.1
 
 _NAN = float("nan")
+#: The float statistics of a row (``_row_fields``' order), all NaN when the row has fewer than ``MIN_N`` runs.
+_STATISTICS = tuple(
+    "spearman spearman_p kendall kendall_p pearson pearson_p ci_low ci_high perm_p partial_spearman partial_p "
+    "verdict_p".split()
+)
 
 
 @dataclass(frozen=True)
@@ -105,19 +113,7 @@ class CorrelationRow:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the row as a JSON-safe dict: plain Python types, NaN and infinities as None."""
-        return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
+        return {f.name: json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -176,11 +172,10 @@ def _check_alpha(alpha: float, name: str = "alpha") -> None:
         raise ValueError(f"Expected 0 < `{name}` < 1, got {alpha}")
 
 
-def _check_count(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"Expected `{name}` to be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"Expected `{name}` >= 1, got {value}")
+def _check_resamples(name: str, value: int) -> None:
+    """A number of resamples (or of rows): an int (a float would reach numpy's and scipy's samplers), at least 1."""
+    check(isinstance(value, (int, np.integer)) and not isinstance(value, bool), name, "to be an int", value)
+    check_count(name, value)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -390,8 +385,7 @@ def min_detectable_rho(n: int, alpha: float = 0.05, power: float = 0.8) -> float
     Raises:
         ValueError: If ``n < 4`` or alpha/power are outside (0, 1).
     """
-    if n < 4:
-        raise ValueError(f"Expected `n` >= 4, got {n}")
+    check_count("n", n, MIN_N)
     _check_alpha(alpha)
     _check_alpha(power, "power")
     z = stats.norm.ppf(1.0 - alpha / 2.0) + stats.norm.ppf(power)
@@ -472,7 +466,7 @@ def spearman_permutation_p(x: ArrayLike, y: ArrayLike, *, n_perm: int = 2000, se
     Returns:
         The p-value; NaN when fewer than 3 runs or a constant column (rho undefined).
     """
-    _check_count(n_perm, "n_perm")
+    _check_resamples("n_perm", n_perm)
     xa, ya = _check_pair(x, y)
     mask = _finite_mask(xa, ya)
     return _perm_p_clean(xa[mask], ya[mask], n_perm, seed)
@@ -536,7 +530,7 @@ def bootstrap_spearman_ci(
     Returns:
         ``(low, high)``; ``(nan, nan)`` for degenerate data (fewer than 3 runs, a constant column, one group).
     """
-    _check_count(n_boot, "n_boot")
+    _check_resamples("n_boot", n_boot)
     _check_alpha(alpha)
     xa, ya = _check_pair(x, y)
     labels = None if groups is None else _as_labels_1d("groups", groups, xa.shape[0])
@@ -593,7 +587,7 @@ def permutations_for(family: int, alpha: float = 0.05, *, minimum: int = 2000) -
     ``max(minimum, ceil(20 * family / alpha))``, which puts that floor at ``alpha / 10``: e.g. 40,000 resamples for
     100 rows at 0.05 (vectorized, a fraction of a second per row at n = 20).
     """
-    _check_count(family, "family")
+    _check_resamples("family", family)
     _check_alpha(alpha)
     return max(minimum, math.ceil(20 * family / alpha))
 
@@ -641,7 +635,7 @@ def correlation_table(
         ValueError: On empty inputs, mismatched lengths, bad shapes, ``n_boot``/``n_perm`` < 1 or alpha outside
             (0, 1).
     """
-    _check_count(n_boot, "n_boot")
+    _check_resamples("n_boot", n_boot)
     _check_alpha(alpha)
     if not measures:
         raise ValueError("Expected at least one measure, got 0")
@@ -649,7 +643,7 @@ def correlation_table(
         raise ValueError("Expected at least one target, got 0")
     if n_perm is None:
         n_perm = permutations_for(len(measures) * len(targets), alpha)
-    _check_count(n_perm, "n_perm")
+    _check_resamples("n_perm", n_perm)
     m_arr = {name: _as_float_1d(f"measures[{name!r}]", v) for name, v in measures.items()}
     t_arr = {name: _as_float_1d(f"targets[{name!r}]", v) for name, v in targets.items()}
     first_name = next(iter(m_arr))
@@ -707,39 +701,17 @@ def _row_fields(
 ) -> dict[str, Any]:
     n = int(x.shape[0])
     if n < MIN_N:
-        nan_fields = dict.fromkeys(
-            (
-                "spearman spearman_p kendall kendall_p pearson pearson_p ci_low ci_high perm_p "
-                "partial_spearman partial_p verdict_p"
-            ).split(),
-            _NAN,
-        )
-        return dict(n=n, granulated_kendall=None, granulated_by_axis=None, **nan_fields)
-    sp = _quiet(stats.spearmanr, x, y)
-    kt = _quiet(stats.kendalltau, x, y)
-    pr = _quiet(stats.pearsonr, x, y)
+        return dict(dict.fromkeys(_STATISTICS, _NAN), n=n, granulated_kendall=None, granulated_by_axis=None)
+    sp, kt, pr = (_quiet(test, x, y) for test in (stats.spearmanr, stats.kendalltau, stats.pearsonr))
     perm_p = _perm_p_clean(x, y, n_perm, seed)
-    ci_low, ci_high = _ci_clean(x, y, groups, n_boot, alpha, seed)
-    partial_r, partial_p = (_NAN, _NAN) if cov is None else _partial_spearman_clean(x, y, cov)
+    ci = _ci_clean(x, y, groups, n_boot, alpha, seed)
+    partial = (_NAN, _NAN) if cov is None else _partial_spearman_clean(x, y, cov)
     gran, by_axis = _granulated_clean(x, y, axes) if axes else (None, {})
-    spearman_p = float(sp.pvalue)
-    return dict(
-        n=n,
-        spearman=float(sp.statistic),
-        spearman_p=spearman_p,
-        kendall=float(kt.statistic),
-        kendall_p=float(kt.pvalue),
-        pearson=float(pr.statistic),
-        pearson_p=float(pr.pvalue),
-        ci_low=ci_low,
-        ci_high=ci_high,
-        perm_p=perm_p,
-        partial_spearman=partial_r,
-        partial_p=partial_p,
-        granulated_kendall=gran,
-        granulated_by_axis=None if gran is None else by_axis,
-        verdict_p=perm_p if n < PERMUTATION_BELOW_N else spearman_p,
-    )
+    verdict_p = perm_p if n < PERMUTATION_BELOW_N else sp.pvalue
+    coefficients = [value for result in (sp, kt, pr) for value in (result.statistic, result.pvalue)]
+    values = (*coefficients, *ci, perm_p, *partial, verdict_p)
+    statistics = dict(zip(_STATISTICS, map(float, values), strict=True))
+    return dict(statistics, n=n, granulated_kendall=gran, granulated_by_axis=None if gran is None else by_axis)
 
 
 def _fmt_p(p: float) -> str:

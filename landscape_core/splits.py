@@ -1,0 +1,108 @@
+"""Which images each analysis sees: the data-split policy, named once.
+
+A sweep fixes its data with one seed, ``TrainConfig.data_seed``, so every trial of the sweep trains, tests and is
+measured on the same images, and numbers are comparable across trials.
+
+1. The trial's two splits are drawn from Fashion-MNIST's full sets: ``train`` (``train_size`` of the 60,000 training
+   images) and ``test`` (``test_size`` of the 10,000 test images). ``TrialData.build`` draws them once.
+2. Each analysis then measures on its own fixed subset of one of those splits, listed in ``SUBSETS``: the subset
+   named ``name`` is ``subset(split, size, data_seed + SUBSETS[name].offset)``, with its size from the analysis
+   config. Distinct offsets give distinct, independent draws.
+3. Random directions are seeded the same way, from ``data_seed + DIRECTION_SEEDS[name]`` (``+ i`` for the i-th of
+   several).
+
+Only the generalization targets (test loss, test error) and the paper's weight-noise figure read the ``test`` split;
+every other analysis reads ``train``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from landscape_core.config import TrainConfig
+from landscape_core.data import FashionMNIST, subset
+from landscape_core.devices import resolve_device
+from landscape_core.functional import Data
+
+__all__ = ["DIRECTION_SEEDS", "SPLITS", "SUBSETS", "Draw", "TrialData"]
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One fixed random subset: drawn from ``split`` with seed ``data_seed + offset``, for ``purpose``."""
+
+    split: Literal["train", "test"]
+    offset: int
+    purpose: str
+
+
+#: The trial's splits, drawn from the full Fashion-MNIST training and test sets.
+SPLITS: dict[str, Draw] = {
+    "train": Draw("train", 0, "training, and the train loss of the generalization gap"),
+    "test": Draw("test", 1, "the generalization targets: test loss and test error"),
+}
+
+#: Each analysis' subset of the trial's splits.
+SUBSETS: dict[str, Draw] = {
+    "hessian": Draw("train", 0, "top-k eigenvalues, Hutchinson trace, spectral density"),
+    "sharpness": Draw("train", 1, "eps-sharpness and adaptive sharpness"),
+    "flatness": Draw("train", 2, "PAC-Bayes sigma*, plain and magnitude-aware"),
+    "noise": Draw("test", 3, "weight-noise robustness (the paper's figure 6)"),
+    "slices": Draw("train", 4, "1D and 2D loss slices, directional curvature"),
+    "barrier_train": Draw("train", 5, "train-loss barriers on the linear path to another minimum"),
+    "barrier_test": Draw("test", 6, "test-loss barriers, and the end-of-sweep barrier matrix"),
+    "tracking": Draw("train", 8, "per-epoch lambda_max during training"),
+}
+
+#: Seed offsets of random directions (added to ``data_seed``; the i-th of several directions adds ``i`` too).
+DIRECTION_SEEDS: dict[str, int] = {
+    "probes": 0,  # Lanczos starts, Hutchinson and SLQ probes, sharpness starts, noise draws, weight-matching order
+    "slice_1d": 0,
+    "slice_2d": 7,
+    "curvature": 100,
+}
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """A trial's train and test splits, on its device, and the seed that drew them and draws every subset.
+
+    Attributes:
+        train: ``(images [N, 1, 28, 28], labels [N])`` the model trains on.
+        test: ``(images [M, 1, 28, 28], labels [M])`` the targets are computed on.
+        seed: ``data_seed``.
+    """
+
+    train: Data
+    test: Data
+    seed: int = 0
+
+    @classmethod
+    def build(cls, dataset: FashionMNIST, config: TrainConfig) -> TrialData:
+        """The splits of ``config`` (``train_size``, ``test_size``, ``data_seed``) on its device. Every trial with
+        the same three values gets the same images, so a sweep builds this once and hands it to every trial."""
+        device = resolve_device(config.device)
+        seed = config.data_seed
+        train = subset(dataset.train_x, dataset.train_y, config.train_size, seed + SPLITS["train"].offset)
+        test = subset(dataset.test_x, dataset.test_y, config.test_size, seed + SPLITS["test"].offset)
+        return cls(
+            train=(train[0].to(device), train[1].to(device)), test=(test[0].to(device), test[1].to(device)), seed=seed
+        )
+
+    def subset(self, name: str, size: int | None) -> Data:
+        """The fixed subset ``name`` of ``SUBSETS`` with ``size`` examples (all of its split when None)."""
+        if name not in SUBSETS:
+            raise ValueError(f"Expected a subset name in {sorted(SUBSETS)}, got {name!r}")
+        draw = SUBSETS[name]
+        x, y = self.train if draw.split == "train" else self.test
+        return subset(x, y, size, self.seed + draw.offset)
+
+    def direction_seed(self, name: str, index: int = 0) -> int:
+        """The seed of the ``index``-th random direction of kind ``name`` (``DIRECTION_SEEDS``)."""
+        return self.seed + DIRECTION_SEEDS[name] + index
+
+    def matches(self, config: TrainConfig) -> bool:
+        """True when these are the splits ``config`` asks for: its data seed, and its sizes where it sets them."""
+        sizes = ((config.train_size, self.train[0].shape[0]), (config.test_size, self.test[0].shape[0]))
+        return self.seed == config.data_seed and all(want is None or want == have for want, have in sizes)

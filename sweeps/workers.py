@@ -1,0 +1,93 @@
+"""Working through a study: this process's trial loop, and ``--workers K`` processes on one machine.
+
+Signals: SIGTERM raises ``landscape_core.cli.Terminated`` (a KeyboardInterrupt), so the running trial ends cleanly
+(its run KILLED, the trial FAIL) in the main process and in every worker process alike.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from landscape_core.cli import raise_terminated
+from sweeps.options import SweepOptions
+from sweeps.pipeline import NotPlanned, ReferenceModels, TrialContext, TrialDiverged, make_objective, run_batch
+from sweeps.progress import SweepProgress
+from sweeps.study import OpenSweep, open_sweep, tally
+
+__all__ = ["run_workers", "trial_context", "work"]
+
+
+def trial_context(sweep: OpenSweep, progress: SweepProgress | None) -> TrialContext:
+    """What every trial of this sweep shares, for this process."""
+    options = sweep.options
+    return TrialContext(
+        space=options.space,
+        preset=options.preset,
+        data=sweep.data,
+        store=sweep.store,
+        experiment_id=sweep.experiment_id,
+        parent_run_id=sweep.parent.run_id,
+        study_name=options.study_name,
+        progress=progress,
+        references=ReferenceModels(sweep.store, options.preset.train.device),
+    )
+
+
+def _has_waiting(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def work(sweep: OpenSweep, progress: SweepProgress | None) -> None:
+    """Run trials of the study until every point is done (adaptive sweeps) or no trial is left waiting (planned
+    sweeps: duplicate copies of a point, left by workers enqueueing at once, are drained as they are dropped)."""
+    space, study = sweep.options.space, sweep.study
+    context = trial_context(sweep, progress)
+    objective = make_objective(study, context)
+    batch = sweep.options.batch_trials
+    while _has_waiting(study) if space.planned else len(tally(study)) < space.n_trials:
+        if batch > 1 and space.planned:
+            run_batch(study, context, batch)
+        else:
+            study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
+        if progress:
+            progress.trials_done(len(tally(study)))
+
+
+def _worker_process(options: SweepOptions, threads: int) -> None:
+    """One of ``--workers K`` processes: its share of the CPU threads, no display of its own."""
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        work(open_sweep(options, prepare=False), None)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def run_workers(sweep: OpenSweep, progress: SweepProgress) -> None:
+    """Start K worker processes on the study and follow the study's progress until they end."""
+    k = sweep.options.workers
+    threads = max(1, (os.cpu_count() or 1) // k)
+    spawn = multiprocessing.get_context("spawn")
+    processes = [spawn.Process(target=_worker_process, args=(sweep.options, threads)) for _ in range(k)]
+    for process in processes:
+        process.start()
+    try:
+        while any(p.is_alive() for p in processes):
+            progress.trials_done(len(tally(sweep.study)))
+            progress.stage(f"{k} workers, {threads} threads each")
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(timeout=60)
+        raise
+    progress.trials_done(len(tally(sweep.study)))

@@ -1,0 +1,410 @@
+"""Does sharpness predict generalization? The correlation report's data model and its analysis.
+
+For every (measure, target) pair :func:`analyze` reports the pooled rank correlations of
+``tracking.population_stats.correlation_table`` (with the partial correlation given the final train loss), the
+partial correlation given train loss and log learning rate, the granulated Kendall coefficient over the (seed, lr)
+axes, Spearman's rho within each learning rate and within each seed, a Simpson's-paradox flag, the missing count, the
+power note and a one-line verdict, as a :class:`CorrelationReport` of :class:`CorrelationEntry` rows.
+
+Fewer than ``MIN_RUNS`` (4) finished runs: the report has status ``"too_few_runs"``, no rows and a message. An empty
+population, an unknown target or an unknown measure is bad input (``UsageError``).
+
+Rendering is ``tracking.report``; logging to the parent run, the end-of-sweep report and the command line are
+``tracking.correlate``. This module reads a ``Population`` but never talks to MLflow itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from landscape_core.errors import UsageError
+from tracking import keys
+from tracking.population import Population
+from tracking.population_stats import (
+    MIN_N,
+    CorrelationRow,
+    correlation_table,
+    min_detectable_rho,
+    partial_spearman,
+    permutations_for,
+    simpson_flag,
+    verdict,
+    within_group_spearman,
+)
+
+__all__ = ["MIN_RUNS", "CorrelationEntry", "CorrelationReport", "analyze", "power_note", "resolve_targets"]
+
+#: Fewer finished runs than this give an empty report (status "too_few_runs"): no statistic means anything.
+MIN_RUNS = MIN_N
+_NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class CorrelationEntry:
+    """Everything the report says about one (measure, target) pair.
+
+    Attributes:
+        row: The pooled row of ``correlation_table`` (partial correlation given train loss; Holm over the report).
+        partial_lr_spearman: Spearman partial correlation given train loss and log(lr); NaN when lr does not vary,
+            for the train-loss control itself, or when undefined.
+        partial_lr_p: Its p-value.
+        within_lr: ``{lr label: (rho, n)}`` Spearman rho inside each learning rate (NaN in groups of fewer than
+            ``MIN_RUNS`` runs); empty when lr does not vary.
+        within_seed: ``{seed label: (rho, n)}`` Spearman rho inside each seed (same rule); empty when the seed does
+            not vary.
+        within_lr_mean: n-weighted mean of the finite within-lr rhos; NaN when there is none.
+        within_seed_mean: n-weighted mean of the finite within-seed rhos; NaN when there is none.
+        simpson: True when the pooled sign disagrees with the within-lr or the within-seed majority
+            (``population_stats.simpson_flag``).
+        simpson_axes: The axes ("lr", "seed") on which it disagrees.
+        missing: Runs of the population without a finite value of this measure.
+        min_detectable_rho: Smallest |rho| detectable at this row's n, alpha and 80% power; NaN when n < 4.
+        verdict: One line in plain words.
+    """
+
+    row: CorrelationRow
+    partial_lr_spearman: float
+    partial_lr_p: float
+    within_lr: dict[str, tuple[float, int]]
+    within_seed: dict[str, tuple[float, int]]
+    within_lr_mean: float
+    within_seed_mean: float
+    simpson: bool
+    simpson_axes: tuple[str, ...]
+    missing: int
+    min_detectable_rho: float
+    verdict: str
+
+    @property
+    def measure(self) -> str:
+        return self.row.measure
+
+    @property
+    def target(self) -> str:
+        return self.row.target
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field flat and JSON-safe (NaN as null): the row's fields, then the confound analysis."""
+        out = self.row.to_dict()
+        out.update(
+            partial_lr_spearman=_finite_or_none(self.partial_lr_spearman),
+            partial_lr_p=_finite_or_none(self.partial_lr_p),
+            within_lr={k: {"rho": _finite_or_none(r), "n": n} for k, (r, n) in self.within_lr.items()},
+            within_seed={k: {"rho": _finite_or_none(r), "n": n} for k, (r, n) in self.within_seed.items()},
+            within_lr_mean=_finite_or_none(self.within_lr_mean),
+            within_seed_mean=_finite_or_none(self.within_seed_mean),
+            simpson=self.simpson,
+            simpson_axes=list(self.simpson_axes),
+            missing=self.missing,
+            min_detectable_rho=_finite_or_none(self.min_detectable_rho),
+            verdict=self.verdict,
+        )
+        return out
+
+
+@dataclass(frozen=True)
+class CorrelationReport:
+    """The whole report: one entry per (measure, target), measure-major, and the population's bookkeeping.
+
+    Attributes:
+        entries: One per (measure, target); empty when ``status`` is ``"too_few_runs"``.
+        measures: Measure keys, in report order.
+        targets: Target name -> metric key (``keys.TARGETS`` names).
+        population: ``Population.counts()``: source, n_runs, n_not_finished, n_duplicates, studies.
+        missing: Measure key -> runs without a finite value.
+        lr_varies: More than one learning rate in the population.
+        seed_varies: More than one seed in the population.
+        alpha: Significance level (Holm over all entries).
+        n_boot: Bootstrap resamples per row.
+        n_perm: Permutation resamples per row.
+        seed: Seed of the resampling.
+        status: ``"ok"`` or ``"too_few_runs"``.
+        message: Why the report is empty (status ``"too_few_runs"``), else "".
+    """
+
+    entries: tuple[CorrelationEntry, ...]
+    measures: tuple[str, ...]
+    targets: dict[str, str]
+    population: dict[str, Any]
+    missing: dict[str, int] = field(default_factory=dict)
+    lr_varies: bool = False
+    seed_varies: bool = False
+    alpha: float = 0.05
+    n_boot: int = 2000
+    n_perm: int = 2000
+    seed: int = 0
+    status: str = "ok"
+    message: str = ""
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.population.get("n_runs", 0))
+
+    @property
+    def power_note(self) -> str:
+        """``"n = 20 detects only |rho| >= 0.59 at alpha 0.05 with 80% power"`` for the population's n."""
+        return power_note(self.n_runs, self.alpha)
+
+    def for_target(self, target: str) -> list[CorrelationEntry]:
+        """The entries of one target, in measure order."""
+        return [e for e in self.entries if e.target == target]
+
+    def entry(self, measure: str, target: str) -> CorrelationEntry:
+        """The entry of one (measure, target) pair.
+
+        Raises:
+            KeyError: When the pair is not in the report.
+        """
+        for e in self.entries:
+            if e.measure == measure and e.target == target:
+                return e
+        raise KeyError((measure, target))
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as a JSON-safe dict: settings, population counts, power note and one row per pair."""
+        n = self.n_runs
+        return {
+            "status": self.status,
+            "message": self.message,
+            "population": self.population,
+            "alpha": self.alpha,
+            "n_boot": self.n_boot,
+            "n_perm": self.n_perm,
+            "seed": self.seed,
+            "measures": list(self.measures),
+            "targets": dict(self.targets),
+            "missing": dict(self.missing),
+            "lr_varies": self.lr_varies,
+            "seed_varies": self.seed_varies,
+            "power": {
+                "n": n,
+                "alpha": self.alpha,
+                "power": 0.8,
+                "min_detectable_rho": min_detectable_rho(n, self.alpha) if n >= MIN_RUNS else None,
+                "note": self.power_note,
+            },
+            "rows": [e.to_dict() for e in self.entries],
+        }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def power_note(n: int, alpha: float = 0.05) -> str:
+    """The smallest |rho| detectable at n runs, in words (Fisher z, 80% power)."""
+    if n < MIN_RUNS:
+        return f"n = {n}: too few runs for any test (need n >= {MIN_RUNS})"
+    return f"n = {n} detects only |rho| >= {min_detectable_rho(n, alpha):.2f} at alpha {alpha:g} with 80% power"
+
+
+def resolve_targets(targets: Sequence[str] | None) -> dict[str, str]:
+    """Target name -> metric key for names of ``keys.TARGETS`` or their metric keys (None: all four).
+
+    Raises:
+        UsageError: On an unknown target or an empty selection.
+    """
+    if targets is None:
+        return dict(keys.TARGETS)
+    by_key = {v: k for k, v in keys.TARGETS.items()}
+    out: dict[str, str] = {}
+    for name in targets:
+        if name in keys.TARGETS:
+            out[name] = keys.TARGETS[name]
+        elif name in by_key:
+            out[by_key[name]] = name
+        else:
+            raise UsageError(f"unknown target {name!r}; expected one of {', '.join(keys.TARGETS)}")
+    if not out:
+        raise UsageError("Expected at least one target, got 0")
+    return out
+
+
+def _resolve_measures(measures: Sequence[str] | None, available: list[str]) -> list[str]:
+    """Measure keys; a name may be a full key or an unambiguous last component (``lambda_max``)."""
+    if measures is None:
+        if not available:
+            raise UsageError("the population has no measure metrics (not even final/train_loss)")
+        return available
+    out: list[str] = []
+    for name in measures:
+        if name in available:
+            key = name
+        else:
+            matches = [k for k in available if k.rsplit("/", 1)[-1] == name or k.endswith("/" + name)]
+            if len(matches) != 1:
+                why = "ambiguous" if matches else "unknown"
+                raise UsageError(f"{why} measure {name!r}; the population has: {', '.join(available) or 'none'}")
+            key = matches[0]
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise UsageError("Expected at least one measure, got 0")
+    return out
+
+
+def _weighted_mean(within: Mapping[Any, tuple[float, int]]) -> float:
+    pairs = [(r, n) for r, n in within.values() if math.isfinite(r) and n > 0]
+    if not pairs:
+        return _NAN
+    return float(sum(r * n for r, n in pairs) / sum(n for _, n in pairs))
+
+
+def _within(x: np.ndarray, y: np.ndarray, labels: np.ndarray, name: Any) -> dict[str, tuple[float, int]]:
+    """``within_group_spearman`` with string labels, and rho NaN in groups of fewer than ``MIN_RUNS`` runs.
+
+    A rho from three runs can only be +-1 or +-0.5: noise that would raise the Simpson flag on unrelated columns
+    half the time. Groups below the table's own minimum n therefore count neither in the mean nor in the flag.
+    """
+    out = {}
+    for label, (rho, n) in within_group_spearman(x, y, labels).items():
+        out[name(label)] = (rho if n >= MIN_RUNS else _NAN, n)
+    return out
+
+
+def _lr_label(lr: Any) -> str:
+    return f"{float(lr):.6g}"
+
+
+def analyze(
+    population: Population,
+    *,
+    measures: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    n_perm: int | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> CorrelationReport:
+    """Test every measure against every generalization target over the population, with its confounds.
+
+    One ``population_stats.correlation_table`` call over all pairs (so Holm's family is the whole report), with the
+    final train loss as covariate, ``axes={"seed", "lr"}`` for the granulated Kendall and, when lr varies, the lr as
+    bootstrap clusters (runs at one lr share it, so resampling runs would overstate the precision). Per pair it adds
+    the partial correlation given train loss and log(lr) (lr varying only), the within-lr and within-seed rhos (from
+    groups of at least ``MIN_RUNS`` runs; see ``_within``), the Simpson flag and the verdict. The train-loss
+    control gets no partial correlations (they would be with itself). Spearman partials rank their covariates, so
+    log(lr) and lr give the same numbers; log is the natural scale.
+
+    Args:
+        population: The runs (``load_population``).
+        measures: Measure keys or unambiguous last components; default: ``population.measure_keys()``.
+        targets: Names from ``keys.TARGETS`` (or their metric keys); default: all four.
+        n_boot: Bootstrap resamples per row.
+        n_perm: Permutation resamples per row; None: enough for the report's Holm family to reach ``alpha``
+            (``population_stats.permutations_for``; the number used is in the report).
+        alpha: Significance level.
+        seed: Seed of the resampling.
+
+    Returns:
+        The report; with fewer than ``MIN_RUNS`` runs, an empty one with status ``"too_few_runs"``.
+
+    Raises:
+        UsageError: On an empty population, an unknown target or measure (a ``ValueError``).
+        ValueError: On bad ``n_boot``/``n_perm``/``alpha`` (``population_stats``' own checks).
+    """
+    target_map = resolve_targets(targets)
+    n = len(population.runs)
+    if n == 0:
+        raise UsageError(f"the population ({population.source or 'selection'}) has no finished trial runs")
+    measure_keys = _resolve_measures(measures, population.measure_keys())
+    lrs, seeds = population.lrs, population.seeds
+    lr_varies = len({_lr_label(v) for v in lrs[np.isfinite(lrs)]}) > 1
+    seed_varies = len(set(seeds.tolist())) > 1
+    empty = CorrelationReport(
+        entries=(),
+        measures=tuple(measure_keys),
+        targets=target_map,
+        population=population.counts(),
+        missing={k: population.missing(k) for k in measure_keys},
+        lr_varies=lr_varies,
+        seed_varies=seed_varies,
+        alpha=alpha,
+        n_boot=n_boot,
+        n_perm=permutations_for(len(measure_keys) * len(target_map), alpha) if n_perm is None else n_perm,
+        seed=seed,
+    )
+    if n < MIN_RUNS:
+        message = (
+            f"only {n} finished run{'s' if n != 1 else ''} in {population.source or 'the selection'}: "
+            f"a correlation needs at least {MIN_RUNS}; no statistics computed"
+        )
+        return dataclasses.replace(empty, status="too_few_runs", message=message)
+
+    train_loss = population.column(keys.CONTROL)
+    covariate = train_loss if np.isfinite(train_loss).any() else None
+    measure_cols = {k: population.column(k) for k in measure_keys}
+    target_cols = {name: population.column(key) for name, key in target_map.items()}
+    rows = correlation_table(
+        measure_cols,
+        target_cols,
+        covariate=covariate,
+        axes={"seed": seeds, "lr": np.array([_lr_label(v) for v in lrs])},
+        groups=np.array([_lr_label(v) for v in lrs]) if lr_varies else None,
+        n_boot=n_boot,
+        n_perm=empty.n_perm,
+        alpha=alpha,
+        seed=seed,
+    )
+
+    log_lr = np.log(np.where(lrs > 0, lrs, np.nan))
+    entries = []
+    for row in rows:
+        x, y = measure_cols[row.measure], target_cols[row.target]
+        is_control = row.measure == keys.CONTROL
+        if is_control:
+            row = dataclasses.replace(row, partial_spearman=_NAN, partial_p=_NAN)
+        partial_lr = (_NAN, _NAN)
+        if lr_varies and covariate is not None and not is_control:
+            partial_lr = partial_spearman(x, y, {"train_loss": train_loss, "log_lr": log_lr})
+        within_lr = _within(x, y, lrs, _lr_label) if lr_varies else {}
+        within_seed = _within(x, y, seeds, str) if seed_varies else {}
+        simpson_axes = tuple(
+            axis
+            for axis, within in (("lr", within_lr), ("seed", within_seed))
+            if within and simpson_flag(row.spearman, within)
+        )
+        within_lr_mean, within_seed_mean = _weighted_mean(within_lr), _weighted_mean(within_seed)
+        entries.append(
+            CorrelationEntry(
+                row=row,
+                partial_lr_spearman=float(partial_lr[0]),
+                partial_lr_p=float(partial_lr[1]),
+                within_lr=within_lr,
+                within_seed=within_seed,
+                within_lr_mean=within_lr_mean,
+                within_seed_mean=within_seed_mean,
+                simpson=bool(simpson_axes),
+                simpson_axes=simpson_axes,
+                missing=empty.missing[row.measure],
+                min_detectable_rho=min_detectable_rho(row.n, alpha) if row.n >= MIN_RUNS else _NAN,
+                verdict=_verdict(row, partial_lr, simpson_axes, within_lr_mean, within_seed_mean, alpha),
+            )
+        )
+    return dataclasses.replace(empty, entries=tuple(entries))
+
+
+def _verdict(
+    row: CorrelationRow,
+    partial_lr: tuple[float, float],
+    simpson_axes: tuple[str, ...],
+    within_lr_mean: float,
+    within_seed_mean: float,
+    alpha: float,
+) -> str:
+    """``population_stats.verdict`` with its covariate named, plus what log(lr) and Simpson's paradox change."""
+    text = verdict(row, alpha).replace("the covariate", "train loss")
+    rho_lr, p_lr = partial_lr
+    if row.significant and math.isfinite(rho_lr) and math.isfinite(p_lr):
+        how = "holds" if p_lr < alpha else "vanishes"
+        text += f"; {how} given train loss + log lr (partial rho={rho_lr:+.2f}, p={p_lr:.2g})"
+    for axis in simpson_axes:
+        mean = within_lr_mean if axis == "lr" else within_seed_mean
+        text += f"; SIMPSON: within each {axis} the sign flips (mean rho={mean:+.2f})"
+    return text
