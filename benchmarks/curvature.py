@@ -13,7 +13,7 @@ from torch import nn
 from benchmarks.common import Context, Result, at_least, timed
 from landscape_core.config import PRESETS
 from landscape_core.functional import Data, effective_chunk
-from landscape_core.hessian import top_eigenvalues
+from landscape_core.hessian import HessianOperator, top_eigenvalues
 from landscape_core.measure import LambdaMaxTracker
 from landscape_core.splits import TrialData
 from landscape_core.train import train
@@ -129,14 +129,17 @@ def lambda_max_vs_power_double_backward(ctx: Context) -> list[Result]:
     data = (splits.train[0][:hessian_size], splits.train[1][:hessian_size])
     chunk = hessian_size
 
-    reference = top_eigenvalues(model, data, k=2, tol=REFERENCE_TOL, max_iter=300, chunk_size=chunk, seed=123)
+    def operator() -> HessianOperator:  # a fresh one per run: building it (parameter copies, chunks) is timed too
+        return HessianOperator(model, data, chunk_size=chunk)
+
+    reference = top_eigenvalues(operator(), k=2, tol=REFERENCE_TOL, max_iter=300, seed=123)
     lam = float(reference.eigenvalues[0])
 
     def lanczos(v0: torch.Tensor | None = None):
-        return top_eigenvalues(model, data, k=1, tol=ACCURACY, max_iter=100, chunk_size=chunk, seed=0, v0=v0)
+        return top_eigenvalues(operator(), k=1, tol=ACCURACY, max_iter=100, seed=0, v0=v0)
 
     # warm-ups: one HVP each (forward-AD decompositions, the allocator)
-    top_eigenvalues(model, data, k=1, max_iter=1, chunk_size=chunk)
+    top_eigenvalues(operator(), k=1, max_iter=1)
     power_iteration_double_backward(model, data, chunk_size=chunk, max_iter=1)
     ours_chunk = effective_chunk(chunk, ctx.device)  # what our operator really passes through the model at once
     contenders: dict[str, Callable[[], Any]] = {

@@ -30,7 +30,9 @@ from benchmarks.common import Context, Result, machine_info
 from benchmarks.curvature import lambda_max_vs_power_double_backward
 from benchmarks.sweep_runs import memory_4n_vs_n, workers2_vs_1
 from benchmarks.training import batched_vs_sequential, eval_throughput, flops_vs_peak, train_vs_dataloader
+from landscape_core.cli import ArgumentParser, run_command
 from landscape_core.devices import resolve_device
+from landscape_core.errors import UsageError
 
 __all__ = ["BENCHMARKS", "main", "render", "run_benchmarks"]
 
@@ -95,8 +97,8 @@ def run_benchmarks(ctx: Context, names: Sequence[str]) -> tuple[list[Result], di
     return rows, errors
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a 2-core CPU")
     p.add_argument("--json", type=Path, help="also write ratios, timings and machine facts to this JSON file")
     p.add_argument(
@@ -112,15 +114,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run the benchmarks; bad input exits 2 with one line, a failed benchmark makes the exit status 1."""
     console = Console()
     if not console.is_terminal:  # piped or redirected: rich would wrap at 80 columns
         console = Console(width=170)
+    return run_command(parser(), argv, _run, console=console)
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
     names = [n.strip() for item in args.only for n in item.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        console.print(f"[bold red]error:[/] unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
-        return 2
+        raise UsageError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     # torch's forward-mode AD registers its decompositions with torch.jit.script, which warns on first use.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     device = resolve_device(args.device)

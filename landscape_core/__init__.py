@@ -7,7 +7,7 @@ from landscape_core.connectivity import align, barrier, interpolate
 from landscape_core.data import DataMissingError, FashionMNIST, load_fashion_mnist
 from landscape_core.ensemble import train_ensemble
 from landscape_core.flatness import distance_from_init, pac_bayes_sigma, weight_norm
-from landscape_core.hessian import hessian_trace, hvp, spectral_density, top_eigenvalues
+from landscape_core.hessian import HessianOperator, hessian_trace, hvp, spectral_density, top_eigenvalues
 from landscape_core.measure import LambdaMaxTracker, Measurements, measure, population_barriers
 from landscape_core.models import SeedCNN, TinyCNN, build_model, count_parameters
 from landscape_core.sharpness import adaptive_sharpness, eps_sharpness, weight_noise_robustness
@@ -21,6 +21,7 @@ __all__ = [
     "DivergenceError",
     "EpochMetrics",
     "FashionMNIST",
+    "HessianOperator",
     "LambdaMaxTracker",
     "Measurements",
     "Preset",

@@ -1,14 +1,15 @@
 """Linear mode connectivity: the linear path between two minima, its barriers, and permutation alignment.
 
-``align`` is weight matching (Ainsworth et al. 2022, "Git Re-Basin", Algorithm 1) for a chain of conv/linear layers
-(by default SeedCNN's ``conv1, conv2, fc1, fc2``): the hidden units of every layer but the last are permuted so that
-model B's weights are as close as possible to model A's, without changing the function B computes.
+``align`` is weight matching (Ainsworth et al. 2022, "Git Re-Basin", Algorithm 1): model B's hidden units are
+permuted so that its weights are as close as possible to model A's, without changing the function B computes. Which
+permutations act on which parameter axes is the architecture's :class:`~landscape_core.permutations.PermutationSpec`
+(``model.permutation_spec()``, or one passed in); nothing here knows any particular architecture.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,19 +18,22 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from landscape_core.common import check_count
 from landscape_core.functional import DEFAULT_CHUNK, Data, LossFn, evaluate, param_dict
+from landscape_core.permutations import ParamAxes, PermutationSpec, permute_param
 
 __all__ = [
     "BarrierResult",
     "InterpolationResult",
+    "ParamAxes",
+    "PermutationSpec",
     "align",
     "apply_permutations",
     "barrier",
     "interpolate",
+    "spec_of",
     "weight_matching",
 ]
-
-SEED_CNN_LAYERS = ("conv1", "conv2", "fc1", "fc2")
 
 
 @dataclass(frozen=True)
@@ -172,63 +176,53 @@ def barrier(result: InterpolationResult) -> BarrierResult:
 # --------------------------------------------------------------------------------------------------- weight matching
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """One layer's weight viewed as ``[out, in, rest]`` (conv: rest = kernel area; linear after a conv: the
-    flattened input viewed as ``[C, H*W]``), with its bias ``[out]`` or None, in float64 on the CPU."""
+def spec_of(model: nn.Module, spec: PermutationSpec | None = None) -> PermutationSpec:
+    """``spec`` if given, else the model's own ``model.permutation_spec()``.
 
-    weight: Tensor
-    bias: Tensor | None
-
-
-def _layers(model: nn.Module, names: Sequence[str]) -> list[_Layer]:
-    modules = dict(model.named_modules())
-    layers: list[_Layer] = []
-    previous_out: int | None = None
-    for name in names:
-        module = modules.get(name)
-        if module is None or not hasattr(module, "weight"):
-            raise ValueError(f"Expected a layer named {name!r} with a weight, got {module!r}")
-        w = module.weight.detach().to(device="cpu", dtype=torch.float64)
-        out, fan_in = w.shape[0], w.shape[1]
-        if previous_out is not None:
-            if w.dim() == 2 and fan_in % previous_out == 0:
-                # a linear layer after the flatten: its input is [C, H*W] channel-major; permute on C
-                w = w.reshape(out, previous_out, fan_in // previous_out)
-            elif fan_in != previous_out:
-                raise ValueError(
-                    f"Expected layer {name!r} to take {previous_out} inputs (or a multiple, after a flatten), "
-                    f"got {fan_in}"
-                )
-        w = w.reshape(out, w.shape[1], -1)
-        bias = getattr(module, "bias", None)
-        bias = None if bias is None else bias.detach().to(device="cpu", dtype=torch.float64)
-        layers.append(_Layer(w, bias))
-        previous_out = out
-    return layers
+    Raises:
+        ValueError: neither is there.
+    """
+    if spec is not None:
+        return spec
+    declare = getattr(model, "permutation_spec", None)
+    if not callable(declare):
+        raise ValueError(
+            f"Expected a model with a `permutation_spec()` method or a `spec` argument, got {type(model).__name__} "
+            "without either"
+        )
+    return declare()
 
 
-def _permuted(layer: _Layer, out_perm: Tensor | None, in_perm: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    w, b = layer.weight, layer.bias
-    if out_perm is not None:
-        w = w[out_perm]
-        b = None if b is None else b[out_perm]
-    if in_perm is not None:
-        w = w[:, in_perm]
-    return w, b
+def _float64_params(model: nn.Module, spec: PermutationSpec) -> dict[str, Tensor]:
+    """The spec's parameters of ``model`` in float64 on the CPU, each in its spec view."""
+    params = dict(model.named_parameters())
+    spec.sizes(params)  # every spec parameter exists and every permutation has one size
+    return {name: spec.viewed(name, params[name].detach().to(device="cpu", dtype=torch.float64)) for name in spec}
 
 
-def _cost(a: list[_Layer], b: list[_Layer], perms: list[Tensor], i: int) -> np.ndarray:
-    """``C[j, k]``: the weight-matching objective's terms that involve hidden layer ``i``, if B's unit ``k`` is
-    moved to position ``j``: incoming weights and bias of layer ``i`` (B's inputs permuted by ``perms[i - 1]``) and
-    outgoing weights of layer ``i + 1`` (B's outputs permuted by ``perms[i + 1]``)."""
-    w_b, b_b = _permuted(b[i], None, perms[i - 1] if i > 0 else None)
-    cost = a[i].weight.flatten(1) @ w_b.flatten(1).T
-    if a[i].bias is not None and b_b is not None:
-        cost = cost + torch.outer(a[i].bias, b_b)
-    next_out = perms[i + 1] if i + 1 < len(perms) else None
-    w_next, _ = _permuted(b[i + 1], next_out, None)
-    cost = cost + a[i + 1].weight.transpose(0, 1).flatten(1) @ w_next.transpose(0, 1).flatten(1).T
+def _check_same_shapes(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec) -> None:
+    shapes_a = {name: p.shape for name, p in model_a.named_parameters()}
+    shapes_b = {name: p.shape for name, p in model_b.named_parameters()}
+    for name in spec:
+        if name in shapes_a and name in shapes_b and shapes_a[name] != shapes_b[name]:
+            raise ValueError(
+                f"Expected parameter {name!r} of the same shape in both models, got {tuple(shapes_a[name])} and "
+                f"{tuple(shapes_b[name])}"
+            )
+
+
+def _cost(
+    spec: PermutationSpec, a: dict[str, Tensor], b: dict[str, Tensor], perms: dict[str, Tensor], perm: str, n: int
+) -> np.ndarray:
+    """``C[j, k]``: the terms of the weight-matching objective ``sum <W_A, pi(W_B)>`` that involve ``perm``, if B's
+    unit ``k`` is moved to position ``j``: for every ``(parameter, axis)`` that ``perm`` acts on, A's weight with that
+    axis first, flattened to ``[n, -1]``, times B's weight (all its *other* permuted axes permuted by the current
+    ``perms``) likewise, transposed; summed in the order of ``spec.perm_to_axes[perm]``."""
+    cost = torch.zeros(n, n, dtype=torch.float64)
+    for name, axis in spec.perm_to_axes[perm]:
+        w_a = torch.movedim(a[name], axis, 0).reshape(n, -1)
+        w_b = torch.movedim(permute_param(spec, name, b[name], perms, except_axis=axis), axis, 0).reshape(n, -1)
+        cost += w_a @ w_b.T
     return cost.numpy()
 
 
@@ -236,92 +230,85 @@ def weight_matching(
     model_a: nn.Module,
     model_b: nn.Module,
     *,
-    layers: Sequence[str] = SEED_CNN_LAYERS,
+    spec: PermutationSpec | None = None,
     seed: int = 0,
     max_iter: int = 100,
 ) -> dict[str, Tensor]:
-    """Permutations of B's hidden units that maximize ``sum_l <W_l^A, P_l W_l^B P_{l-1}^T>`` (+ biases).
+    """Permutations of B's hidden units that maximize ``sum_params <W^A, pi(W^B)>`` over the permutation spec.
 
-    Coordinate descent (Ainsworth et al. 2022, Algorithm 1): starting from identities, repeatedly visit the hidden
-    layers in a random order (a fresh order per sweep, from ``seed``) and solve each layer's linear assignment with
-    the others fixed (``scipy.optimize.linear_sum_assignment``, maximizing); a new permutation is only taken when it
-    strictly improves the objective, and the descent stops after a sweep that changes nothing, or after
-    ``max_iter`` sweeps. Computed in float64 on the CPU.
+    Coordinate descent (Ainsworth et al. 2022, Algorithm 1, as git-re-basin's ``weight_matching``): starting from
+    identities, repeatedly visit the permutations in a random order (a fresh order per sweep,
+    ``np.random.default_rng(seed).permutation(n_perms)`` over ``spec.perm_names``) and solve each one's linear
+    assignment with the others fixed (``scipy.optimize.linear_sum_assignment``, maximizing); a new permutation is only
+    taken when it strictly improves the objective (``new > old + 1e-12 max(1, |old|)``), and the descent stops after a
+    sweep that changes nothing, or after ``max_iter`` sweeps. Computed in float64 on the CPU.
 
     Args:
         model_a: the reference model; not modified.
-        model_b: the model to permute; not modified.
-        layers: the chain of conv/linear layer names, input to output; every layer but the last gets a permutation.
-            A linear layer after a conv sees its input as ``[C, fan_in // C]`` and is permuted on C.
+        model_b: the model to permute (same architecture); not modified.
+        spec: which permutation acts on which parameter axis; ``model_a.permutation_spec()`` when None.
         seed: seeds the visiting order.
-        max_iter: the most sweeps.
+        max_iter: the most sweeps (>= 1).
 
     Returns:
-        ``{layer name: perm [out]}`` for every layer but the last: B's unit ``perm[j]`` goes to position ``j``.
+        ``{permutation name: perm [n]}``, e.g. ``{"P_conv1": ..., "P_conv2": ..., "P_fc1": ...}`` for SeedCNN, in
+        the order of ``spec.perm_names``: B's unit ``perm[j]`` goes to position ``j``.
+
+    Raises:
+        ValueError: no spec, a spec that does not fit the models, or models of different shapes.
     """
-    if len(layers) < 2:
-        raise ValueError(f"Expected at least two `layers`, got {list(layers)}")
-    if max_iter < 1:
-        raise ValueError(f"Expected `max_iter` >= 1, got {max_iter!r}")
-    a, b = _layers(model_a, layers), _layers(model_b, layers)
-    for name, la, lb in zip(layers, a, b, strict=True):
-        if la.weight.shape != lb.weight.shape:
-            raise ValueError(f"Expected layer {name!r} of the same shape in both models")
-    hidden = len(layers) - 1
-    perms = [torch.arange(a[i].weight.shape[0]) for i in range(hidden)]
+    check_count("max_iter", max_iter)
+    spec = spec_of(model_a, spec)
+    _check_same_shapes(model_a, model_b, spec)
+    a, b = _float64_params(model_a, spec), _float64_params(model_b, spec)
+    sizes = spec.sizes(a)
+    names = spec.perm_names
+    perms = {p: torch.arange(sizes[p]) for p in names}
     rng = np.random.default_rng(seed)
     for _ in range(max_iter):
         changed = False
-        for i in rng.permutation(hidden):
-            cost = _cost(a, b, perms, int(i))
+        for i in rng.permutation(len(names)):
+            p = names[int(i)]
+            cost = _cost(spec, a, b, perms, p, sizes[p])
             rows = np.arange(cost.shape[0])
-            old = cost[rows, perms[i].numpy()].sum()
+            old = cost[rows, perms[p].numpy()].sum()
             _, cols = linear_sum_assignment(cost, maximize=True)
             new = cost[rows, cols].sum()
             if new > old + 1e-12 * max(1.0, abs(old)):
-                perms[i] = torch.as_tensor(cols, dtype=torch.long)
+                perms[p] = torch.as_tensor(cols, dtype=torch.long)
                 changed = True
         if not changed:
             break
-    return {layers[i]: perms[i] for i in range(hidden)}
+    return perms
 
 
 def apply_permutations(
-    model: nn.Module, perms: dict[str, Tensor], *, layers: Sequence[str] = SEED_CNN_LAYERS
+    model: nn.Module, perms: Mapping[str, Tensor], *, spec: PermutationSpec | None = None
 ) -> nn.Module:
-    """A deep copy of ``model`` with hidden units permuted: it computes exactly the same function.
+    """A deep copy of ``model`` with its hidden units permuted: it computes exactly the same function.
 
     Args:
         model: the model to copy; not modified.
-        perms: ``{layer name: perm [out]}`` as ``weight_matching`` returns; unit ``perm[j]`` moves to ``j``. Layers
-            not named keep their order.
-        layers: the chain of layer names, input to output.
+        perms: ``{permutation name: perm [n]}`` as ``weight_matching`` returns; unit ``perm[j]`` moves to ``j`` on
+            every axis the permutation acts on. Permutations not named are the identity.
+        spec: the permutation spec; ``model.permutation_spec()`` when None.
 
     Returns:
-        The permuted copy (same dtype, device, train flag and requires_grad flags as ``model``).
+        The permuted copy (same dtype, device, memory layout, train flag and requires_grad flags as ``model``).
     """
+    spec = spec_of(model, spec)
+    unknown = sorted(set(perms) - set(spec.perm_names))
+    if unknown:
+        raise ValueError(f"Expected permutations among {list(spec.perm_names)}, got {unknown}")
     out = copy.deepcopy(model)
-    modules = dict(out.named_modules())
-    previous: tuple[Tensor, int] | None = None  # (permutation of the previous layer's outputs, their count)
+    params = dict(out.named_parameters())
+    spec.sizes(params)
     with torch.no_grad():
-        for name in layers:
-            module = modules[name]
-            w = module.weight
-            new = w.detach().clone()
-            if previous is not None:
-                perm, channels = previous
-                # a linear layer after a flatten sees [C, H*W] per output: permute the C axis
-                shape = new.shape
-                view = new.reshape(shape[0], channels, -1) if new.dim() == 2 else new
-                new = view[:, perm.to(w.device)].reshape(shape)
-            perm = perms.get(name)
-            if perm is not None:
-                perm = perm.to(w.device)
-                new = new[perm]
-                if module.bias is not None:
-                    module.bias.copy_(module.bias[perm].clone())
-            w.copy_(new)
-            previous = (perm, w.shape[0]) if perm is not None else None
+        for name in spec:
+            if not any(p in perms for p in spec.axes[name].perms if p is not None):
+                continue
+            param = params[name]
+            param.copy_(permute_param(spec, name, param.detach().clone(), perms).reshape(param.shape))
     return out
 
 
@@ -329,26 +316,26 @@ def align(
     model_a: nn.Module,
     model_b: nn.Module,
     *,
+    spec: PermutationSpec | None = None,
     seed: int = 0,
     max_iter: int = 100,
-    layers: Sequence[str] = SEED_CNN_LAYERS,
 ) -> nn.Module:
     """Model B with its hidden units permuted towards model A by weight matching (Ainsworth et al. 2022).
 
-    For SeedCNN-shaped models (``conv1 [C1, 1, 3, 3]``, ``conv2 [C2, C1, 3, 3]``, ``fc1 [H, C2 * S]``,
-    ``fc2 [10, H]``; S = H*W of the pooled map, inferred as ``fc1.in_features // C2``) the conv1 channels, conv2
-    channels and fc1 units are permuted; the result computes exactly the function B computes. See
+    The permutations are those of the spec (``model_a.permutation_spec()`` by default; for SeedCNN the conv1
+    channels, conv2 channels and fc1 units); the result computes exactly the function B computes. See
     ``weight_matching`` for the algorithm.
 
     Args:
         model_a: the reference; not modified.
         model_b: the model to align; not modified (the result is a deep copy).
+        spec: the permutation spec; ``model_a.permutation_spec()`` when None.
         seed: seeds the coordinate-descent order.
         max_iter: the most coordinate-descent sweeps.
-        layers: the chain of conv/linear layer names.
 
     Returns:
         A new ``nn.Module``: B, permuted.
     """
-    perms = weight_matching(model_a, model_b, layers=layers, seed=seed, max_iter=max_iter)
-    return apply_permutations(model_b, perms, layers=layers)
+    spec = spec_of(model_a, spec)
+    perms = weight_matching(model_a, model_b, spec=spec, seed=seed, max_iter=max_iter)
+    return apply_permutations(model_b, perms, spec=spec)

@@ -7,6 +7,7 @@ Nothing here downloads: ``download_fashion_mnist`` is a separate, explicit step.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import gzip
 import os
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import Tensor
 
+from landscape_core.cli import ArgumentParser, run_command
 from landscape_core.errors import UsageError
 
 __all__ = [
@@ -162,19 +165,22 @@ def download_fashion_mnist(root: str | Path = LOCAL_DIR) -> Path:
     return Path(root)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m landscape_core.data [--download]``: say where the data is (exit 1 if absent), or download it."""
-    import sys
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m landscape_core.data", description="Say where Fashion-MNIST is, or download it.")
+    p.add_argument("--download", action="store_true", help="download it with torchvision into ./data (internet)")
+    return p
 
-    argv = sys.argv[1:] if argv is None else argv
-    if "--download" in argv:
-        print(f"Downloaded to {download_fashion_mnist()}")
-        return 0
-    try:
-        print(f"Fashion-MNIST found in {find_data_dir()}")
-    except DataMissingError as error:
-        print(error, file=sys.stderr)
-        return 1
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m landscape_core.data [--download]``: say where the data is (exit 2 if absent), or download it."""
+    return run_command(parser(), argv, _run)
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    if args.download:
+        console.print(f"Downloaded to {download_fashion_mnist()}", highlight=False)
+    else:
+        console.print(f"Fashion-MNIST found in {find_data_dir()}", highlight=False)
     return 0
 
 

@@ -279,7 +279,6 @@ class HessianOperator:
         return (self.matmat(V, block_size=block_size) * V).sum(dim=1)
 
 
-
 def hvp(
     model: nn.Module, data: Data, v: Tensor, *, chunk_size: int = DEFAULT_CHUNK, loss_fn: LossFn | None = None
 ) -> Tensor:
@@ -378,7 +377,8 @@ def top_eigenvalues(
     seed: int = 0,
     v0: Tensor | Params | None = None,
 ) -> EigenResult:
-    """The ``k`` largest (algebraic) eigenvalues of the Hessian of the mean loss, with eigenvectors and residuals.
+    """The ``k`` largest (algebraic) eigenvalues of a symmetric operator, with eigenvectors and residuals (for a
+    :class:`HessianOperator`: of the Hessian of the mean loss; "HVP" below is one product with the operator).
 
     ``method="lanczos"`` (default): Lanczos with full reorthogonalization (twice-is-enough Gram-Schmidt against the
     whole basis) from ``v0`` (or a Gaussian vector from ``seed``). After each step the tridiagonal matrix is
@@ -660,9 +660,9 @@ def spectral_density(op: LinearOperator, *, n_probes: int, n_steps: int, seed: i
     Each probe is a normalized Rademacher vector ``v``; ``n_steps`` Lanczos steps with full reorthogonalization give a
     tridiagonal ``T = S diag(theta) S^T``; nodes are ``theta`` and weights ``S[0, :]^2`` (so that
     ``sum_j w_j f(theta_j) ~ v^T f(H) v``). The probes' Lanczos recurrences run side by side and go through the
-    operator's ``matmat`` together (for a :class:`HessianOperator` they share each chunk's forward pass). A probe whose Krylov space becomes invariant before
-    ``n_steps`` (exact quadrature already) stops there; its remaining entries are padded with its largest node and
-    weight 0.
+    operator's ``matmat`` together (for a :class:`HessianOperator` they share each chunk's forward pass). A probe
+    whose Krylov space becomes invariant before ``n_steps`` (exact quadrature already) stops there; its remaining
+    entries are padded with its largest node and weight 0.
 
     Args:
         op: The operator, e.g. ``HessianOperator(model, data, chunk_size=...)`` (the model is not mutated).

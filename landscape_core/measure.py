@@ -89,18 +89,12 @@ def measure(
 
     top = None
     hessian_data = data.subset("hessian", h.subset)
+    hessian_op = None  # one operator over the Hessian subset, shared by top-k, trace and density
+    if any(config.runs(name) for name in ("hessian", "trace", "density")):
+        hessian_op = hessian.HessianOperator(model, hessian_data, chunk_size=h.chunk_size)
     if config.runs("hessian"):
         with out.timed("hessian", stage):
-            top = hessian.top_eigenvalues(
-                model,
-                hessian_data,
-                k=h.top_k,
-                max_iter=h.max_iter,
-                tol=h.tol,
-                seed=seed,
-                chunk_size=h.chunk_size,
-                v0=v0,
-            )
+            top = hessian.top_eigenvalues(hessian_op, k=h.top_k, max_iter=h.max_iter, tol=h.tol, seed=seed, v0=v0)
         out.scalars.update(
             {
                 "hessian/lambda_max": float(top.eigenvalues[0]),
@@ -118,9 +112,7 @@ def measure(
         }
     if config.runs("trace"):
         with out.timed("trace", stage):
-            trace = hessian.hessian_trace(
-                model, hessian_data, n_probes=h.trace_probes, seed=seed, chunk_size=h.chunk_size
-            )
+            trace = hessian.hessian_trace(hessian_op, n_probes=h.trace_probes, seed=seed)
         out.scalars.update({"hessian/trace": trace.estimate, "hessian/trace_stderr": trace.stderr})
         out.arrays["trace"] = {
             "estimate": trace.estimate,
@@ -130,12 +122,7 @@ def measure(
     if config.runs("density"):
         with out.timed("density", stage):
             density = hessian.spectral_density(
-                model,
-                hessian_data,
-                n_probes=h.density_probes,
-                n_steps=h.density_steps,
-                seed=seed,
-                chunk_size=h.chunk_size,
+                hessian_op, n_probes=h.density_probes, n_steps=h.density_steps, seed=seed
             )
         low, high = float(density.nodes.min()), float(density.nodes.max())
         width = max((high - low) / 100.0, 1e-3)  # kernel width: 1% of the spectrum's range
@@ -294,14 +281,12 @@ class LambdaMaxTracker:
 
     def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
         result = hessian.top_eigenvalues(
-            model,
-            self.data,
+            hessian.HessianOperator(model, self.data, chunk_size=self.config.chunk_size),
             k=1,
             max_iter=self.config.track_iter,
             tol=self.config.tol,
             seed=self.seed,
             v0=self.vector,
-            chunk_size=self.config.chunk_size,
         )
         self.vector = result.eigenvectors[0]
         return {"hessian/lambda_max_epoch": float(result.eigenvalues[0]), "hessian/eos_threshold": self.threshold}

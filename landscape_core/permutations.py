@@ -85,8 +85,8 @@ class PermutationSpec:
         shape = entry.view if entry.view is not None else tuple(param.shape)
         if len(shape) != len(entry.perms) or (entry.view is not None and _numel(shape) != param.numel()):
             raise ValueError(
-                f"Expected parameter {name!r} of shape {tuple(param.shape)} to fit the spec's "
-                f"{len(entry.perms)} axes (view {entry.view}), got a mismatch"
+                f"Expected parameter {name!r} to fit its spec entry ({len(entry.perms)} axes, view {entry.view}), "
+                f"got shape {tuple(param.shape)}"
             )
         return param.reshape(shape)
 

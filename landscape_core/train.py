@@ -65,7 +65,7 @@ StepCallback = Callable[[int, int, int, float], None]
 
 
 def check_data(data: TrialData, config: TrainConfig) -> None:
-    """Raise ``ValueError`` unless ``data`` holds the splits ``config`` asks for (``TrialData.build(dataset, config)``)."""
+    """Raise ``ValueError`` unless ``data`` holds the splits of ``config`` (``TrialData.build(dataset, config)``)."""
     if not data.matches(config):
         raise ValueError(
             f"Expected the splits of data_seed {config.data_seed}, train_size {config.train_size} and test_size "

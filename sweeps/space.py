@@ -1,4 +1,5 @@
-"""Search spaces: which (seed, lr, width) points a sweep visits, and the one function that turns a trial into configs."""
+"""Search spaces: which (seed, lr, width) points a sweep visits, and the one function that turns a trial into
+configs."""
 
 from __future__ import annotations
 

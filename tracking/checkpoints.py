@@ -20,9 +20,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupted, or does not fit the model."""
 
 
-def load_checkpoint(path: str, model_name: str = "seed_cnn", device: torch.device | str = "cpu") -> nn.Module:
-    """A model of ``model_name`` on ``device`` (in that device's layout, see ``build_model``) with the weights in
-    ``path``, in eval mode.
+def load_checkpoint(
+    path: str, model_name: str = "seed_cnn", device: torch.device | str = "cpu", *, width: float = 1.0
+) -> nn.Module:
+    """A model of ``model_name`` at ``width`` on ``device`` (in that device's layout, see ``build_model``) with the
+    weights in ``path``, in eval mode.
 
     Raises:
         CheckpointError: one line saying why: a missing file, a file that is not a weights-only checkpoint, or
@@ -42,7 +44,7 @@ def load_checkpoint(path: str, model_name: str = "seed_cnn", device: torch.devic
         raise CheckpointError(f"cannot load checkpoint {path}: corrupted ({_first_line(error)})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"cannot load checkpoint {path}: not a state dict of tensors")
-    model = build_model(model_name, device)
+    model = build_model(model_name, device, width=width)
     try:
         model.load_state_dict(state)
     except Exception as error:
@@ -59,12 +61,17 @@ def _first_line(error: Exception, limit: int = 300) -> str:
 
 
 def load_run_model(
-    client: MlflowClient, run_id: str, model_name: str = "seed_cnn", device: torch.device | str = "cpu"
+    client: MlflowClient,
+    run_id: str,
+    model_name: str = "seed_cnn",
+    device: torch.device | str = "cpu",
+    *,
+    width: float = 1.0,
 ) -> nn.Module:
-    """Download ``checkpoint/model.pt`` of a run and load it onto ``device``."""
+    """Download ``checkpoint/model.pt`` of a run and load it onto ``device`` as ``model_name`` at ``width``."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(run_id, "checkpoint/model.pt", tmp)
         except Exception as error:
             raise CheckpointError(f"run {run_id} has no readable checkpoint: {error}".splitlines()[0]) from None
-        return load_checkpoint(path, model_name, device)
+        return load_checkpoint(path, model_name, device, width=width)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -61,8 +62,6 @@ class TrackingStore:
             if not os.access(existing, os.W_OK | os.X_OK):
                 raise StoreError(f"the store directory {existing} is not writable")
         elif self.tracking_uri.startswith(("http://", "https://")):
-            import urllib.request
-
             try:
                 urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=5).read()
             except OSError as error:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 from landscape_core.measure import Measurements
+from landscape_core.plots.geometry import geometry_figures
+from landscape_core.plots.training import training_curves
 from landscape_core.train import EpochMetrics, TrainResult
 from tracking.runs import RunLogger
 
-__all__ = ["final_metrics", "geometry_figures", "log_epoch", "log_measurements", "log_training"]
+__all__ = ["final_metrics", "log_epoch", "log_measurements", "log_training"]
 
 
 def log_epoch(run: RunLogger, metrics: EpochMetrics) -> None:
@@ -41,8 +43,6 @@ def final_metrics(result: TrainResult) -> dict[str, float]:
 
 def log_training(run: RunLogger, result: TrainResult) -> None:
     """Final metrics, the training-curves figure (the paper's Figure 1), the history as JSON and the checkpoint."""
-    from landscape_core.plots.training import training_curves
-
     run.metrics(final_metrics(result))
     run.figure(training_curves(result.history), "training_curves")
     run.json([dataclasses.asdict(m) for m in result.history], "history")
@@ -51,47 +51,10 @@ def log_training(run: RunLogger, result: TrainResult) -> None:
 
 def log_measurements(run: RunLogger, measurements: Measurements) -> None:
     """Scalars as final metrics, seconds as ``time/<analysis>_s``, raw arrays under ``data/``, figures under
-    ``figures/`` (the paper's Figures 2-6: eigenvalues, 1D and 2D slices, interpolation path, weight noise)."""
+    ``figures/`` (the paper's Figures 2-6: eigenvalues, 1D and 2D slices, interpolation path, weight noise; see
+    ``landscape_core.plots.geometry.geometry_figures``)."""
     run.metrics({**measurements.scalars, **{f"time/{k}_s": v for k, v in measurements.seconds.items()}})
     for name, data in measurements.arrays.items():
         run.json(data, name)
     for name, figure in geometry_figures(measurements.arrays).items():
         run.figure(figure, name)
-
-
-def geometry_figures(arrays: dict) -> dict:
-    """The figures that the measured arrays support, by artifact name."""
-    from landscape_core.plots import geometry
-
-    figures = {}
-    if "eigenvalues" in arrays:
-        smooth = arrays.get("density", {})
-        figures["eigenvalues"] = geometry.eigenvalue_plot(
-            arrays["eigenvalues"]["eigenvalues"], smooth.get("grid"), smooth.get("density")
-        )
-    if "slice_1d" in arrays:
-        curves = {name: (c["alphas"], c["loss"], c["accuracy"]) for name, c in arrays["slice_1d"].items()}
-        figures["slice_1d"] = geometry.slice_1d_plot(curves)
-    if "slice_2d" in arrays:
-        plane = arrays["slice_2d"]
-        figures["slice_2d"] = geometry.slice_2d_plot(plane["alphas"], plane["betas"], plane["loss"])
-    if "interpolation" in arrays:
-        paths = arrays["interpolation"]
-        aligned = "train_aligned" in paths
-        figures["interpolation"] = geometry.interpolation_plot(
-            paths["train"]["alphas"],
-            paths["train"]["loss"],
-            paths["test"]["loss"],
-            aligned_train=paths["train_aligned"]["loss"] if aligned else None,
-            aligned_test=paths["test_aligned"]["loss"] if aligned else None,
-            train_err=paths["train"]["error"],
-            test_err=paths["test"]["error"],
-            aligned_train_err=paths["train_aligned"]["error"] if aligned else None,
-            aligned_test_err=paths["test_aligned"]["error"] if aligned else None,
-        )
-    if "noise" in arrays:
-        n = arrays["noise"]
-        figures["weight_noise"] = geometry.noise_plot(
-            n["sigmas"], n["loss_mean"], n["loss_stderr"], n["acc_mean"], n["acc_stderr"]
-        )
-    return figures

@@ -1,7 +1,7 @@
 """Figures of the landscape's geometry (the paper's Figures 2-6), each a bare ``Figure`` (no pyplot state).
 
 Every function accepts lists, numpy arrays or CPU tensors, and returns a ``matplotlib.figure.Figure`` that the caller
-saves or logs.
+saves or logs; ``geometry_figures`` makes every figure that a trial's ``Measurements.arrays`` support.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 __all__ = [
     "barrier_matrix_plot",
     "eigenvalue_plot",
+    "geometry_figures",
     "interpolation_plot",
     "noise_plot",
     "slice_1d_plot",
@@ -247,3 +248,48 @@ def barrier_matrix_plot(matrix: Any, labels: Sequence[str], title: str = "Loss b
     ax.set_title(title)
     fig.colorbar(image, ax=ax)
     return fig
+
+
+def geometry_figures(arrays: Mapping[str, Any]) -> dict[str, Figure]:
+    """The figures that the measured arrays support, by artifact name.
+
+    Args:
+        arrays: ``landscape_core.measure.Measurements.arrays``: ``"eigenvalues"`` (with ``"density"`` when measured),
+            ``"slice_1d"``, ``"slice_2d"``, ``"interpolation"`` and ``"noise"`` each give a figure when present;
+            other entries (trace, sharpness, flatness, curvature) have none.
+
+    Returns:
+        ``{"eigenvalues", "slice_1d", "slice_2d", "interpolation", "weight_noise"}`` (those supported) -> Figure.
+    """
+    figures = {}
+    if "eigenvalues" in arrays:
+        smooth = arrays.get("density", {})
+        figures["eigenvalues"] = eigenvalue_plot(
+            arrays["eigenvalues"]["eigenvalues"], smooth.get("grid"), smooth.get("density")
+        )
+    if "slice_1d" in arrays:
+        curves = {name: (c["alphas"], c["loss"], c["accuracy"]) for name, c in arrays["slice_1d"].items()}
+        figures["slice_1d"] = slice_1d_plot(curves)
+    if "slice_2d" in arrays:
+        plane = arrays["slice_2d"]
+        figures["slice_2d"] = slice_2d_plot(plane["alphas"], plane["betas"], plane["loss"])
+    if "interpolation" in arrays:
+        paths = arrays["interpolation"]
+        aligned = "train_aligned" in paths
+        figures["interpolation"] = interpolation_plot(
+            paths["train"]["alphas"],
+            paths["train"]["loss"],
+            paths["test"]["loss"],
+            aligned_train=paths["train_aligned"]["loss"] if aligned else None,
+            aligned_test=paths["test_aligned"]["loss"] if aligned else None,
+            train_err=paths["train"]["error"],
+            test_err=paths["test"]["error"],
+            aligned_train_err=paths["train_aligned"]["error"] if aligned else None,
+            aligned_test_err=paths["test_aligned"]["error"] if aligned else None,
+        )
+    if "noise" in arrays:
+        n = arrays["noise"]
+        figures["weight_noise"] = noise_plot(
+            n["sigmas"], n["loss_mean"], n["loss_stderr"], n["acc_mean"], n["acc_stderr"]
+        )
+    return figures

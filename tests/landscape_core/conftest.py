@@ -294,6 +294,38 @@ def negative_quadratic() -> Quadratic:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Seeded draws
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class RecordingModel(nn.Module):
+    """One parameter ``w [P]`` and a loss identically 0 (``loss_fn=first_logit``; its gradient is exactly 0, so
+    sharpness ascents stay at their random start, and every prediction is class 0, so accuracy is 1 on class-0
+    targets). Every evaluation outside autograd (``functional.evaluate``, in inference mode) appends the ``w`` it saw
+    to ``seen``: the tests read the random starts and noise vectors a measure drew from it."""
+
+    def __init__(self, w: Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w.clone())
+        self.seen: list[Tensor] = []
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if torch.is_inference_mode_enabled():
+            self.seen.append(self.w.detach().clone())
+        return (0 * self.w.sum()).expand(inputs.shape[0], 1)
+
+
+def first_logit(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean of the logits' column 0 (for :class:`RecordingModel`: exactly 0)."""
+    return logits[:, 0].mean()
+
+
+def rule_draws(seed: int) -> torch.Generator:
+    """The generator the seeded-generator rule draws from (``rng.generator(seed)``), built by hand."""
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Purity
 # ----------------------------------------------------------------------------------------------------------------------
 

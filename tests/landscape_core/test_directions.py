@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from landscape_core import directions as dr
 from landscape_core.functional import flatten, param_dict
-from tests.landscape_core.conftest import ModelSnapshot
+from tests.landscape_core.conftest import ModelSnapshot, rule_draws
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,6 +30,23 @@ def test_random_direction_is_seeded_and_shaped_like_params(tiny_model):
     assert not torch.equal(flatten(a), flatten(c))
     flat = flatten(a)
     assert abs(float(flat.mean())) < 0.1 and float(flat.std()) == pytest.approx(1.0, abs=0.1)  # N(0, 1) draws
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_random_directions_follow_the_seeded_generator_rule(tiny_model, dtype):
+    # One float64 draw per parameter, in named_parameters() order, from Generator().manual_seed(seed), then cast: a
+    # float32 copy of the model gets the float64 model's direction up to the cast.
+    model = copy.deepcopy(tiny_model).to(dtype)
+    gen = rule_draws(3)
+    expected = {n: torch.randn(p.shape, generator=gen, dtype=torch.float64) for n, p in model.named_parameters()}
+    d = dr.random_direction(model, seed=3)
+    assert all(torch.equal(d[n], expected[n].to(dtype)) for n in expected)
+    # orthogonal_pair draws its two directions one after the other from one generator
+    gen = rule_draws(6)
+    first = {n: torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype) for n, p in model.named_parameters()}
+    d1, _ = dr.orthogonal_pair(model, seed=6)
+    reference = dr.filter_normalize(first, param_dict(model))
+    assert all(torch.equal(d1[n], reference[n]) for n in expected)
 
 
 def test_filter_normalize_matches_filter_norms_and_zeroes_biases(tiny_model):

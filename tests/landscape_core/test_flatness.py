@@ -13,6 +13,7 @@ from landscape_core.flatness import distance_from_init, pac_bayes_sigma, weight_
 from landscape_core.functional import evaluate, flatten, param_dict, unflatten
 from landscape_core.models import TinyCNN
 from landscape_core.sharpness import weight_noise_robustness
+from tests.landscape_core.conftest import RecordingModel, first_logit, rule_draws
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
@@ -63,12 +64,13 @@ def test_plain_bracket_agrees_with_weight_noise(trained, data) -> None:
 
 
 def test_magnitude_aware_noise_std(trained, data) -> None:
-    # One draw by hand: std = sqrt(sigma^2 w^2 + 1e-3^2), z the first normal vector of Generator(seed).
+    # One draw by hand: std = sqrt(sigma^2 w^2 + 1e-3^2), z the first normal vector of the seeded-generator rule
+    # (float64 from Generator().manual_seed(seed), cast to the model's dtype).
     target, seed = 0.1, 11
     r = pac_bayes_sigma(trained, data, magnitude_aware=True, target_drop=target, draws=1, steps=8, seed=seed)
     like = param_dict(trained)
     theta = flatten(like)
-    z = torch.randn(theta.shape, generator=torch.Generator().manual_seed(seed), dtype=theta.dtype)
+    z = torch.randn(theta.shape, generator=rule_draws(seed), dtype=torch.float64).to(theta.dtype)
     for sigma, inside in ((r.sigma, True), (r.upper, False)):
         std = torch.sqrt(sigma**2 * theta**2 + 1e-6)
         acc = evaluate(trained, data, params=unflatten(theta + std * z, like))[1]
@@ -77,6 +79,36 @@ def test_magnitude_aware_noise_std(trained, data) -> None:
         r.base_acc
         - evaluate(trained, data, params=unflatten(theta + torch.sqrt(r.sigma**2 * theta**2 + 1e-6) * z, like))[1]
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("magnitude_aware", [False, True])
+def test_pac_bayes_noise_follows_the_seeded_generator_rule(dtype, magnitude_aware) -> None:
+    # RecordingModel's accuracy is always 1 (drop 0 <= target), so the search evaluates sigma_max only: the base
+    # point, then theta + std * z_k for the rule's draws z_k, cast to the model's dtype.
+    theta = torch.linspace(-1.0, 2.0, 9, dtype=torch.float64).to(dtype)
+    model = RecordingModel(theta)
+    data = (torch.zeros(4, 1, dtype=dtype), torch.zeros(4, dtype=torch.long))
+    sigma_max, draws = 0.4, 3
+    result = pac_bayes_sigma(
+        model,
+        data,
+        magnitude_aware=magnitude_aware,
+        draws=draws,
+        steps=2,
+        seed=6,
+        sigma_max=sigma_max,
+        loss_fn=first_logit,
+    )
+    assert result.sigma == sigma_max and not result.bracketed and result.drop_at_sigma == 0.0
+    std = torch.sqrt(sigma_max**2 * theta.square() + 1e-3**2) if magnitude_aware else sigma_max
+    gen = rule_draws(6)
+    expected = [theta] + [
+        theta + std * torch.randn(theta.shape, generator=gen, dtype=torch.float64).to(dtype) for _ in range(draws)
+    ]
+    assert len(model.seen) == len(expected)
+    for seen, want in zip(model.seen, expected, strict=True):
+        assert torch.equal(seen, want)
 
 
 def test_unbracketed_search_returns_interval_ends(trained, data) -> None:

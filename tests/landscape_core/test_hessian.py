@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import scipy.stats
 import torch
 
 from landscape_core import hessian as hs
+from landscape_core import rng
 from landscape_core.functional import flatten, param_dict, unflatten
 from tests.landscape_core.conftest import (
     GAPPED,
@@ -24,6 +26,34 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _random(p: int, m: int | None = None, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(*((m,) if m else ()), p, generator=g, dtype=torch.float64)
+
+
+def _op(q, **kwargs) -> hs.HessianOperator:
+    """The Hessian operator of a quadratic problem (its own loss)."""
+    return hs.HessianOperator(q.model, q.data, loss_fn=q.loss_fn, **kwargs)
+
+
+class DenseOperator:
+    """A symmetric matrix as a LinearOperator: no model, no loss, not a Hessian."""
+
+    def __init__(self, A: torch.Tensor) -> None:
+        self.A = A
+        self.size, self.dtype, self.device = A.shape[0], A.dtype, A.device
+        self.n_hvp = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.n_hvp += 1
+        return self.A @ v
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.n_hvp += V.shape[0]
+        return V @ self.A  # row i is A V[i], A symmetric
+
+
+def _dense_symmetric(p: int, eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:
+    Q, _ = torch.linalg.qr(torch.randn(p, p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    A = (Q * eigenvalues) @ Q.T
+    return 0.5 * (A + A.T)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -101,6 +131,81 @@ def test_hvp_rejects_wrong_size(quadratic):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Operators and probes
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_hessian_operator_is_a_linear_operator_and_models_are_refused(quadratic):
+    assert isinstance(_op(quadratic), hs.LinearOperator)
+    assert isinstance(DenseOperator(torch.eye(3, dtype=torch.float64)), hs.LinearOperator)
+    for call in (
+        lambda: hs.top_eigenvalues(quadratic.model, k=1),
+        lambda: hs.hessian_trace(quadratic.model),
+        lambda: hs.spectral_density(quadratic.model, n_probes=1, n_steps=2),
+    ):
+        with pytest.raises(TypeError, match=r"Expected `op` a LinearOperator such as HessianOperator"):
+            call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_random_vectors_follow_the_seeded_generator_rule(dtype):
+    # Drawn in float64 on the CPU from Generator().manual_seed(seed), then cast: the same numbers for every dtype.
+    op = DenseOperator(torch.eye(7, dtype=dtype))
+    gaussian = hs.random_vectors(op, 3, rng.generator(5))
+    expected = torch.randn(3, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)
+    assert gaussian.dtype == dtype and torch.equal(gaussian, expected)
+    signs = hs.random_vectors(op, 4, rng.generator(6), kind="rademacher")
+    bits = torch.randint(0, 2, (4, 7), generator=torch.Generator().manual_seed(6), dtype=torch.int8)
+    assert torch.equal(signs, (bits.double() * 2 - 1).to(dtype))
+    with pytest.raises(ValueError, match="Expected `kind` in"):
+        hs.random_vectors(op, 1, rng.generator(0), kind="uniform")
+
+
+def test_top_eigenvalues_trace_and_density_of_a_dense_non_hessian_operator():
+    p = 30
+    A = _dense_symmetric(p, torch.linspace(-4.0, 9.0, p, dtype=torch.float64) ** 3 / 50, seed=3)
+    exact = torch.linalg.eigvalsh(A)  # ascending
+    op = DenseOperator(A)
+    top = hs.top_eigenvalues(op, k=4, tol=1e-10, max_iter=p)
+    torch.testing.assert_close(top.eigenvalues, exact[-4:].flip(0), atol=1e-9, rtol=0)
+    torch.testing.assert_close(top.eigenvectors @ A, top.eigenvalues[:, None] * top.eigenvectors, atol=1e-8, rtol=0)
+    assert top.converged and top.n_hvp == op.n_hvp <= p
+    power = hs.top_eigenvalues(op, k=1, method="power", tol=1e-12, max_iter=2000)
+    assert float(power.eigenvalues[0]) == pytest.approx(float(exact[-1]), abs=1e-6)
+    # Hutchinson's samples are z^T A z for the rule's Rademacher probes, exactly.
+    trace = hs.hessian_trace(op, n_probes=9, seed=4, block_size=4)
+    Z = rng.rademacher((9, p), rng.generator(4))
+    torch.testing.assert_close(trace.samples, ((Z @ A) * Z).sum(1), atol=1e-12, rtol=0)
+    # P Lanczos steps of SLQ recover the whole spectrum.
+    density = hs.spectral_density(op, n_probes=2, n_steps=p, seed=5)
+    for row in density.nodes:
+        torch.testing.assert_close(row, exact, atol=1e-8, rtol=0)
+
+
+def test_one_operator_reused_across_estimators_gives_the_numbers_of_fresh_ones(tiny_model, tiny_data):
+    data = (tiny_data[0][:48], tiny_data[1][:48])
+
+    def run(make):
+        return (
+            hs.top_eigenvalues(make(), k=2, max_iter=6, seed=1),
+            hs.hessian_trace(make(), n_probes=5, seed=2, block_size=3),
+            hs.spectral_density(make(), n_probes=2, n_steps=3, seed=3),
+            hs.top_eigenvalues(make(), k=1, method="power", max_iter=4, seed=4),
+        )
+
+    shared = hs.HessianOperator(tiny_model, data, chunk_size=20)
+    reused = run(lambda: shared)
+    fresh = run(lambda: hs.HessianOperator(tiny_model, data, chunk_size=20))
+    for a, b in zip(reused, fresh, strict=True):
+        assert a.n_hvp == b.n_hvp > 0  # each result counts its own HVPs, not the operator's running total
+        for name in ("eigenvalues", "eigenvectors", "residuals", "samples", "nodes", "weights"):
+            if hasattr(a, name):
+                assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert [r.n_hvp for r in reused] == [6, 5, 6, 4]
+    assert shared.n_hvp == sum(r.n_hvp for r in reused)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Top eigenvalues
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -112,7 +217,7 @@ def _assert_eigenvectors(result, quadratic, k, atol):
 
 
 def test_lanczos_gives_exact_top_k_of_quadratic(quadratic):
-    result = hs.top_eigenvalues(quadratic.model, quadratic.data, k=3, tol=1e-8, chunk_size=7, loss_fn=quadratic.loss_fn)
+    result = hs.top_eigenvalues(_op(quadratic, chunk_size=7), k=3, tol=1e-8)
     torch.testing.assert_close(result.eigenvalues, quadratic.eigenvalues[:3], atol=1e-9, rtol=0)
     assert result.eigenvalues.tolist() == sorted(result.eigenvalues.tolist(), reverse=True)
     _assert_eigenvectors(result, quadratic, 3, 1e-8)
@@ -126,34 +231,35 @@ def test_lanczos_gives_exact_top_k_of_quadratic(quadratic):
 
 
 def test_lanczos_is_largest_algebraic_not_largest_magnitude(negative_quadratic):
-    q = negative_quadratic
-    result = hs.top_eigenvalues(q.model, q.data, k=3, tol=1e-8, loss_fn=q.loss_fn)
+    result = hs.top_eigenvalues(_op(negative_quadratic), k=3, tol=1e-8)
     expected = torch.tensor([5.0, 4.0, 3.0], dtype=torch.float64)
     torch.testing.assert_close(result.eigenvalues, expected, atol=1e-9, rtol=0)
 
 
 def test_power_iteration_gives_top_k_of_gapped_quadratic(gapped_quadratic):
     q = gapped_quadratic
-    result = hs.top_eigenvalues(q.model, q.data, k=2, method="power", max_iter=500, tol=1e-12, loss_fn=q.loss_fn)
+    result = hs.top_eigenvalues(_op(q), k=2, method="power", max_iter=500, tol=1e-12)
     torch.testing.assert_close(result.eigenvalues, q.eigenvalues[:2], atol=1e-8, rtol=0)
     _assert_eigenvectors(result, q, 2, 1e-6)
     assert result.method == "power" and 2 < result.n_hvp <= 1000
 
 
 def test_lanczos_needs_far_fewer_hvps_than_power_on_near_degenerate_pair(quadratic):
-    kwargs = dict(k=1, tol=1e-8, max_iter=2000, loss_fn=quadratic.loss_fn)
-    lanczos = hs.top_eigenvalues(quadratic.model, quadratic.data, method="lanczos", **kwargs)
-    power = hs.top_eigenvalues(quadratic.model, quadratic.data, method="power", **kwargs)
+    kwargs = dict(k=1, tol=1e-8, max_iter=2000)
+    op = _op(quadratic)
+    lanczos = hs.top_eigenvalues(op, method="lanczos", **kwargs)
+    power = hs.top_eigenvalues(op, method="power", **kwargs)
     exact = float(quadratic.eigenvalues[0])
     assert float(lanczos.eigenvalues[0]) == pytest.approx(exact, abs=1e-9)
     assert float(power.eigenvalues[0]) == pytest.approx(exact, abs=1e-4)
     # Power iteration's error after its stop rule is still far above Lanczos', with many more HVPs.
     assert abs(float(power.eigenvalues[0]) - exact) > 100 * abs(float(lanczos.eigenvalues[0]) - exact)
     assert 5 * lanczos.n_hvp < power.n_hvp
+    assert op.n_hvp == lanczos.n_hvp + power.n_hvp
 
 
 def test_lanczos_matches_dense_tiny_cnn(tiny_model, tiny_data, tiny_dense):
-    result = hs.top_eigenvalues(tiny_model, tiny_data, k=3, max_iter=100, tol=1e-6, chunk_size=100)
+    result = hs.top_eigenvalues(hs.HessianOperator(tiny_model, tiny_data, chunk_size=100), k=3, max_iter=100, tol=1e-6)
     exact = tiny_dense.eigenvalues[-3:].flip(0)
     assert ((result.eigenvalues - exact).abs() / exact.abs()).max() < 1e-4
     assert result.converged
@@ -166,42 +272,49 @@ def test_lanczos_matches_dense_tiny_cnn(tiny_model, tiny_data, tiny_dense):
 
 
 def test_power_iteration_matches_dense_tiny_cnn(tiny_model, tiny_data, tiny_dense):
-    result = hs.top_eigenvalues(tiny_model, tiny_data, k=1, method="power", max_iter=100, tol=1e-3)  # PyHessian's
+    op = hs.HessianOperator(tiny_model, tiny_data)
+    result = hs.top_eigenvalues(op, k=1, method="power", max_iter=100, tol=1e-3)  # PyHessian's
     exact = float(tiny_dense.eigenvalues[-1])
     assert abs(float(result.eigenvalues[0]) - exact) / abs(exact) < 1e-2
 
 
 def test_warm_start_with_the_top_eigenvector(quadratic):
     top = quadratic.eigenvectors[:, 0]
-    result = hs.top_eigenvalues(quadratic.model, quadratic.data, k=1, tol=1e-8, v0=top, loss_fn=quadratic.loss_fn)
+    result = hs.top_eigenvalues(_op(quadratic), k=1, tol=1e-8, v0=top)
     assert result.n_hvp == 1
     assert float(result.eigenvalues[0]) == pytest.approx(19.13, abs=1e-10)
     # As a parameter dict, and with k > 1: an invariant start restarts in the orthogonal complement.
     as_dict = unflatten(top, param_dict(quadratic.model))
-    result = hs.top_eigenvalues(quadratic.model, quadratic.data, k=3, tol=1e-8, v0=as_dict, loss_fn=quadratic.loss_fn)
+    result = hs.top_eigenvalues(_op(quadratic), k=3, tol=1e-8, v0=as_dict)
     torch.testing.assert_close(result.eigenvalues, quadratic.eigenvalues[:3], atol=1e-9, rtol=0)
+    # An operator without parameter names takes flat start vectors only.
+    with pytest.raises(ValueError, match=r"Expected `v0` a flat vector \[P\]"):
+        hs.top_eigenvalues(DenseOperator(quadratic.A), k=1, v0=as_dict)
 
 
 def test_max_iter_bounds_lanczos_and_reports_not_converged(tiny_model, tiny_data):
-    result = hs.top_eigenvalues(tiny_model, tiny_data, k=2, max_iter=3, tol=1e-10)
+    result = hs.top_eigenvalues(hs.HessianOperator(tiny_model, tiny_data), k=2, max_iter=3, tol=1e-10)
     assert result.n_hvp == 3
     assert not result.converged
 
 
 def test_eigen_bad_arguments(quadratic):
-    args = (quadratic.model, quadratic.data)
+    op = _op(quadratic)
     with pytest.raises(ValueError, match=r"^Expected `k` >= 1, got 0$"):
-        hs.top_eigenvalues(*args, k=0)
+        hs.top_eigenvalues(op, k=0)
     with pytest.raises(ValueError, match="Expected `method` in"):
-        hs.top_eigenvalues(*args, method="arnoldi")
+        hs.top_eigenvalues(op, method="arnoldi")
     with pytest.raises(ValueError, match="Expected `k` <= 40"):
-        hs.top_eigenvalues(*args, k=41)
+        hs.top_eigenvalues(op, k=41)
     with pytest.raises(ValueError, match="Expected `max_iter` >= `k`"):
-        hs.top_eigenvalues(*args, k=3, max_iter=2)
+        hs.top_eigenvalues(op, k=3, max_iter=2)
+    with pytest.raises(ValueError, match=r"^Expected `max_iter` >= 1, got 0$"):
+        hs.top_eigenvalues(op, method="power", max_iter=0)
     with pytest.raises(ValueError, match="Expected `tol` > 0"):
-        hs.top_eigenvalues(*args, tol=0.0)
+        hs.top_eigenvalues(op, tol=0.0)
     with pytest.raises(ValueError, match="Expected `v0` a non-zero"):
-        hs.top_eigenvalues(*args, v0=torch.zeros(40, dtype=torch.float64), loss_fn=quadratic.loss_fn)
+        hs.top_eigenvalues(op, v0=torch.zeros(40, dtype=torch.float64))
+    assert op.n_hvp == 0  # every check comes before any HVP
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -210,44 +323,43 @@ def test_eigen_bad_arguments(quadratic):
 
 
 def test_trace_of_quadratic_within_three_stderr(quadratic):
-    result = hs.hessian_trace(quadratic.model, quadratic.data, n_probes=50, loss_fn=quadratic.loss_fn, block_size=16)
+    result = hs.hessian_trace(_op(quadratic), n_probes=50, block_size=16)
     exact = float(torch.trace(quadratic.A))
     assert result.stderr > 0
     assert abs(result.estimate - exact) <= 3 * result.stderr
     assert result.n_hvp == 50 and result.samples.shape == (50,)
     # The per-probe values are exact quadratic forms of Rademacher vectors.
     assert result.stderr == pytest.approx(float(result.samples.std()) / math.sqrt(50))
-    looped = hs.hessian_trace(quadratic.model, quadratic.data, n_probes=50, loss_fn=quadratic.loss_fn, vectorize=False)
+    looped = hs.hessian_trace(_op(quadratic, vectorize=False), n_probes=50)
     torch.testing.assert_close(looped.samples, result.samples, atol=1e-10, rtol=0)  # same probes, block-independent
 
 
 def test_trace_matches_dense_tiny_cnn(tiny_model, tiny_data, tiny_dense):
-    result = hs.hessian_trace(tiny_model, tiny_data, n_probes=40, block_size=20)
+    result = hs.hessian_trace(hs.HessianOperator(tiny_model, tiny_data), n_probes=40, block_size=20)
     assert 0 < result.stderr < 0.25 * abs(tiny_dense.trace)  # informative: a 2x error would fail
     assert abs(result.estimate - tiny_dense.trace) <= 3 * result.stderr
 
 
 def test_trace_single_probe_has_nan_stderr(quadratic):
-    result = hs.hessian_trace(quadratic.model, quadratic.data, n_probes=1, loss_fn=quadratic.loss_fn)
+    result = hs.hessian_trace(_op(quadratic), n_probes=1)
     assert math.isnan(result.stderr) and math.isfinite(result.estimate)
 
 
 def test_same_seed_same_numbers_different_seed_different_probes(quadratic):
-    args = (quadratic.model, quadratic.data)
-    kw = dict(loss_fn=quadratic.loss_fn)
-    a = hs.hessian_trace(*args, n_probes=6, seed=3, **kw)
-    b = hs.hessian_trace(*args, n_probes=6, seed=3, **kw)
-    c = hs.hessian_trace(*args, n_probes=6, seed=4, **kw)
+    op = _op(quadratic)
+    a = hs.hessian_trace(op, n_probes=6, seed=3)
+    b = hs.hessian_trace(op, n_probes=6, seed=3)
+    c = hs.hessian_trace(op, n_probes=6, seed=4)
     assert torch.equal(a.samples, b.samples) and a.estimate == b.estimate
     assert not torch.equal(a.samples, c.samples)
-    e1 = hs.top_eigenvalues(*args, k=2, max_iter=5, seed=3, **kw)
-    e2 = hs.top_eigenvalues(*args, k=2, max_iter=5, seed=3, **kw)
-    e3 = hs.top_eigenvalues(*args, k=2, max_iter=5, seed=4, **kw)
+    e1 = hs.top_eigenvalues(op, k=2, max_iter=5, seed=3)
+    e2 = hs.top_eigenvalues(op, k=2, max_iter=5, seed=3)
+    e3 = hs.top_eigenvalues(op, k=2, max_iter=5, seed=4)
     assert torch.equal(e1.eigenvalues, e2.eigenvalues) and torch.equal(e1.eigenvectors, e2.eigenvectors)
     assert not torch.equal(e1.eigenvalues, e3.eigenvalues)  # 5 steps are not enough to agree to the last bit
-    d1 = hs.spectral_density(*args, n_probes=2, n_steps=4, seed=3, **kw)
-    d2 = hs.spectral_density(*args, n_probes=2, n_steps=4, seed=3, **kw)
-    d3 = hs.spectral_density(*args, n_probes=2, n_steps=4, seed=4, **kw)
+    d1 = hs.spectral_density(op, n_probes=2, n_steps=4, seed=3)
+    d2 = hs.spectral_density(op, n_probes=2, n_steps=4, seed=3)
+    d3 = hs.spectral_density(op, n_probes=2, n_steps=4, seed=4)
     assert torch.equal(d1.nodes, d2.nodes) and torch.equal(d1.weights, d2.weights)
     assert not torch.equal(d1.nodes, d3.nodes)
 
@@ -258,13 +370,20 @@ def test_same_seed_same_numbers_different_seed_different_probes(quadratic):
 
 
 def test_slq_on_quadratic(quadratic):
-    result = hs.spectral_density(quadratic.model, quadratic.data, n_probes=30, n_steps=8, loss_fn=quadratic.loss_fn)
+    result = hs.spectral_density(_op(quadratic), n_probes=30, n_steps=8)
     assert result.nodes.shape == result.weights.shape == (30, 8)
     assert result.n_hvp == 30 * 8
     torch.testing.assert_close(result.weights.sum(dim=1), torch.ones(30, dtype=torch.float64))
-    assert (result.weights >= 0).all()
     lo, hi = float(quadratic.eigenvalues.min()), float(quadratic.eigenvalues.max())
     assert (result.nodes >= lo - 1e-9).all() and (result.nodes <= hi + 1e-9).all()
+    # Nodes and weights are each probe's Gauss quadrature: exact for v^T A^j v up to j = 2 n_steps - 1, with v the
+    # rule's normalized Rademacher probe (seed 0). Wrong weights (e.g. the last components of the Ritz vectors) or
+    # other probes fail this.
+    V = rng.rademacher((30, quadratic.size), rng.generator(0)) / math.sqrt(quadratic.size)
+    power = V
+    for j in range(1, 6):
+        power = power @ quadratic.A  # rows v^T A^j
+        torch.testing.assert_close(result.moment(j), (power * V).sum(1), rtol=1e-9, atol=1e-9)
     # sum_j w_j theta_j = v^T A v for the normalized probe, so its mean over probes estimates trace / P.
     means = result.moment(1)
     exact = float(torch.trace(quadratic.A)) / quadratic.size
@@ -273,41 +392,42 @@ def test_slq_on_quadratic(quadratic):
 
 def test_slq_with_p_steps_recovers_the_whole_spectrum():
     q = make_quadratic(NEAR_DEGENERATE, seed=5)
-    result = hs.spectral_density(q.model, q.data, n_probes=2, n_steps=q.size, loss_fn=q.loss_fn)
+    result = hs.spectral_density(_op(q), n_probes=2, n_steps=q.size)
     for p in range(2):
         torch.testing.assert_close(result.nodes[p], q.eigenvalues.flip(0), atol=1e-8, rtol=0)
 
 
 def test_density_is_a_smoothed_mixture(quadratic):
-    result = hs.spectral_density(quadratic.model, quadratic.data, n_probes=3, n_steps=6, loss_fn=quadratic.loss_fn)
+    result = hs.spectral_density(_op(quadratic), n_probes=3, n_steps=6)
     grid = torch.linspace(-20, 30, 5001, dtype=torch.float64)
     density = result.density(grid, sigma=0.5)
-    assert density.shape == (5001,) and (density >= 0).all()
+    assert density.shape == (5001,)
     assert float(torch.trapezoid(density, grid)) == pytest.approx(1.0, abs=1e-6)
-    # Against the formula, at one point.
-    x, sigma = 3.0, 0.5
-    manual = (result.weights * torch.exp(-0.5 * ((x - result.nodes) / sigma) ** 2)).sum(1).mean() / (
-        sigma * math.sqrt(2 * math.pi)
-    )
-    assert float(result.density(torch.tensor([x]), sigma)[0]) == pytest.approx(float(manual), rel=1e-12)
+    # Against the formula, mean_p sum_j w_pj N(x; node_pj, sigma^2), on the whole grid (scipy's normal pdf).
+    pdf = scipy.stats.norm.pdf(grid.numpy()[None, None, :], result.nodes.numpy()[:, :, None], 0.5)
+    expected = (result.weights.numpy()[:, :, None] * pdf).sum(1).mean(0)
+    torch.testing.assert_close(density, torch.from_numpy(expected), rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match="Expected `sigma` > 0"):
         result.density(grid, 0.0)
 
 
 def test_slq_nodes_within_dense_spectrum_tiny_cnn(tiny_model, tiny_data, tiny_dense):
-    result = hs.spectral_density(tiny_model, tiny_data, n_probes=2, n_steps=10, seed=1)
+    result = hs.spectral_density(hs.HessianOperator(tiny_model, tiny_data), n_probes=2, n_steps=10, seed=1)
     lo, hi = float(tiny_dense.eigenvalues[0]), float(tiny_dense.eigenvalues[-1])
     assert (result.nodes >= lo - 1e-9).all() and (result.nodes <= hi + 1e-9).all()
     assert float(result.nodes.max()) == pytest.approx(hi, rel=1e-2)  # extreme Ritz values converge first
 
 
 def test_slq_bad_arguments(quadratic):
+    op = _op(quadratic)
     with pytest.raises(ValueError, match="Expected `n_steps` <= 40"):
-        hs.spectral_density(quadratic.model, quadratic.data, n_probes=1, n_steps=41, loss_fn=quadratic.loss_fn)
+        hs.spectral_density(op, n_probes=1, n_steps=41)
     with pytest.raises(ValueError, match="Expected `n_probes` >= 1, got 0"):
-        hs.spectral_density(quadratic.model, quadratic.data, n_probes=0, n_steps=4)
+        hs.spectral_density(op, n_probes=0, n_steps=4)
     with pytest.raises(ValueError, match="Expected `n_probes` >= 1, got 0"):
-        hs.hessian_trace(quadratic.model, quadratic.data, n_probes=0)
+        hs.hessian_trace(op, n_probes=0)
+    with pytest.raises(ValueError, match="Expected `block_size` >= 1, got 0"):
+        hs.hessian_trace(op, block_size=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -323,10 +443,11 @@ def test_model_is_unchanged_by_every_function(tiny_model, tiny_data):
     p = flatten(param_dict(model)).numel()
     hs.hvp(model, data, _random(p), chunk_size=10)
     hs.hvp_batch(model, data, _random(p, 2), chunk_size=10)
-    hs.top_eigenvalues(model, data, k=2, max_iter=4)
-    hs.top_eigenvalues(model, data, k=1, method="power", max_iter=3)
-    hs.hessian_trace(model, data, n_probes=2)
-    hs.spectral_density(model, data, n_probes=1, n_steps=3)
+    op = hs.HessianOperator(model, data, chunk_size=10)
+    hs.top_eigenvalues(op, k=2, max_iter=4)
+    hs.top_eigenvalues(op, k=1, method="power", max_iter=3)
+    hs.hessian_trace(op, n_probes=2)
+    hs.spectral_density(op, n_probes=1, n_steps=3)
     snapshot.assert_unchanged(model)
     assert model.training and all(m.training for m in model.modules())
 
@@ -343,7 +464,7 @@ def test_everything_is_evaluated_in_eval_mode():
     v = _random(q.size)
     torch.testing.assert_close(hs.hvp(*args, v, **kw), q.A @ v, atol=1e-10, rtol=0)
     torch.testing.assert_close(hs.hvp_batch(*args, v[None], **kw)[0], q.A @ v, atol=1e-10, rtol=0)
-    assert float(hs.top_eigenvalues(*args, k=1, tol=1e-8, **kw).eigenvalues[0]) == pytest.approx(10.0, abs=1e-8)
-    slq = hs.spectral_density(*args, n_probes=1, n_steps=q.size, **kw)
+    assert float(hs.top_eigenvalues(_op(q), k=1, tol=1e-8).eigenvalues[0]) == pytest.approx(10.0, abs=1e-8)
+    slq = hs.spectral_density(_op(q), n_probes=1, n_steps=q.size)
     torch.testing.assert_close(slq.nodes[0], q.eigenvalues.flip(0), atol=1e-8, rtol=0)
     assert q.model.training

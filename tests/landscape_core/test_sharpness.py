@@ -1,4 +1,5 @@
-"""Tests of landscape_core.sharpness against closed forms, statistics and the purity contract."""
+"""Tests of landscape_core.sharpness against closed forms, statistics, the seeded-generator rule and the purity
+contract."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import scipy.stats
 import torch
 from torch import Tensor, nn
 
-from landscape_core.functional import evaluate, flatten, param_dict
+from landscape_core import noise, rng
+from landscape_core.functional import evaluate, flat_params, flatten, mean_loss, param_dict, unflatten
 from landscape_core.models import TinyCNN
 from landscape_core.sharpness import adaptive_sharpness, eps_sharpness, weight_noise_robustness
+from tests.landscape_core.conftest import RecordingModel, first_logit, rule_draws
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
@@ -109,11 +112,38 @@ def test_eps_sharpness_ascent_reaches_corner_where_gradient_vanishes() -> None:
     assert result.value == pytest.approx(100 * 7 * eps**2, rel=1e-12)
 
 
-def test_eps_sharpness_nonnegative_seeded_and_in_eval_mode(trained, data) -> None:
+def test_eps_sharpness_exact_on_a_quadratic_and_above_the_first_order_corner() -> None:
+    # L = ||w||^2 over the box |d_i| <= eps (|w_i| + 1): the maximum is sum_i (|w_i| + box_i)^2, at d = box sign(w)
+    # on the non-zero coordinates and either corner on the zero ones. The first-order corner box * sign(grad) leaves
+    # the zero coordinates at 0 (their gradient is 0), so only the ascent reaches the maximum: strictly above it.
+    w = torch.tensor([0.5, -1.0, 0.0, 0.0, 2.0, 0.0, -0.25], dtype=torch.float64)
+    model = _Quadratic(w)
+    data = (torch.zeros(3, 1, dtype=torch.float64), torch.zeros(3, dtype=torch.long))
+    eps = 0.1
+    box = eps * (w.abs() + 1)
+    exact_max = float(((w.abs() + box) ** 2).sum())
+    corner = float(((w + box * w.sign()) ** 2).sum())
+    base = float((w**2).sum())
+    result = eps_sharpness(model, data, eps=eps, steps=10, seed=3, loss_fn=_mean_loss)
+    assert result.base_loss == pytest.approx(base, rel=1e-12)
+    assert result.max_loss == pytest.approx(exact_max, rel=1e-12)
+    assert result.max_loss > corner + 0.5 * 3 * eps**2  # three zero coordinates, each worth eps^2 more
+    assert result.value == pytest.approx(100 * (exact_max - base) / (1 + base), rel=1e-12)
+
+
+def test_eps_sharpness_beats_its_first_order_corner_seeded_and_in_eval_mode(trained, data) -> None:
     first = eps_sharpness(trained, data, steps=4, seed=5)
     again = eps_sharpness(trained, data, steps=4, seed=5)
     assert first == again
-    assert first.value >= 0 and first.max_loss >= first.base_loss
+    # At a minimum the loss is not linear: the ascent finds more than the first-order corner box * sign(grad L),
+    # computed here independently (the gradient by torch.func.grad of the exact mean loss).
+    like, theta = flat_params(trained)
+    g = torch.func.grad(lambda t: mean_loss(trained, unflatten(t, like), data))(theta)
+    box = 1e-3 * (theta.abs() + 1)
+    corner_loss = evaluate(trained, data, params=unflatten(theta + box * g.sign(), like))[0]
+    corner_phi = 100 * (corner_loss - first.base_loss) / (1 + first.base_loss)
+    assert first.max_loss >= corner_loss
+    assert first.value > 1.05 * corner_phi > 0
     assert first.base_loss == pytest.approx(evaluate(trained, data)[0], rel=1e-10)
     assert first.steps == 4
     bigger = eps_sharpness(trained, data, eps=1e-1, steps=4, seed=5)
@@ -144,11 +174,21 @@ def test_adaptive_sharpness_ascent_reaches_sphere_where_gradient_vanishes() -> N
     assert result.value == pytest.approx(0.3**2, rel=1e-12)
 
 
-def test_adaptive_sharpness_nonnegative_and_seeded(trained, data) -> None:
+def test_adaptive_sharpness_beats_its_first_order_point_and_is_seeded(trained, data) -> None:
     first = adaptive_sharpness(trained, data, steps=3, seed=1)
     assert first == adaptive_sharpness(trained, data, steps=3, seed=1)
-    assert first.value >= 0
-    assert adaptive_sharpness(trained, data, rho=0.2, steps=3, seed=1).value > first.value > 0
+    wide = adaptive_sharpness(trained, data, rho=0.2, steps=3, seed=1)
+    assert wide.value > first.value > 0
+    # The first-order point u = rho g_u / ||g_u||, g_u = |w| grad L, computed independently: at rho = 0.2 the loss is
+    # far from linear and the ascent finds more; at the default rho it is the best candidate (to rounding).
+    like, theta = flat_params(trained)
+    g_u = theta.abs() * torch.func.grad(lambda t: mean_loss(trained, unflatten(t, like), data))(theta)
+    gains = {}
+    for rho, result in ((0.2, wide), (0.002, first)):
+        point = theta + theta.abs() * (rho * g_u / g_u.norm())
+        gains[rho] = evaluate(trained, data, params=unflatten(point, like))[0] - result.base_loss
+    assert first.value == pytest.approx(gains[0.002], rel=1e-6)
+    assert wide.value > 1.2 * gains[0.2] > 0
 
 
 @pytest.mark.parametrize(
@@ -221,6 +261,79 @@ def test_noise_is_isotropic_gaussian_on_all_parameters(linear_case) -> None:
     excess = (np.array(result.losses[0]) - result.base_loss) / (sigma * float(torch.linalg.vector_norm(g)))
     assert scipy.stats.kstest(excess, "norm").pvalue > 1e-3
     assert excess.std(ddof=1) == pytest.approx(1.0, abs=0.12)
+
+
+# ---------------------------------------------------------------------------------------------- seeded-generator rule
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rng_draws_are_float64_cpu_draws_then_cast(dtype) -> None:
+    shape = (3, 5)
+    assert torch.equal(
+        rng.randn(shape, rng.generator(4), dtype=dtype),
+        torch.randn(shape, generator=rule_draws(4), dtype=torch.float64).to(dtype),
+    )
+    assert torch.equal(
+        rng.rand(shape, rng.generator(4), dtype=dtype),
+        torch.rand(shape, generator=rule_draws(4), dtype=torch.float64).to(dtype),
+    )
+    bits = torch.randint(0, 2, shape, generator=rule_draws(4), dtype=torch.int8)
+    assert torch.equal(rng.rademacher(shape, rng.generator(4), dtype=dtype), (bits.double() * 2 - 1).to(dtype))
+    assert rng.randn(7, rng.generator(0)).dtype == torch.float64  # float64 unless asked
+    assert not torch.equal(rng.randn(7, rng.generator(0)), rng.randn(7, rng.generator(1)))
+
+
+def _recording(dtype: torch.dtype) -> tuple[RecordingModel, tuple[Tensor, Tensor]]:
+    w = torch.linspace(-1.0, 2.0, 9, dtype=torch.float64).to(dtype)
+    return RecordingModel(w), (torch.zeros(4, 1, dtype=dtype), torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_eps_and_adaptive_starts_follow_the_seeded_generator_rule(dtype) -> None:
+    # The loss is 0 with gradient 0, so the ascent stays at its random start; the last evaluation is there.
+    model, data = _recording(dtype)
+    theta = model.w.detach().clone()
+    eps_sharpness(model, data, eps=0.1, steps=2, seed=7, loss_fn=first_logit)
+    box = 0.1 * (theta.abs() + 1)
+    u = torch.rand(theta.shape, generator=rule_draws(7), dtype=torch.float64).to(dtype)
+    assert torch.equal(model.seen[-1], theta + box * (2 * u - 1))
+
+    model.seen.clear()
+    rho, eta = 0.3, 0.5
+    adaptive_sharpness(model, data, rho=rho, eta=eta, steps=2, seed=8, loss_fn=first_logit)
+    gen = rule_draws(8)
+    z = torch.randn(theta.shape, generator=gen, dtype=torch.float64).to(dtype)
+    radius = rho * float(torch.rand((), generator=gen, dtype=torch.float64)) ** (1 / z.numel())
+    assert torch.equal(model.seen[-1], theta + (theta.abs() + eta) * (z * (radius / torch.linalg.vector_norm(z))))
+
+
+def test_a_float32_copy_gets_the_float64_models_starts_and_noise_up_to_the_cast() -> None:
+    (m64, d64), (m32, d32) = _recording(torch.float64), _recording(torch.float32)
+    for model, data in ((m64, d64), (m32, d32)):
+        eps_sharpness(model, data, eps=0.1, steps=1, seed=2, loss_fn=first_logit)
+        adaptive_sharpness(model, data, rho=0.3, eta=1.0, steps=1, seed=2, loss_fn=first_logit)
+        weight_noise_robustness(model, data, sigmas=(0.5,), draws=2, seed=2, loss_fn=first_logit)
+    assert len(m64.seen) == len(m32.seen) == 7
+    for a, b in zip(m64.seen, m32.seen, strict=True):
+        torch.testing.assert_close(b, a.float(), rtol=1e-6, atol=1e-6)
+    theta64, theta32 = m64.w.detach(), m32.w.detach()
+    for z64, z32 in zip(noise.noise_vectors(theta64, 3, 9), noise.noise_vectors(theta32, 3, 9), strict=True):
+        assert z64.dtype == torch.float64 and z32.dtype == torch.float32
+        assert torch.equal(z32, z64.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_weight_noise_follows_the_seeded_generator_rule_with_common_random_numbers(dtype) -> None:
+    model, data = _recording(dtype)
+    theta = model.w.detach().clone()
+    sigmas, draws = (0.1, 0.7), 3
+    weight_noise_robustness(model, data, sigmas=sigmas, draws=draws, seed=5, loss_fn=first_logit)
+    gen = rule_draws(5)
+    z = [torch.randn(theta.shape, generator=gen, dtype=torch.float64).to(dtype) for _ in range(draws)]
+    expected = [theta] + [theta + sigma * z_k for sigma in sigmas for z_k in z]  # the same z_k at every sigma
+    assert len(model.seen) == len(expected)
+    for seen, want in zip(model.seen, expected, strict=True):
+        assert torch.equal(seen, want)
 
 
 # ---------------------------------------------------------------------------------------------- purity

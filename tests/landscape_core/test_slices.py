@@ -90,7 +90,7 @@ def test_directional_curvature_matches_hvp_on_tiny_cnn(tiny_model, tiny_data):
     c = sl.directional_curvature(tiny_model, data, v, eps=1e-4)
     assert c == pytest.approx(vHv, rel=1e-4)
     # Along the top eigenvector, the curvature is the top eigenvalue.
-    top = hs.top_eigenvalues(tiny_model, data, k=1, tol=1e-6)
+    top = hs.top_eigenvalues(hs.HessianOperator(tiny_model, data), k=1, tol=1e-6)
     c_top = sl.directional_curvature(tiny_model, data, eigen_direction(top.eigenvectors[0], tiny_model), eps=1e-4)
     assert c_top == pytest.approx(float(top.eigenvalues[0]), rel=1e-4)
 

@@ -11,7 +11,7 @@ import torch
 
 from landscape_core.models import SeedCNN
 from sweeps import lr, seeds
-from tests.sweeps.test_scale_out import FAST
+from tests.sweeps.conftest import FAST
 from tracking.checkpoints import CheckpointError, load_checkpoint
 
 

@@ -21,8 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from landscape_core.config import ANALYSES
 from sweeps import lr, seeds
 from sweeps.storage import open_storage
-from tests.sweeps.conftest import SMOKE, client_for
-from tests.sweeps.test_scale_out import FAST, scratch_databases, start_cli
+from tests.sweeps.conftest import FAST, SMOKE, client_for, scratch_databases, start_cli
 from tracking.population import load_population
 from tracking.store import TrackingStore
 

@@ -14,57 +14,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import optuna
-import psycopg2
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from landscape_core.config import ANALYSES
 from sweeps.storage import open_storage
-from tests.sweeps.conftest import REPO, SMOKE
+from tests.sweeps.conftest import FAST, pg_url, scratch_databases, start_cli
 
-PG_URL = os.environ.get("LANDSCAPE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/landscape_ci")
-#: Smallest real trials: the tests check bookkeeping (trials, runs, states), not the analyses.
-FAST = [*SMOKE, "--train-size", "256", "--test-size", "128", "--epochs", "1", "--skip", ",".join(ANALYSES)]
 SECRET = "s3cr3t-pw"
-
-
-def pg_url(database: str, password: str | None = None) -> str:
-    """``LANDSCAPE_TEST_PG`` pointing at ``database`` (and, when given, with ``password`` in it)."""
-    parts = urlsplit(PG_URL)
-    netloc = parts.netloc
-    if password is not None and parts.password is None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user or 'postgres'}:{password}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc, path=f"/{database}"))
-
-
-@contextmanager
-def scratch_databases(*purposes: str) -> Iterator[list[str]]:
-    """One fresh PostgreSQL database per purpose (their URLs), dropped afterwards.
-
-    Raises psycopg2.OperationalError (a failing test, not a skipped one) when PostgreSQL is unreachable.
-    """
-    admin = psycopg2.connect(PG_URL, connect_timeout=5)
-    admin.autocommit = True
-    tag = uuid.uuid4().hex[:10]
-    names = [f"landscape_test_{tag}_{purpose}" for purpose in purposes]
-    try:
-        with admin.cursor() as cursor:
-            for name in names:
-                cursor.execute(f'CREATE DATABASE "{name}"')
-        yield [pg_url(name) for name in names]
-    finally:
-        with admin.cursor() as cursor:
-            for name in names:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def free_port() -> int:
@@ -104,21 +66,6 @@ def mlflow_server(backend_url: str, directory: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-
-
-def start_cli(module: str, *args: str, threads: int | None = None) -> subprocess.Popen:
-    """Start ``python -m module args`` as a user would (from the repository root) without waiting for it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_two_workers_on_postgres_and_a_tracking_server_run_each_seed_once(tmp_path):

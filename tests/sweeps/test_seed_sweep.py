@@ -3,12 +3,20 @@ from __future__ import annotations
 import json
 
 import optuna
+import pytest
 import torch
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from landscape_core.models import SeedCNN
+from landscape_core.config import ANALYSES, get_preset
+from landscape_core.measure import population_barriers
+from landscape_core.models import SeedCNN, build_model, count_parameters
+from landscape_core.splits import TrialData
 from tests.sweeps.conftest import SMOKE, client_for, run_cli
+from tracking.checkpoints import load_run_model
+
+#: The smallest real trials of FAST, with only connectivity measured.
+TINY_TRIALS = [*SMOKE, "--train-size", "256", "--test-size", "128", "--epochs", "1"]
 
 EPOCH_KEYS = {"train/loss", "train/acc", "test/loss", "test/acc"}
 FINAL_KEYS = {"final/train_loss", "final/test_loss", "final/test_acc", "gen/gap_loss", "gen/gap_acc", "gen/test_error"}
@@ -94,3 +102,50 @@ def test_batched_trials_match_sequential_ones(seed_sweep, tmp_path):
         reference = sequential[int(child.data.tags["seed"])]
         for key in ("final/train_loss", "final/test_loss", "final/test_acc"):
             assert abs(child.data.metrics[key] - reference[key]) < 1e-4, key
+
+
+def test_the_parents_barrier_matrix_is_the_population_barriers_of_its_minima(seed_sweep, fashion, tmp_path):
+    root, _ = seed_sweep
+    client, parents, _ = _runs(root)
+    parent = parents[0].info.run_id
+    logged = json.loads(open(client.download_artifacts(parent, "data/barrier_matrix.json", str(tmp_path))).read())
+    assert logged["labels"] == ["s1", "s2", "s3"]
+    preset = get_preset("smoke")
+    config = preset.replace(device="cpu").train
+    data = TrialData.build(fashion, config).subset("barrier_test", preset.analysis.connectivity.test_subset)
+    models = [load_run_model(client, run_id, config.model, "cpu") for run_id in logged["run_ids"]]
+    expected = population_barriers(
+        models, data, points=preset.analysis.connectivity.points, align=True, seed=config.data_seed
+    )
+    for name, matrix in expected.items():
+        assert torch.allclose(torch.tensor(logged[name], dtype=torch.float64), matrix, rtol=1e-6, atol=1e-7), name
+        mean = float(matrix.sum()) / 6
+        assert client.get_run(parent).data.metrics[f"population/barrier_{name}_mean"] == pytest.approx(mean, rel=1e-6)
+
+
+def test_width_is_a_sweep_axis_with_barriers_within_each_width(tmp_path):
+    root = tmp_path / "mlruns"
+    skip = ",".join(a for a in ANALYSES if a != "connectivity")
+    args = ["--n", "2", "--width", "0.5,1", *TINY_TRIALS, "--skip", skip, "--root", str(root)]
+    result = run_cli("sweeps.seeds", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "width" in result.stdout
+    client, parents, children = _runs(root)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    points = sorted((float(c.data.tags["width"]), int(c.data.tags["seed"])) for c in children)
+    assert points == [(0.5, 1), (0.5, 2), (1.0, 1), (1.0, 2)]
+    for child in children:
+        width = float(child.data.tags["width"])
+        assert child.info.status == "FINISHED" and float(child.data.params["width"]) == width
+        model = load_run_model(client, child.info.run_id, "seed_cnn", "cpu", width=width)
+        assert count_parameters(model) == count_parameters(build_model("seed_cnn", width=width))
+    # each width's second minimum measured its barrier to the first one of the same width
+    with_barrier = [c for c in children if "barrier/test_loss" in c.data.metrics]
+    assert sorted(float(c.data.tags["width"]) for c in with_barrier) == [0.5, 1.0]
+    study = optuna.load_study(
+        study_name="seeds-smoke", storage=JournalStorage(JournalFileBackend(str(root / "optuna.journal")))
+    )
+    assert {"reference_run_id_w0.5", "reference_run_id_w1"} <= set(study.user_attrs)
+    path = client.download_artifacts(parents[0].info.run_id, "data/barrier_matrix.json", str(tmp_path))
+    logged = json.loads(open(path).read())
+    assert logged["labels"] == ["s1 w0.5", "s2 w0.5"]

@@ -12,6 +12,9 @@ plus one FAILED run, one KILLED run and a stale FINISHED copy of trial 5 (the la
 
 Experiment "seeds", study "seeds-test": 3 finished runs (too few to correlate). Experiment "dedupe": two FINISHED
 runs of the same (seed, lr) under different trial numbers, and one other run.
+
+Test modules read the planted layout from the ``planted`` fixture (``planted.lrs``, ``planted.measures``, ...), never
+by importing this module; ``smoke_args`` are the command-line options of a smoke sweep on the CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +33,16 @@ LRS = (0.001, 0.01, 0.03, 0.1)
 SEEDS = (1, 2, 3, 4)
 MISSING_ADAPTIVE = (2, 9)  # trial numbers without sharpness/adaptive
 DUPLICATED_TRIAL = 5
+#: The measure keys of study "lr-test", in report order (``Population.measure_keys()``).
+MEASURES = (
+    "hessian/lambda_max",
+    "hessian/trace",
+    "sharpness/eps",
+    "sharpness/adaptive",
+    "perturb/test_loss_delta/sigma_0.05",
+    "norm/weights",
+    "final/train_loss",
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,11 @@ class PlantedStore:
     lr_parent_id: str
     seeds_parent_id: str
     planted: dict[int, dict[str, float]]  # trial number -> metrics of the run that must be kept
+    lrs: tuple[float, ...] = LRS
+    seeds: tuple[int, ...] = SEEDS
+    missing_adaptive: tuple[int, ...] = MISSING_ADAPTIVE  # trial numbers without sharpness/adaptive
+    duplicated_trial: int = DUPLICATED_TRIAL  # the trial with a stale FINISHED copy
+    measures: tuple[str, ...] = MEASURES
 
 
 def _child(store, experiment_id, parent_id, study, trial, seed, lr) -> RunLogger:
@@ -126,3 +144,9 @@ def planted(tmp_path_factory) -> PlantedStore:
         run.finish("FINISHED")
 
     return PlantedStore(root, store, lr_exp, parent.run_id, seeds_parent.run_id, metrics)
+
+
+@pytest.fixture(scope="session")
+def smoke_args() -> list[str]:
+    """The options of a smoke sweep on the CPU (as ``tests/sweeps`` runs them)."""
+    return ["--preset", "smoke", "--device", "cpu"]

@@ -1,4 +1,5 @@
-"""The correlation report over a real MLflow population: analysis, JSON, rendering, CLI, end-of-sweep logging."""
+"""The correlation report over a real MLflow population: analysis (tracking.correlation), JSON, rendering
+(tracking.report), CLI and end-of-sweep logging (tracking.correlate)."""
 
 from __future__ import annotations
 
@@ -15,32 +16,23 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from landscape_core import stats
-from tests.sweeps.conftest import SMOKE
-from tests.tracking.conftest import SEEDS
-from tracking import keys
-from tracking.correlate import (
-    CorrelationReport,
-    analyze,
-    main,
-    power_note,
-    report_sweep,
-    scatter_measures,
+from landscape_core.cli import output_console
+from landscape_core.errors import UsageError
+from tracking import correlate, keys
+from tracking.correlate import main, report_sweep, scatter_measures
+from tracking.correlation import CorrelationReport, analyze, power_note
+from tracking.population import Population, load_population
+from tracking.population_stats import (
+    CorrelationRow,
+    correlation_table,
+    min_detectable_rho,
+    partial_spearman,
+    within_group_spearman,
 )
-from tracking.population import load_population
-from tracking.report import SIMPSON_MARK, output_console, render_text
+from tracking.report import SIMPSON_MARK, render_text
 
 N_BOOT = 100  # the CI is not under test here; the cluster bootstrap is a Python loop
-MEASURES = [
-    "hessian/lambda_max",
-    "hessian/trace",
-    "sharpness/eps",
-    "sharpness/adaptive",
-    "perturb/test_loss_delta/sigma_0.05",
-    "norm/weights",
-    "final/train_loss",
-]
-ROW_FIELDS = {f.name for f in dataclasses.fields(stats.CorrelationRow)}
+ROW_FIELDS = {f.name for f in dataclasses.fields(CorrelationRow)}
 EXTRA_FIELDS = {
     "partial_lr_spearman",
     "partial_lr_p",
@@ -66,10 +58,11 @@ def report(population) -> CorrelationReport:
     return analyze(population, n_boot=N_BOOT)
 
 
-def test_one_entry_per_measure_and_target(report):
-    assert list(report.measures) == MEASURES
+def test_one_entry_per_measure_and_target(planted, report):
+    measures = list(planted.measures)
+    assert list(report.measures) == measures
     assert report.targets == keys.TARGETS
-    assert [(e.measure, e.target) for e in report.entries] == [(m, t) for m in MEASURES for t in keys.TARGETS]
+    assert [(e.measure, e.target) for e in report.entries] == [(m, t) for m in measures for t in keys.TARGETS]
     assert report.lr_varies and report.seed_varies and report.n_runs == 16
 
 
@@ -92,26 +85,26 @@ def test_confound_of_train_loss_vanishes_in_the_partial(report):
 def test_independent_measure_is_not_significant(report):
     entry = report.entry("sharpness/eps", "test_loss")
     assert not entry.row.significant and entry.verdict.startswith("no evidence")
-    assert f"detects only |rho| >= {stats.min_detectable_rho(16):.2f}" in entry.verdict
+    assert f"detects only |rho| >= {min_detectable_rho(16):.2f}" in entry.verdict
 
 
-def test_simpson_pattern_is_flagged(report):
+def test_simpson_pattern_is_flagged(planted, report):
     entry = report.entry("hessian/trace", "test_loss")
     assert entry.row.spearman < 0 and entry.within_lr_mean > 0.9
     assert entry.simpson and "lr" in entry.simpson_axes and "SIMPSON" in entry.verdict
     assert set(entry.within_lr) == {"0.001", "0.01", "0.03", "0.1"}
-    assert all(n == len(SEEDS) and rho == pytest.approx(1.0) for rho, n in entry.within_lr.values())
+    assert all(n == len(planted.seeds) and rho == pytest.approx(1.0) for rho, n in entry.within_lr.values())
 
 
 def test_confound_columns_match_the_stats_functions(population, report):
     x, y = population.column("sharpness/eps"), population.column("final/test_loss")
     entry = report.entry("sharpness/eps", "test_loss")
     tl, lr = population.column("final/train_loss"), population.lrs
-    rho, p = stats.partial_spearman(x, y, {"tl": tl, "log_lr": np.log(lr)})
+    rho, p = partial_spearman(x, y, {"tl": tl, "log_lr": np.log(lr)})
     assert entry.partial_lr_spearman == pytest.approx(rho) and entry.partial_lr_p == pytest.approx(p)
-    assert entry.row.partial_spearman == pytest.approx(stats.partial_spearman(x, y, tl)[0])
-    assert entry.row.spearman == pytest.approx(stats.correlation_table({"x": x}, {"y": y}, n_boot=10)[0].spearman)
-    by_seed = stats.within_group_spearman(x, y, population.seeds)
+    assert entry.row.partial_spearman == pytest.approx(partial_spearman(x, y, tl)[0])
+    assert entry.row.spearman == pytest.approx(correlation_table({"x": x}, {"y": y}, n_boot=10)[0].spearman)
+    by_seed = within_group_spearman(x, y, population.seeds)
     assert {k: v for k, v in entry.within_seed.items()} == {str(k): v for k, v in by_seed.items()}
     mean = sum(r * n for r, n in by_seed.values()) / sum(n for _, n in by_seed.values())
     assert entry.within_seed_mean == pytest.approx(mean)
@@ -134,14 +127,14 @@ def test_missing_measure_is_counted_per_row(report):
     assert report.missing["sharpness/adaptive"] == 2
 
 
-def test_json_has_every_field_and_is_strict_json(report):
+def test_json_has_every_field_and_is_strict_json(planted, report):
     data = json.loads(json.dumps(report.to_json(), allow_nan=False))
-    assert data["status"] == "ok" and len(data["rows"]) == len(MEASURES) * len(keys.TARGETS)
+    assert data["status"] == "ok" and len(data["rows"]) == len(planted.measures) * len(keys.TARGETS)
     assert len({(r["measure"], r["target"]) for r in data["rows"]}) == len(data["rows"])
     assert all(set(r) == ROW_FIELDS | EXTRA_FIELDS for r in data["rows"])
     assert data["population"]["n_not_finished"] == {"FAILED": 1, "KILLED": 1}
     assert data["population"]["n_duplicates"] == 1 and data["population"]["n_runs"] == 16
-    assert data["power"]["min_detectable_rho"] == pytest.approx(stats.min_detectable_rho(16))
+    assert data["power"]["min_detectable_rho"] == pytest.approx(min_detectable_rho(16))
     control = next(r for r in data["rows"] if r["measure"] == keys.CONTROL)
     assert control["partial_spearman"] is None and control["partial_lr_spearman"] is None
 
@@ -156,6 +149,15 @@ def test_selection_of_measures_and_targets(population):
         analyze(population, targets=["accuracy"])
     with pytest.raises(ValueError, match="unknown measure 'hessian/nope'"):
         analyze(population, measures=["hessian/nope"])
+
+
+def test_bad_input_to_analyze_is_a_usage_error(population):
+    with pytest.raises(UsageError, match="unknown target 'accuracy'"):
+        analyze(population, targets=["accuracy"])
+    with pytest.raises(UsageError, match="unknown measure 'nope'"):
+        analyze(population, measures=["nope"])
+    with pytest.raises(UsageError, match=r"the population \(study x\) has no finished trial runs"):
+        analyze(Population(runs=[], source="study x"))
 
 
 def test_too_few_runs_give_an_empty_valid_report(planted):
@@ -217,7 +219,8 @@ def test_cli_prints_the_table_and_writes_the_json(planted, tmp_path, capsys, wid
     assert "test_loss (final/test_loss) vs each measure" in out and "hessian/lambda_max" in out
     assert "Power: n = 16 detects only" in out
     data = json.loads(out_json.read_text())
-    assert len(data["rows"]) == len(MEASURES) * len(keys.TARGETS) and data["population"]["source"] == "study lr-test"
+    assert len(data["rows"]) == len(planted.measures) * len(keys.TARGETS)
+    assert data["population"]["source"] == "study lr-test"
 
 
 @pytest.mark.parametrize(
@@ -229,6 +232,11 @@ def test_cli_prints_the_table_and_writes_the_json(planted, tmp_path, capsys, wid
         (["--study", "no-such-study"], "no finished trial runs in study no-such-study"),
         (["--study", "lr-test", "--measures", "hessian/nope"], "unknown measure"),
         (["--log-to-parent", "--n-boot", "5", "--n-perm", "50"], "needs one parent run"),  # lr and seeds parents
+        (["--study", "lr-test", "--n-boot", "0"], "Expected `--n-boot` >= 1, got 0"),
+        (["--study", "lr-test", "--n-perm", "0"], "Expected `--n-perm` >= 1, got 0"),
+        (["--study", "lr-test", "--alpha", "1.5"], "Expected `--alpha` in (0, 1), got 1.5"),
+        (["--study", "lr-test", "--seed", "-1"], "Expected `--seed` >= 0, got -1"),
+        (["--study", "lr-test", "--n-boot", "many"], "invalid int value: 'many'"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(planted, tmp_path, capsys, wide, args, message):
@@ -237,6 +245,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(planted, tmp_path, capsys, wide, a
     out = capsys.readouterr().out
     assert code == 2 and out.startswith("error:") and message in out and out.count("\n") == 1
     assert not out_json.exists()
+
+
+def test_cli_a_bug_is_not_bad_input_and_keeps_its_traceback(planted, tmp_path, monkeypatch, capsys, wide):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the analysis")
+
+    monkeypatch.setattr(correlate, "analyze", broken)
+    out_json = tmp_path / "c.json"
+    with pytest.raises(RuntimeError, match="a bug in the analysis"):
+        main(["--study", "lr-test", "--root", str(planted.root), "--json", str(out_json)])
+    assert "error:" not in capsys.readouterr().out and not out_json.exists()
 
 
 def test_cli_missing_store_is_an_error_and_creates_nothing(tmp_path, capsys):
@@ -300,7 +319,7 @@ def test_report_sweep_logs_json_figure_and_table_to_the_parent(planted, tmp_path
         console=console,
         n_boot=N_BOOT,
     )
-    assert result is not None and len(result.entries) == len(MEASURES) * len(keys.TARGETS)
+    assert result is not None and len(result.entries) == len(planted.measures) * len(keys.TARGETS)
     assert "hessian/lambda_max" in buffer.getvalue() and "logged to parent run" in buffer.getvalue()
     client = planted.store.client()
     assert {"data/correlation.json", "figures/correlation_scatter.png", "correlation.txt"} <= _artifacts(
@@ -308,7 +327,7 @@ def test_report_sweep_logs_json_figure_and_table_to_the_parent(planted, tmp_path
     )
     path = client.download_artifacts(planted.lr_parent_id, "data/correlation.json", str(tmp_path))
     data = json.loads(open(path).read())
-    assert len(data["rows"]) == len(MEASURES) * len(keys.TARGETS)
+    assert len(data["rows"]) == len(planted.measures) * len(keys.TARGETS)
     text = open(client.download_artifacts(planted.lr_parent_id, "correlation.txt", str(tmp_path))).read()
     assert "Power: n = 16" in text
 
@@ -346,10 +365,10 @@ def _python_m(module: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_end_to_end_smoke_sweeps_then_correlate(seed_sweep, tmp_path):
+def test_end_to_end_smoke_sweeps_then_correlate(seed_sweep, smoke_args, tmp_path):
     root, _ = seed_sweep  # the session's smoke seed sweep; the lr sweep joins its store
     # --lr-max 0.05: smoke's default top lr (0.3) diverges for some seeds, leaving fewer than 4 runs to correlate.
-    lr = _python_m("sweeps.lr", "--n", "2", "--seeds-per-lr", "2", "--lr-max", "0.05", *SMOKE, "--root", str(root))
+    lr = _python_m("sweeps.lr", "--n", "2", "--seeds-per-lr", "2", "--lr-max", "0.05", *smoke_args, "--root", str(root))
     assert lr.returncode == 0, lr.stdout[-3000:] + lr.stderr[-3000:]
 
     out_json = tmp_path / "c.json"

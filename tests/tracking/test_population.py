@@ -7,19 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from tests.tracking.conftest import DUPLICATED_TRIAL, LRS, MISSING_ADAPTIVE, SEEDS
+from landscape_core.errors import UsageError
 from tracking import population as population_module
 from tracking.population import PopulationError, load_population
-
-EXPECTED_MEASURES = [
-    "hessian/lambda_max",
-    "hessian/trace",
-    "sharpness/eps",
-    "sharpness/adaptive",
-    "perturb/test_loss_delta/sigma_0.05",
-    "norm/weights",
-    "final/train_loss",
-]
+from tracking.store import StoreError
 
 
 def test_study_population_counts_finished_runs_not_finished_and_duplicates(planted):
@@ -28,14 +19,16 @@ def test_study_population_counts_finished_runs_not_finished_and_duplicates(plant
     assert pop.n_not_finished == {"FAILED": 1, "KILLED": 1}
     assert pop.n_duplicates == 1
     assert [r.trial_number for r in pop.runs] == list(range(16))
-    assert {(r.seed, r.lr) for r in pop.runs} == {(s, lr) for s in SEEDS for lr in LRS}
+    assert {(r.seed, r.lr) for r in pop.runs} == {(s, lr) for s in planted.seeds for lr in planted.lrs}
     assert all(r.study == "lr-test" and r.parent_run_id == planted.lr_parent_id for r in pop.runs)
 
 
 def test_the_latest_finished_retry_is_kept(planted):
     pop = load_population(planted.store, study="lr-test")
-    (kept,) = [r for r in pop.runs if r.trial_number == DUPLICATED_TRIAL]
-    assert kept.metrics["final/test_loss"] == pytest.approx(planted.planted[DUPLICATED_TRIAL]["final/test_loss"])
+    (kept,) = [r for r in pop.runs if r.trial_number == planted.duplicated_trial]
+    assert kept.metrics["final/test_loss"] == pytest.approx(
+        planted.planted[planted.duplicated_trial]["final/test_loss"]
+    )
     assert 99.0 not in pop.column("final/test_loss")
 
 
@@ -71,16 +64,16 @@ def test_pages_through_more_runs_than_one_page(planted, monkeypatch):
 
 def test_columns_missing_counts_and_measure_order(planted):
     pop = load_population(planted.store, study="lr-test")
-    assert pop.measure_keys() == EXPECTED_MEASURES
+    assert pop.measure_keys() == list(planted.measures)
     adaptive = pop.column("sharpness/adaptive")
     assert adaptive.shape == (16,)
-    assert [r.trial_number for r, v in zip(pop.runs, adaptive) if math.isnan(v)] == list(MISSING_ADAPTIVE)
+    assert [r.trial_number for r, v in zip(pop.runs, adaptive) if math.isnan(v)] == list(planted.missing_adaptive)
     assert pop.missing("sharpness/adaptive") == 2
     assert pop.missing("hessian/lambda_max") == 0
     assert pop.missing("not/a/metric") == 16
     expected = [planted.planted[r.trial_number]["hessian/lambda_max"] for r in pop.runs]
     np.testing.assert_allclose(pop.column("hessian/lambda_max"), expected)
-    np.testing.assert_array_equal(pop.lrs, [LRS[t // len(SEEDS)] for t in range(16)])
+    np.testing.assert_array_equal(pop.lrs, [planted.lrs[t // len(planted.seeds)] for t in range(16)])
 
 
 def test_bad_selections_raise_population_errors(planted):
@@ -91,3 +84,9 @@ def test_bad_selections_raise_population_errors(planted):
     with pytest.raises(PopulationError, match="no run with id"):
         load_population(planted.store, parent_run_id="0" * 32)
     assert load_population(planted.store, study="no-such-study").runs == []
+
+
+def test_selection_and_store_errors_are_usage_errors():
+    # Bad input: the command lines print them as one line and exit 2 (landscape_core.cli.run_command).
+    assert issubclass(PopulationError, UsageError) and issubclass(StoreError, UsageError)
+    assert issubclass(PopulationError, ValueError)
