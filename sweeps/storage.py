@@ -17,6 +17,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
+from landscape_core.errors import UsageError
 from tracking.store import redact
 
 __all__ = ["StudyConfigMismatch", "StorageError", "open_storage", "create_or_resume_study"]
@@ -24,11 +25,11 @@ __all__ = ["StudyConfigMismatch", "StorageError", "open_storage", "create_or_res
 DEFAULT_JOURNAL = Path("mlruns") / "optuna.journal"
 
 
-class StorageError(RuntimeError):
+class StorageError(UsageError):
     """The Optuna storage cannot be opened (unwritable path, unreachable database)."""
 
 
-class StudyConfigMismatch(RuntimeError):
+class StudyConfigMismatch(UsageError):
     """An existing study was created with a different config; mixing them silently would corrupt the population."""
 
 

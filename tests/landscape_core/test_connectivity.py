@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 
@@ -13,20 +14,22 @@ from torch import Tensor, nn
 from landscape_core.connectivity import (
     InterpolationResult,
     align,
+    apply_permutations,
     barrier,
     interpolate,
     weight_matching,
 )
 from landscape_core.functional import evaluate, flatten, param_dict
-from landscape_core.models import SeedCNN, TinyCNN
+from landscape_core.models import SeedCNN, TinyCNN, build_model
+from landscape_core.permutations import ParamAxes, PermutationSpec
 
 # ---------------------------------------------------------------------------------------------- local fixtures
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
-def _model(cls: type[nn.Module], seed: int) -> nn.Module:
+def _model(cls: type[nn.Module], seed: int, width: float = 1.0) -> nn.Module:
     torch.manual_seed(seed)
-    return cls().double()
+    return cls(width=width).double()
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +39,9 @@ def data() -> tuple[Tensor, Tensor]:
     return x, torch.randint(0, 10, (96,), generator=gen)
 
 
-def _inputs(cls: type[nn.Module], n: int = 6) -> Tensor:
+def _inputs(cls: type[nn.Module], n: int = 6, dtype: torch.dtype = torch.float64) -> Tensor:
     side = 28 if cls is SeedCNN else 8
-    return torch.randn(n, 1, side, side, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    return torch.randn(n, 1, side, side, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(dtype)
 
 
 def _permuted_params(params: dict[str, Tensor], p1: Tensor, p2: Tensor, p3: Tensor) -> dict[str, Tensor]:
@@ -155,9 +158,9 @@ def test_aligned_model_computes_the_same_function(cls) -> None:
     assert not torch.equal(aligned.fc1.weight, b.fc1.weight)  # it did permute something
 
 
-@pytest.mark.parametrize("cls", [TinyCNN, SeedCNN])
-def test_alignment_recovers_a_hidden_permutation_exactly(cls) -> None:
-    b = _model(cls, 3)
+@pytest.mark.parametrize(("cls", "width"), [(TinyCNN, 1.0), (SeedCNN, 1.0), (SeedCNN, 0.5), (TinyCNN, 2.0)])
+def test_alignment_recovers_a_hidden_permutation_exactly(cls, width) -> None:
+    b = _model(cls, 3, width)
     p1, p2, p3 = _random_perms(b, 4)
     permuted = _permute_by_hand(b, p1, p2, p3)
     x = _inputs(cls)
@@ -168,10 +171,11 @@ def test_alignment_recovers_a_hidden_permutation_exactly(cls) -> None:
     for (name, p), q in zip(recovered.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q), name
     perms = weight_matching(b, permuted, seed=1)
+    assert list(perms) == ["P_conv1", "P_conv2", "P_fc1"]
     # permuted unit j is b's unit p[j]; position i must take permuted's unit j with p[j] = i, i.e. argsort(p)
-    assert torch.equal(perms["conv1"], torch.argsort(p1))
-    assert torch.equal(perms["conv2"], torch.argsort(p2))
-    assert torch.equal(perms["fc1"], torch.argsort(p3))
+    assert torch.equal(perms["P_conv1"], torch.argsort(p1))
+    assert torch.equal(perms["P_conv2"], torch.argsort(p2))
+    assert torch.equal(perms["P_fc1"], torch.argsort(p3))
 
 
 @pytest.mark.parametrize("cls", [TinyCNN, SeedCNN])
@@ -199,7 +203,7 @@ def test_alignment_is_a_coordinatewise_optimum_of_the_distance(seed, bias_scale)
                 layer.bias.mul_(bias_scale)
     theta_a, params_b = flatten(param_dict(a)), param_dict(b)
     perms = weight_matching(a, b, seed=seed)
-    found = [perms["conv1"], perms["conv2"], perms["fc1"]]
+    found = [perms["P_conv1"], perms["P_conv2"], perms["P_fc1"]]
 
     def distance(ps: list[Tensor]) -> float:
         return float(torch.linalg.vector_norm(theta_a - flatten(_permuted_params(params_b, *ps))))
@@ -232,3 +236,89 @@ def test_alignment_leaves_both_models_unchanged() -> None:
 def test_alignment_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="same shape"):
         align(_model(TinyCNN, 0), TinyCNN(hidden=8).double())
+    with pytest.raises(ValueError, match=r"Expected parameter 'conv1.weight' of the same shape"):
+        weight_matching(_model(SeedCNN, 0), _model(SeedCNN, 1, width=0.5))
+
+
+# ---------------------------------------------------------------------------------------------- permutation specs
+
+# weight_matching(SeedCNN pair) as computed by the implementation before the permutation specs (a hard-coded chain
+# conv1, conv2, fc1, fc2 with the flatten guessed from fan-in): models torch.manual_seed(a); SeedCNN().double() and
+# the same for b, sha256 of json.dumps([conv1, conv2, fc1 perms as lists]), first 16 hex digits.
+PREVIOUS_RESULTS = {
+    (0, 1, 0): ([11, 2, 14, 3, 9, 1, 10, 8, 12, 7, 5, 15, 0, 4, 13, 6], "9c13adaaecf59c4d"),
+    (5, 6, 3): ([7, 8, 11, 1, 3, 10, 0, 4, 14, 9, 5, 2, 6, 13, 12, 15], "a33dcbba10d78ecb"),
+}
+
+
+@pytest.mark.parametrize(("seed_a", "seed_b", "seed"), list(PREVIOUS_RESULTS))
+def test_generic_weight_matching_equals_the_previous_seed_cnn_implementation(seed_a, seed_b, seed) -> None:
+    perms = weight_matching(_model(SeedCNN, seed_a), _model(SeedCNN, seed_b), seed=seed)
+    lists = [perms[name].tolist() for name in ("P_conv1", "P_conv2", "P_fc1")]
+    conv1, digest = PREVIOUS_RESULTS[seed_a, seed_b, seed]
+    assert lists[0] == conv1
+    assert hashlib.sha256(json.dumps(lists).encode()).hexdigest()[:16] == digest
+    assert lists[2] != list(range(128))  # the descent moved fc1's units: the digest is not that of identities
+
+
+@pytest.mark.parametrize("width", [1.0, 0.5, 2.0])
+def test_apply_permutations_preserves_the_function_and_the_layout(width) -> None:
+    torch.manual_seed(11)
+    model = build_model("seed_cnn", width=width)  # float32, channels_last conv weights on a CPU
+    p1, p2, p3 = _random_perms(model, 12)
+    perms = {"P_conv1": p1, "P_conv2": p2, "P_fc1": p3}
+    permuted = apply_permutations(model, perms)
+    x = _inputs(SeedCNN, dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(permuted(x), model(x), rtol=0, atol=1e-5)
+    # the independent reference: unit p[j] of each hidden layer moves to position j, nothing else moves
+    expected = _permuted_params(param_dict(model), p1, p2, p3)
+    for name, p in permuted.named_parameters():
+        assert torch.equal(p, expected[name]), name
+    assert not torch.equal(permuted.fc1.weight, model.fc1.weight)
+    assert permuted.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    # a permutation left out is the identity
+    only_fc1 = apply_permutations(model, {"P_fc1": p3})
+    identity = torch.arange(p1.numel()), torch.arange(p2.numel())
+    assert all(
+        torch.equal(p, _permuted_params(param_dict(model), *identity, p3)[n]) for n, p in only_fc1.named_parameters()
+    )
+    with pytest.raises(ValueError, match=r"Expected permutations among \['P_conv1', 'P_conv2', 'P_fc1'\]"):
+        apply_permutations(model, {"conv1": p1})
+
+
+class _MLP(nn.Module):
+    """Two linear layers, no ``permutation_spec``: connectivity gets the spec as an argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(5, 7)
+        self.b = nn.Linear(7, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+MLP_SPEC = PermutationSpec(
+    {"a.weight": ParamAxes(("H", None)), "a.bias": ParamAxes(("H",)), "b.weight": ParamAxes((None, "H"))}
+)
+
+
+def test_weight_matching_is_generic_over_a_spec_passed_in() -> None:
+    torch.manual_seed(4)
+    model = _MLP().double()
+    with pytest.raises(ValueError, match=r"Expected a model with a `permutation_spec\(\)` method or a `spec`"):
+        weight_matching(model, model)
+    p = torch.randperm(7, generator=torch.Generator().manual_seed(5))
+    permuted = copy.deepcopy(model)
+    with torch.no_grad():
+        permuted.a.weight.copy_(model.a.weight[p])
+        permuted.a.bias.copy_(model.a.bias[p])
+        permuted.b.weight.copy_(model.b.weight[:, p])
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(permuted(x), model(x), rtol=0, atol=1e-12)
+    perms = weight_matching(model, permuted, spec=MLP_SPEC)
+    assert list(perms) == ["H"] and torch.equal(perms["H"], torch.argsort(p))
+    recovered = align(model, permuted, spec=MLP_SPEC)
+    assert all(torch.equal(a, b) for a, b in zip(recovered.parameters(), model.parameters(), strict=True))

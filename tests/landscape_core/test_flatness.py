@@ -86,7 +86,7 @@ def test_magnitude_aware_noise_std(trained, data) -> None:
 def test_pac_bayes_noise_follows_the_seeded_generator_rule(dtype, magnitude_aware) -> None:
     # RecordingModel's accuracy is always 1 (drop 0 <= target), so the search evaluates sigma_max only: the base
     # point, then theta + std * z_k for the rule's draws z_k, cast to the model's dtype.
-    theta = torch.linspace(-1.0, 2.0, 9, dtype=torch.float64).to(dtype)
+    theta = torch.linspace(-1.0, 2.0, 40, dtype=torch.float64).to(dtype)  # >= 16: vectorized draws
     model = RecordingModel(theta)
     data = (torch.zeros(4, 1, dtype=dtype), torch.zeros(4, dtype=torch.long))
     sigma_max, draws = 0.4, 3

@@ -268,7 +268,7 @@ def test_noise_is_isotropic_gaussian_on_all_parameters(linear_case) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_rng_draws_are_float64_cpu_draws_then_cast(dtype) -> None:
-    shape = (3, 5)
+    shape = (4, 25)  # >= 16 elements: CPU randn/rand take their vectorized paths, which depend on the dtype
     assert torch.equal(
         rng.randn(shape, rng.generator(4), dtype=dtype),
         torch.randn(shape, generator=rule_draws(4), dtype=torch.float64).to(dtype),
@@ -284,7 +284,7 @@ def test_rng_draws_are_float64_cpu_draws_then_cast(dtype) -> None:
 
 
 def _recording(dtype: torch.dtype) -> tuple[RecordingModel, tuple[Tensor, Tensor]]:
-    w = torch.linspace(-1.0, 2.0, 9, dtype=torch.float64).to(dtype)
+    w = torch.linspace(-1.0, 2.0, 40, dtype=torch.float64).to(dtype)  # >= 16: vectorized draws
     return RecordingModel(w), (torch.zeros(4, 1, dtype=dtype), torch.zeros(4, dtype=torch.long))
 
 
