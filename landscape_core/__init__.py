@@ -1,56 +1,70 @@
-"""Pure numerics of the loss landscape: data, model, training and every geometry measure. No mlflow, no optuna."""
+"""Pure numerics of the loss landscape: data, model, training and every geometry measure. No mlflow, no optuna.
+
+The public names below load their module on first use (PEP 562), so ``import landscape_core`` stays cheap and
+``python -m landscape_core.data`` does not find its own module imported already by this package.
+"""
 
 from __future__ import annotations
 
-from landscape_core.config import PRESETS, AnalysisConfig, Preset, TrainConfig, get_preset
-from landscape_core.connectivity import align, barrier, interpolate
-from landscape_core.data import DataMissingError, FashionMNIST, load_fashion_mnist
-from landscape_core.ensemble import train_ensemble
-from landscape_core.flatness import distance_from_init, pac_bayes_sigma, weight_norm
-from landscape_core.hessian import HessianOperator, hessian_trace, hvp, spectral_density, top_eigenvalues
-from landscape_core.measure import LambdaMaxTracker, Measurements, measure, population_barriers
-from landscape_core.models import SeedCNN, TinyCNN, build_model, count_parameters
-from landscape_core.sharpness import adaptive_sharpness, eps_sharpness, weight_noise_robustness
-from landscape_core.slices import directional_curvature, slice_1d, slice_2d
-from landscape_core.train import DivergenceError, EpochMetrics, TrainResult, train
+import importlib
+from typing import Any
 
-__all__ = [
-    "PRESETS",
-    "AnalysisConfig",
-    "DataMissingError",
-    "DivergenceError",
-    "EpochMetrics",
-    "FashionMNIST",
-    "HessianOperator",
-    "LambdaMaxTracker",
-    "Measurements",
-    "Preset",
-    "SeedCNN",
-    "TinyCNN",
-    "TrainConfig",
-    "TrainResult",
-    "adaptive_sharpness",
-    "align",
-    "barrier",
-    "build_model",
-    "count_parameters",
-    "directional_curvature",
-    "distance_from_init",
-    "eps_sharpness",
-    "get_preset",
-    "hessian_trace",
-    "hvp",
-    "interpolate",
-    "load_fashion_mnist",
-    "measure",
-    "pac_bayes_sigma",
-    "population_barriers",
-    "slice_1d",
-    "slice_2d",
-    "spectral_density",
-    "top_eigenvalues",
-    "train",
-    "train_ensemble",
-    "weight_noise_robustness",
-    "weight_norm",
-]
+#: Public name -> the module of landscape_core that defines it.
+_EXPORTS = {
+    "AnalysisConfig": "config",
+    "DataMissingError": "data",
+    "DivergenceError": "train",
+    "EpochMetrics": "train",
+    "FashionMNIST": "data",
+    "HessianOperator": "hessian",
+    "LambdaMaxTracker": "measure",
+    "Measurements": "measure",
+    "PRESETS": "config",
+    "Preset": "config",
+    "SeedCNN": "models",
+    "TinyCNN": "models",
+    "TrainConfig": "config",
+    "TrainResult": "train",
+    "TrialData": "splits",
+    "UsageError": "errors",
+    "adaptive_sharpness": "sharpness",
+    "align": "connectivity",
+    "barrier": "connectivity",
+    "build_model": "models",
+    "count_parameters": "models",
+    "directional_curvature": "slices",
+    "distance_from_init": "flatness",
+    "eps_sharpness": "sharpness",
+    "get_preset": "config",
+    "hessian_trace": "hessian",
+    "hvp": "hessian",
+    "interpolate": "connectivity",
+    "load_fashion_mnist": "data",
+    "measure": "measure",
+    "pac_bayes_sigma": "flatness",
+    "population_barriers": "measure",
+    "slice_1d": "slices",
+    "slice_2d": "slices",
+    "spectral_density": "hessian",
+    "top_eigenvalues": "hessian",
+    "train": "train",
+    "train_ensemble": "ensemble",
+    "weight_noise_robustness": "sharpness",
+    "weight_norm": "flatness",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'landscape_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"landscape_core.{_EXPORTS[name]}"), name)
+    # Importing a submodule binds its name on this package (``train``, ``measure``): the function wins, as it would
+    # with eager imports.
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -20,9 +20,18 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.markup import escape
 
+from landscape_core.common import check
 from landscape_core.errors import UsageError
 
-__all__ = ["ArgumentParser", "Terminated", "UsageError", "output_console", "raise_terminated", "run_command"]
+__all__ = [
+    "ArgumentParser",
+    "Terminated",
+    "UsageError",
+    "output_console",
+    "raise_terminated",
+    "require",
+    "run_command",
+]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -39,6 +48,12 @@ class Terminated(KeyboardInterrupt):
 def raise_terminated(signum: int, frame: Any) -> None:
     """A SIGTERM handler: raise ``Terminated``."""
     raise Terminated()
+
+
+def require(condition: bool, option: str, expectation: str, value: object) -> None:
+    """A command-line value checked: ``UsageError("Expected `option` expectation, got value")`` unless
+    ``condition`` (one line, exit status 2)."""
+    check(condition, option, expectation, value, error=UsageError)
 
 
 def output_console() -> Console:

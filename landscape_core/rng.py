@@ -15,9 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Shape", "generator", "rademacher", "rand", "randn"]
+__all__ = ["Device", "Shape", "generator", "rademacher", "rand", "randn"]
 
 Shape = int | Sequence[int] | torch.Size
+Device = torch.device | str | None
+Generator = torch.Generator
+FLOAT64 = torch.float64
 
 
 def generator(seed: int) -> torch.Generator:
@@ -29,40 +32,22 @@ def _shape(shape: Shape) -> tuple[int, ...]:
     return (int(shape),) if isinstance(shape, int) else tuple(int(n) for n in shape)
 
 
-def _cast(draws: Tensor, dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
+def _cast(draws: Tensor, dtype: torch.dtype, device: Device) -> Tensor:
     return draws.to(device=device if device is not None else draws.device, dtype=dtype)
 
 
-def randn(
-    shape: Shape,
-    generator: torch.Generator,
-    *,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> Tensor:
+def randn(shape: Shape, generator: Generator, *, dtype: torch.dtype = FLOAT64, device: Device = None) -> Tensor:
     """Standard normal draws of ``shape``: float64 on the CPU from ``generator``, then cast to ``dtype`` and moved to
     ``device`` (the CPU when None)."""
     return _cast(torch.randn(_shape(shape), generator=generator, dtype=torch.float64), dtype, device)
 
 
-def rand(
-    shape: Shape,
-    generator: torch.Generator,
-    *,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> Tensor:
+def rand(shape: Shape, generator: Generator, *, dtype: torch.dtype = FLOAT64, device: Device = None) -> Tensor:
     """Uniform draws in ``[0, 1)`` of ``shape``: float64 on the CPU from ``generator``, then cast and moved."""
     return _cast(torch.rand(_shape(shape), generator=generator, dtype=torch.float64), dtype, device)
 
 
-def rademacher(
-    shape: Shape,
-    generator: torch.Generator,
-    *,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> Tensor:
+def rademacher(shape: Shape, generator: Generator, *, dtype: torch.dtype = FLOAT64, device: Device = None) -> Tensor:
     """Random signs (+1 or -1, each with probability 1/2) of ``shape``: ``randint(0, 2)`` as int8 on the CPU from
     ``generator``, mapped to ``2 b - 1`` in float64, then cast and moved."""
     bits = torch.randint(0, 2, _shape(shape), generator=generator, dtype=torch.int8)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import optuna
 from rich.console import Console
 
-from landscape_core.cli import ArgumentParser, run_command
+from landscape_core.cli import ArgumentParser, require, run_command
 from landscape_core.config import ANALYSES, Preset, get_preset
 from landscape_core.devices import resolve_device
 from landscape_core.errors import UsageError
@@ -26,6 +26,8 @@ from sweeps.space import SweepSpace
 __all__ = ["base_parser", "options_from_args", "parse_widths", "preset_from_args", "run_sweep_cli"]
 
 TRAIN_OVERRIDES = ("epochs", "lr", "momentum", "batch_size", "train_size", "test_size", "data_seed", "device")
+#: Options that go into SweepOptions as they are.
+PASSED_THROUGH = ("root", "storage", "tracking_uri", "data_dir", "heartbeat", "max_pairs", "workers", "batch_trials")
 INTERRUPTED = "the running trial was recorded as failed (its run KILLED); rerun the same command to resume the sweep."
 
 
@@ -110,27 +112,16 @@ def sweep_widths(args: argparse.Namespace) -> tuple[float, ...] | None:
 
 def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Preset) -> SweepOptions:
     """The sweep's options from the shared arguments; bad values raise ``UsageError``."""
-    if args.heartbeat is not None and args.heartbeat < 1:
-        raise UsageError(f"Expected `--heartbeat` >= 1, got {args.heartbeat}")
-    if args.batch_trials < 1:
-        raise UsageError(f"Expected `--batch-trials` >= 1, got {args.batch_trials}")
-    if args.workers < 1:
-        raise UsageError(f"Expected `--workers` >= 1, got {args.workers}")
-    if args.max_pairs < 0:
-        raise UsageError(f"Expected `--max-pairs` >= 0, got {args.max_pairs}")
+    require(args.heartbeat is None or args.heartbeat >= 1, "--heartbeat", ">= 1", args.heartbeat)
+    require(args.batch_trials >= 1, "--batch-trials", ">= 1", args.batch_trials)
+    require(args.workers >= 1, "--workers", ">= 1", args.workers)
+    require(args.max_pairs >= 0, "--max-pairs", ">= 0", args.max_pairs)
     return SweepOptions(
         space=space,
         preset=preset,
         study_name=args.study_name or f"{space.kind}-{preset.name}",
         experiment=args.experiment or space.kind,
-        root=args.root,
-        storage=args.storage,
-        tracking_uri=args.tracking_uri,
-        data_dir=args.data_dir,
-        heartbeat=args.heartbeat,
-        max_pairs=args.max_pairs,
-        workers=args.workers,
-        batch_trials=args.batch_trials,
+        **{name: getattr(args, name) for name in PASSED_THROUGH},
     )
 
 

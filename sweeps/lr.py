@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from landscape_core.cli import ArgumentParser
+from landscape_core.cli import ArgumentParser, require
 from landscape_core.errors import UsageError
 from sweeps.cli import base_parser, options_from_args, preset_from_args, run_sweep_cli, sweep_widths
 from sweeps.options import SweepOptions
@@ -35,10 +35,9 @@ def parser() -> ArgumentParser:
 
 
 def build_options(args: argparse.Namespace) -> SweepOptions:
-    if args.n < 1:
-        raise UsageError(f"Expected `--n` >= 1, got {args.n}")
-    if args.seeds_per_lr < 1:
-        raise UsageError(f"Expected `--seeds-per-lr` >= 1, got {args.seeds_per_lr}")
+    require(args.n >= 1, "--n", ">= 1", args.n)
+    require(args.seeds_per_lr >= 1, "--seeds-per-lr", ">= 1", args.seeds_per_lr)
+    require(args.seed_start >= 0, "--seed-start", ">= 0", args.seed_start)
     if not (0 < args.lr_min < args.lr_max):
         raise UsageError(f"Expected 0 < `--lr-min` < `--lr-max`, got {args.lr_min} and {args.lr_max}")
     seeds = tuple(range(args.seed_start, args.seed_start + args.seeds_per_lr))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from landscape_core.cli import ArgumentParser
-from landscape_core.errors import UsageError
+from landscape_core.cli import ArgumentParser, require
 from sweeps.cli import base_parser, options_from_args, preset_from_args, run_sweep_cli, sweep_widths
 from sweeps.options import SweepOptions
 from sweeps.space import SweepSpace
@@ -22,10 +21,8 @@ def parser() -> ArgumentParser:
 
 
 def build_options(args: argparse.Namespace) -> SweepOptions:
-    if args.n < 1:
-        raise UsageError(f"Expected `--n` >= 1, got {args.n}")
-    if args.seed_start < 0:
-        raise UsageError(f"Expected `--seed-start` >= 0, got {args.seed_start}")
+    require(args.n >= 1, "--n", ">= 1", args.n)
+    require(args.seed_start >= 0, "--seed-start", ">= 0", args.seed_start)
     space = SweepSpace("seeds", tuple(range(args.seed_start, args.seed_start + args.n)), widths=sweep_widths(args))
     return options_from_args(args, space, preset_from_args(args))
 

@@ -26,8 +26,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from landscape_core.cli import ArgumentParser, run_command
-from landscape_core.common import check
+from landscape_core.cli import ArgumentParser, require, run_command
 from landscape_core.errors import UsageError
 from landscape_core.plots.correlation import scatter_grid
 from tracking import keys
@@ -212,10 +211,10 @@ def parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     """What can be checked before the store is touched; a ``UsageError`` on bad input."""
-    check(args.n_boot >= 1, "--n-boot", ">= 1", args.n_boot, UsageError)
-    check(args.n_perm is None or args.n_perm >= 1, "--n-perm", ">= 1", args.n_perm, UsageError)
-    check(0.0 < args.alpha < 1.0, "--alpha", "in (0, 1)", args.alpha, UsageError)
-    check(args.seed >= 0, "--seed", ">= 0", args.seed, UsageError)
+    require(args.n_boot >= 1, "--n-boot", ">= 1", args.n_boot)
+    require(args.n_perm is None or args.n_perm >= 1, "--n-perm", ">= 1", args.n_perm)
+    require(0.0 < args.alpha < 1.0, "--alpha", "in (0, 1)", args.alpha)
+    require(args.seed >= 0, "--seed", ">= 0", args.seed)
     resolve_targets(args.targets)  # an unknown target is reported before the store is touched
     if not args.tracking_uri and not (Path(args.root) / "mlflow.db").exists():
         # Reading must not create an empty store as a side effect.

@@ -98,6 +98,18 @@ def trained_tiny(learnable_data: Data) -> nn.Module:
         return train_tiny(learnable_data)
 
 
+@pytest.fixture(scope="module")
+def data(learnable_data: Data) -> Data:
+    """``learnable_data`` under the short name the sharpness and flatness tests use."""
+    return learnable_data
+
+
+@pytest.fixture(scope="module")
+def trained(trained_tiny: nn.Module) -> nn.Module:
+    """``trained_tiny`` under the short name the sharpness and flatness tests use."""
+    return trained_tiny
+
+
 def dense_hessian(model: nn.Module, data: Data, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """The exact Hessian ``[P, P]`` of the mean loss over all of ``data`` (one chunk), by ``torch.func.hessian`` over
     the flat parameters (order of ``named_parameters()``). Costs ``P`` HVPs over all of ``data``: small inputs only."""

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import Tensor, nn
 
 from landscape_core.flatness import distance_from_init, pac_bayes_sigma, weight_norm
 from landscape_core.functional import evaluate, flatten, param_dict, unflatten
@@ -16,16 +15,6 @@ from landscape_core.sharpness import weight_noise_robustness
 from tests.landscape_core.conftest import RecordingModel, first_logit, rule_draws
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
-
-
-@pytest.fixture(scope="module")
-def data(learnable_data: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    return learnable_data
-
-
-@pytest.fixture(scope="module")
-def trained(trained_tiny: nn.Module) -> nn.Module:
-    return trained_tiny
 
 
 # ---------------------------------------------------------------------------------------------- PAC-Bayes

@@ -21,16 +21,6 @@ from tests.landscape_core.conftest import RecordingModel, first_logit, rule_draw
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
 
 
-@pytest.fixture(scope="module")
-def data(learnable_data: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    return learnable_data
-
-
-@pytest.fixture(scope="module")
-def trained(trained_tiny: nn.Module) -> nn.Module:
-    return trained_tiny
-
-
 def _snapshot(model: nn.Module) -> dict:
     return {
         "params": {k: v.detach().clone() for k, v in model.state_dict().items()},

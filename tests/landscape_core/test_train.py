@@ -25,7 +25,9 @@ def test_training_is_deterministic_for_a_seed(fashion):
 
 def test_epoch_metrics_are_full_evaluations_in_eval_mode(fashion):
     calls = []
-    result = train(TINY, TrialData.build(fashion, TINY), on_epoch=lambda epoch, model: calls.append(epoch) or {"extra/x": 1.0})
+    result = train(
+        TINY, TrialData.build(fashion, TINY), on_epoch=lambda epoch, model: calls.append(epoch) or {"extra/x": 1.0}
+    )
     assert calls == [1, 2] and [m.epoch for m in result.history] == [1, 2]
     assert result.history[-1].extra == {"extra/x": 1.0}
     loss, acc = evaluate(result.model, result.data.train)

@@ -97,11 +97,17 @@ def test_sigkill_on_postgres_retries_the_trial_after_the_heartbeat_grace_period(
         assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
 
 
-def test_sigkill_on_the_journal_fails_the_dead_workers_trial_on_the_next_start(tmp_path, capsys):
-    root = tmp_path / "mlruns"
+def start_journal_sweep(root: Path) -> tuple[list[str], subprocess.Popen, FrozenTrial]:
+    """A 2-seed sweep on the journal under ``root``, started as a user would: its args, its process, and the trial
+    it is inside once it runs one."""
     args = ["--n", "2", *SLOW, "--root", str(root)]
     worker = start_cli("sweeps.seeds", *args)
-    victim = wait_for_running_trial(load_journal_study(root), worker)
+    return args, worker, wait_for_running_trial(load_journal_study(root), worker)
+
+
+def test_sigkill_on_the_journal_fails_the_dead_workers_trial_on_the_next_start(tmp_path, capsys):
+    root = tmp_path / "mlruns"
+    args, worker, victim = start_journal_sweep(root)
     worker.send_signal(signal.SIGKILL)
     worker.communicate()
 
@@ -111,9 +117,7 @@ def test_sigkill_on_the_journal_fails_the_dead_workers_trial_on_the_next_start(t
 
 def test_sigterm_ends_the_trial_cleanly_exits_143_and_a_rerun_completes(tmp_path, capsys):
     root = tmp_path / "mlruns"
-    args = ["--n", "2", *SLOW, "--root", str(root)]
-    worker = start_cli("sweeps.seeds", *args)
-    victim = wait_for_running_trial(load_journal_study(root), worker)
+    args, worker, victim = start_journal_sweep(root)
     worker.send_signal(signal.SIGTERM)
     out, err = worker.communicate(timeout=120)
     assert worker.returncode == 143, out[-2000:] + err[-2000:]
