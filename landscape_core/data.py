@@ -83,7 +83,7 @@ def _complete(directory: Path) -> bool:
 
 
 def find_data_dir(data_dir: str | Path | None = None) -> Path:
-    """Return the first directory holding all four IDX files, in DESIGN.md's order.
+    """Return the first directory holding all four IDX files: an explicit one, else Debian's, else ./data.
 
     Raises:
         DataMissingError: no source has the data (an explicit ``data_dir`` that lacks it is an error too).

@@ -4,8 +4,8 @@ The layout this reads (see ``tracking.runs``): one experiment per sweep kind ("s
 Optuna study, tagged ``run_kind=parent`` and ``study=<name>``; a child run per trial, tagged ``run_kind=trial``,
 ``study``, ``trial_number``, ``seed``, ``lr`` and ``mlflow.parentRunId``.
 
-The analysis only reads FINISHED runs, one per trial (DESIGN.md, failure policy). Runs that did not finish are
-counted by status, and retries of the same trial are deduplicated (and counted), never silently dropped.
+The analysis only reads FINISHED runs, one per trial (the failure policy of docs/architecture.md). Runs that did not
+finish are counted by status, and retries of the same trial are deduplicated (and counted), never silently dropped.
 """
 
 from __future__ import annotations

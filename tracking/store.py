@@ -22,7 +22,7 @@ class StoreError(UsageError):
 
 
 def default_tracking_uri(root: str | Path = DEFAULT_ROOT) -> str:
-    """``sqlite:///<root>/mlflow.db`` (DESIGN.md's default local store)."""
+    """``sqlite:///<root>/mlflow.db`` (the default local store of docs/architecture.md)."""
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
