@@ -32,6 +32,7 @@ __all__ = [
     "load_fashion_mnist",
     "read_idx",
     "subset",
+    "subset_index",
 ]
 
 MEAN, STD = 0.2860, 0.3530
@@ -144,15 +145,24 @@ def load_fashion_mnist(data_dir: str | Path | None = None, device: str | torch.d
     return data if torch.device(device).type == "cpu" else data.to(device)
 
 
-def subset(x: Tensor, y: Tensor, size: int | None, seed: int) -> tuple[Tensor, Tensor]:
-    """A deterministic random subset of ``size`` examples (all of them, unshuffled, when ``size`` is None)."""
-    n = x.shape[0]
+def subset_index(n: int, size: int | None, seed: int) -> Tensor:
+    """The sorted indices ``[size]`` of a deterministic random subset of ``n`` examples (all of them, in order, when
+    ``size`` is None or at least ``n``)."""
     if size is None or size >= n:
-        return x, y
+        return torch.arange(n)
     if size < 1:
         raise ValueError(f"Expected subset size >= 1, got {size}")
     generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(n, generator=generator)[:size].sort().values.to(x.device)
+    return torch.randperm(n, generator=generator)[:size].sort().values
+
+
+def subset(x: Tensor, y: Tensor, size: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """A deterministic random subset of ``size`` examples (all of them, unshuffled, when ``size`` is None):
+    ``x[subset_index(len(x), size, seed)]``."""
+    n = x.shape[0]
+    if size is None or size >= n:
+        return x, y
+    index = subset_index(n, size, seed).to(x.device)
     return x[index], y[index]
 
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from landscape_core.config import TrainConfig
-from landscape_core.data import FashionMNIST, subset
+from torch import Tensor
+
+from landscape_core.config import AnalysisConfig, TrainConfig
+from landscape_core.data import FashionMNIST, subset, subset_index
 from landscape_core.devices import resolve_device
 from landscape_core.functional import Data
 
-__all__ = ["DIRECTION_SEEDS", "SPLITS", "SUBSETS", "Draw", "TrialData"]
+__all__ = ["DIRECTION_SEEDS", "SPLITS", "SUBSETS", "Draw", "TrialData", "subsets_used"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,22 @@ DIRECTION_SEEDS: dict[str, int] = {
 }
 
 
+def subsets_used(config: AnalysisConfig) -> dict[str, int | None]:
+    """The subsets (``SUBSETS``) the analyses of ``config`` measure on, with their sizes (None: the whole split)."""
+    c = config
+    candidates = {
+        "hessian": (c.hessian.subset, c.runs("hessian") or c.runs("trace") or c.runs("density")),
+        "sharpness": (c.sharpness.subset, c.runs("sharpness")),
+        "flatness": (c.flatness.subset, c.runs("flatness")),
+        "noise": (c.noise.subset, c.runs("noise")),
+        "slices": (c.slices.subset, c.runs("slices")),
+        "barrier_train": (c.connectivity.train_subset, c.runs("connectivity")),
+        "barrier_test": (c.connectivity.test_subset, c.runs("connectivity")),
+        "tracking": (c.hessian.track_subset, c.runs("tracking") and c.runs("hessian")),
+    }
+    return {name: size for name, (size, used) in candidates.items() if used}
+
+
 @dataclass(frozen=True)
 class TrialData:
     """A trial's train and test splits, on its device, and the seed that drew them and draws every subset.
@@ -72,11 +90,17 @@ class TrialData:
         train: ``(images [N, 1, 28, 28], labels [N])`` the model trains on.
         test: ``(images [M, 1, 28, 28], labels [M])`` the targets are computed on.
         seed: ``data_seed``.
+        train_index: which of Fashion-MNIST's training images ``train`` holds ``[N]`` (None: data built by hand).
+        test_index: which of its test images ``test`` holds ``[M]``.
+        source: where the images were read from.
     """
 
     train: Data
     test: Data
     seed: int = 0
+    train_index: Tensor | None = None
+    test_index: Tensor | None = None
+    source: str = ""
 
     @classmethod
     def build(cls, dataset: FashionMNIST, config: TrainConfig) -> TrialData:
@@ -84,10 +108,15 @@ class TrialData:
         the same three values gets the same images, so a sweep builds this once and hands it to every trial."""
         device = resolve_device(config.device)
         seed = config.data_seed
-        train = subset(dataset.train_x, dataset.train_y, config.train_size, seed + SPLITS["train"].offset)
-        test = subset(dataset.test_x, dataset.test_y, config.test_size, seed + SPLITS["test"].offset)
+        train_index = subset_index(len(dataset.train_y), config.train_size, seed + SPLITS["train"].offset)
+        test_index = subset_index(len(dataset.test_y), config.test_size, seed + SPLITS["test"].offset)
         return cls(
-            train=(train[0].to(device), train[1].to(device)), test=(test[0].to(device), test[1].to(device)), seed=seed
+            train=(dataset.train_x[train_index].to(device), dataset.train_y[train_index].to(device)),
+            test=(dataset.test_x[test_index].to(device), dataset.test_y[test_index].to(device)),
+            seed=seed,
+            train_index=train_index,
+            test_index=test_index,
+            source=dataset.source,
         )
 
     def subset(self, name: str, size: int | None) -> Data:
@@ -97,6 +126,19 @@ class TrialData:
         draw = SUBSETS[name]
         x, y = self.train if draw.split == "train" else self.test
         return subset(x, y, size, self.seed + draw.offset)
+
+    def indices(self, name: str, size: int | None = None) -> Tensor | None:
+        """Which images of the full Fashion-MNIST split the named split (``SPLITS``) or subset (``SUBSETS``) holds,
+        sorted; None for data built by hand (no indices known)."""
+        if name in SPLITS:
+            return self.train_index if name == "train" else self.test_index
+        if name not in SUBSETS:
+            raise ValueError(f"Expected a split or subset name in {sorted(SPLITS) + sorted(SUBSETS)}, got {name!r}")
+        draw = SUBSETS[name]
+        parent = self.train_index if draw.split == "train" else self.test_index
+        if parent is None:
+            return None
+        return parent[subset_index(len(parent), size, self.seed + draw.offset)]
 
     def direction_seed(self, name: str, index: int = 0) -> int:
         """The seed of the ``index``-th random direction of kind ``name`` (``DIRECTION_SEEDS``)."""

@@ -23,9 +23,11 @@ from sweeps.options import SweepOptions
 from sweeps.runner import run_sweep
 from sweeps.space import SweepSpace
 
-__all__ = ["base_parser", "options_from_args", "parse_widths", "preset_from_args", "run_sweep_cli"]
+__all__ = ["base_parser", "options_from_args", "parse_widths", "preset_from_args", "preset_line", "run_sweep_cli"]
 
 TRAIN_OVERRIDES = ("epochs", "lr", "momentum", "batch_size", "train_size", "test_size", "data_seed", "device")
+#: Seconds per trial (training and every analysis), measured on the 2-core CPU reference machine (README, Presets).
+MEASURED_TRIAL_SECONDS = {("paper", "cpu"): 506.0, ("quick", "cpu"): 25.0, ("smoke", "cpu"): 5.0}
 #: Options that go into SweepOptions as they are.
 PASSED_THROUGH = ("root", "storage", "tracking_uri", "data_dir", "heartbeat", "max_pairs", "workers", "batch_trials")
 INTERRUPTED = "the running trial was recorded as failed (its run KILLED); rerun the same command to resume the sweep."
@@ -36,7 +38,9 @@ def base_parser(prog: str, description: str) -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description=description)
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument(
-        "--preset", default="paper", help="paper (default), quick, smoke, or auto (paper on a GPU, quick on a CPU)"
+        "--preset",
+        default="auto",
+        help="auto (default: paper on a GPU, quick on a CPU), paper (the paper's protocol), quick or smoke",
     )
     protocol.add_argument("--epochs", type=int)
     protocol.add_argument("--lr", type=float, help="learning rate (seeds sweep)")
@@ -87,13 +91,40 @@ def parse_widths(text: str | None) -> tuple[float, ...] | None:
     return widths
 
 
+def preset_name(args: argparse.Namespace) -> tuple[str, str]:
+    """The preset ``--preset`` names, and why: ``auto`` is ``paper`` on a GPU and ``quick`` on a CPU."""
+    if args.preset != "auto":
+        return args.preset, "as asked"
+    if resolve_device(args.device or "auto").type == "cuda":
+        return "paper", "auto: a GPU is available, so the paper's protocol"
+    return "quick", "auto: no GPU, so the CPU-sized protocol; --preset paper runs the paper's"
+
+
+def preset_line(args: argparse.Namespace, n_trials: int) -> str:
+    """The first line a sweep prints: the preset it runs, why, and how long that takes where it was measured."""
+    name, why = preset_name(args)
+    device = resolve_device(args.device or "auto").type
+    seconds = MEASURED_TRIAL_SECONDS.get((name, device))
+    if seconds is None:
+        expected = "no time measured for it on this device yet"
+    else:
+        total = seconds * n_trials
+        expected = f"about {_duration(total)} for {n_trials} trials (~{_duration(seconds)} each on a 2-core CPU)"
+    return f"Preset {name} ({why}): {expected}."
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def preset_from_args(args: argparse.Namespace) -> Preset:
     """The named preset with every command-line override applied (validated by the configs). A single ``--width``
     value is an override too; a list is an axis (``sweep_widths``)."""
-    name = args.preset
-    if name == "auto":
-        name = "paper" if resolve_device(args.device or "auto").type == "cuda" else "quick"
-    preset = get_preset(name)
+    preset = get_preset(preset_name(args)[0])
     overrides = {field: getattr(args, field, None) for field in TRAIN_OVERRIDES}
     widths = parse_widths(getattr(args, "width", None))
     if widths is not None and len(widths) == 1:
@@ -137,7 +168,8 @@ def run_sweep_cli(
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 
     def command(args: argparse.Namespace, console: Console) -> int:
-        run_sweep(build(args), console)
+        options = build(args)
+        run_sweep(options, console, headline=preset_line(args, options.space.n_trials))
         return 0
 
     return run_command(parser, argv, command, interrupted=INTERRUPTED)

@@ -19,14 +19,15 @@ from landscape_core.config import Preset, TrainConfig
 from landscape_core.devices import resolve_device
 from landscape_core.ensemble import train_ensemble
 from landscape_core.measure import LambdaMaxTracker, measure
-from landscape_core.splits import TrialData
+from landscape_core.splits import TrialData, subsets_used
 from landscape_core.train import DivergenceError, TrainResult, train
 from sweeps.progress import SweepProgress
 from sweeps.space import SweepSpace, configs_from_trial, point_key
 from tracking.checkpoints import load_run_model
-from tracking.runs import flatten_config, start_child
+from tracking.provenance import log_datasets, provenance_tags, system_metrics
+from tracking.runs import RunLogger, flatten_config, start_child
 from tracking.store import TrackingStore
-from tracking.trial_log import log_epoch, log_measurements, log_training
+from tracking.trial_log import log_epoch, log_measurements, log_model, log_training
 
 __all__ = [
     "NotPlanned",
@@ -220,6 +221,7 @@ def _run_tags(trial: optuna.Trial, preset: Preset, context: TrialContext) -> dic
         "preset": preset.name,
         "sweep": context.space.kind,
         "worker": WORKER,
+        **provenance_tags(str(resolve_device(config.device))),
     }
     if context.space.widths is not None:
         tags["width"] = config.width
@@ -230,6 +232,54 @@ def _run_name(trial: optuna.Trial, preset: Preset, context: TrialContext) -> str
     config = preset.train
     width = f"-w{config.width:g}" if context.space.widths is not None else ""
     return f"trial-{trial.number:03d}-seed{config.seed}-lr{config.lr:.3g}{width}"
+
+
+def _train_measure_log(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    preset: Preset,
+    context: TrialContext,
+    run: RunLogger,
+    trained: TrainResult | DivergenceError | None,
+    tracker: LambdaMaxTracker | None,
+) -> TrainResult:
+    """The body of a trial inside its run: what it trains on, the training (or the ensemble's outcome), the
+    measurements, and the trained network as a LoggedModel linked to the final metrics."""
+    config, progress = preset.train, context.progress
+    run.params({"preset": preset.name, **flatten_config(config), **flatten_config(preset.analysis, "analysis.")})
+    log_datasets(run, context.data, subsets_used(preset.analysis))
+    if progress:
+        progress.trial_started(f"trial {trial.number} seed {config.seed} lr {config.lr:.3g}", config.epochs)
+    if trained is None:
+        result = train(
+            config,
+            context.data,
+            on_epoch=tracker,
+            on_step=progress.step if progress else None,
+            on_metrics=lambda metrics: log_epoch(run, metrics),
+        )
+    elif isinstance(trained, DivergenceError):
+        raise trained
+    else:
+        result = trained
+        for metrics in result.history:
+            log_epoch(run, metrics)
+    log_training(run, result)
+    measurements = measure(
+        result.model,
+        init_params=result.init_params,
+        data=result.data,
+        config=preset.analysis,
+        reference=_reference_model(study, trial, preset, context),
+        stage=progress.stage if progress else None,
+        v0=tracker.vector if tracker is not None else None,
+    )
+    log_measurements(run, measurements)
+    if progress:
+        progress.stage("logging the model")
+    model_id = log_model(run, result.model, result.data.train[0][:2], context.store.tracking_uri)
+    trial.set_user_attr("model_uri", f"models:/{model_id}")
+    return result
 
 
 def run_trial(
@@ -259,34 +309,8 @@ def run_trial(
     trial.set_user_attr("mlflow_run_id", run.run_id)
     progress = context.progress
     try:
-        run.params({"preset": preset.name, **flatten_config(config), **flatten_config(preset.analysis, "analysis.")})
-        if progress:
-            progress.trial_started(f"trial {trial.number} seed {config.seed} lr {config.lr:.3g}", config.epochs)
-        if trained is None:
-            result = train(
-                config,
-                context.data,
-                on_epoch=tracker,
-                on_step=progress.step if progress else None,
-                on_metrics=lambda metrics: log_epoch(run, metrics),
-            )
-        elif isinstance(trained, DivergenceError):
-            raise trained
-        else:
-            result = trained
-            for metrics in result.history:
-                log_epoch(run, metrics)
-        log_training(run, result)
-        measurements = measure(
-            result.model,
-            init_params=result.init_params,
-            data=result.data,
-            config=preset.analysis,
-            reference=_reference_model(study, trial, preset, context),
-            stage=progress.stage if progress else None,
-            v0=tracker.vector if tracker is not None else None,
-        )
-        log_measurements(run, measurements)
+        with system_metrics(run, context.store.tracking_uri):
+            result = _train_measure_log(study, trial, preset, context, run, trained, tracker)
     except DivergenceError as error:
         run.tags({"failure": "diverged", "failure_reason": str(error), "failure_epoch": error.epoch})
         run.finish("FAILED")

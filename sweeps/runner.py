@@ -22,6 +22,8 @@ from sweeps.study import open_sweep, running_elsewhere, tally
 from sweeps.summary import print_trials
 from sweeps.workers import run_workers, trial_context, work
 from tracking.correlate import report_sweep
+from tracking.export import log_population
+from tracking.population import load_population
 from tracking.runs import RunLogger
 
 __all__ = ["SweepOptions", "SweepOutcome", "run_sweep"]
@@ -42,14 +44,17 @@ def _parent_status(parent: RunLogger) -> str:
     return parent.client.get_run(parent.run_id).info.status
 
 
-def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOutcome:
+def run_sweep(options: SweepOptions, console: Console | None = None, headline: str | None = None) -> SweepOutcome:
     """Create or resume the study, run its trials (in ``options.workers`` processes), then summarize.
 
-    When the last point is done the parent run gets the population's barrier matrix and the correlation report,
-    and ends FINISHED.
+    ``headline`` (e.g. which preset runs and why) is printed first, once the options have passed every check. When
+    the last point is done the parent run gets the population's barrier matrix and the correlation report, and ends
+    FINISHED.
     """
     console = console or Console()
     sweep = open_sweep(options)
+    if headline:
+        console.print(headline, highlight=False)
     space, study, parent = options.space, sweep.study, sweep.parent
     done = len(tally(study))
     device = resolve_device(options.preset.train.device)
@@ -78,6 +83,7 @@ def run_sweep(options: SweepOptions, console: Console | None = None) -> SweepOut
                 parent_run_id=parent.run_id,
                 console=console,
             )
+            log_population(sweep.store, parent.run_id, load_population(sweep.store, parent_run_id=parent.run_id))
     finally:
         signal.signal(signal.SIGTERM, previous)
     failed = sum(1 for t in finished.values() if t.state == TrialState.FAIL)

@@ -23,6 +23,8 @@ from tracking.store import redact
 __all__ = ["StudyConfigMismatch", "StorageError", "open_storage", "create_or_resume_study"]
 
 DEFAULT_JOURNAL = Path("mlruns") / "optuna.journal"
+#: What a trial returns to Optuna: its final test loss (minimized by the adaptive samplers).
+OBJECTIVE = "test_loss"
 
 
 class StorageError(UsageError):
@@ -114,6 +116,7 @@ def create_or_resume_study(
     except KeyError:
         try:
             study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction="minimize")
+            study.set_metric_names([OBJECTIVE])  # optuna-dashboard shows "test_loss", not "Objective 0"
             study.set_user_attr("config", encoded)
             return study, True
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it in between

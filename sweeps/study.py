@@ -20,10 +20,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from landscape_core.config import Preset
 from landscape_core.data import load_fashion_mnist
+from landscape_core.devices import resolve_device
 from landscape_core.splits import TrialData
 from sweeps.options import SweepOptions
 from sweeps.space import SweepSpace, point_key
 from sweeps.storage import create_or_resume_study, open_storage
+from tracking.provenance import provenance_tags
 from tracking.runs import RunLogger, find_or_create_parent, flatten_config
 from tracking.store import TrackingStore
 
@@ -169,7 +171,7 @@ def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
         store,
         experiment_id,
         options.study_name,
-        tags={"sweep": space.kind, "preset": preset.name},
+        tags={"sweep": space.kind, "preset": preset.name, **provenance_tags(str(resolve_device(preset.train.device)))},
         run_id=_recorded_parent(study, created),
     )
     if "mlflow_parent_run_id" not in study.user_attrs:

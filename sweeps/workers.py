@@ -19,7 +19,7 @@ from landscape_core.cli import raise_terminated
 from sweeps.options import SweepOptions
 from sweeps.pipeline import NotPlanned, ReferenceModels, TrialContext, TrialDiverged, make_objective, run_batch
 from sweeps.progress import SweepProgress
-from sweeps.study import OpenSweep, open_sweep, tally
+from sweeps.study import OpenSweep, enqueue_missing, open_sweep, tally
 
 __all__ = ["run_workers", "trial_context", "work"]
 
@@ -51,13 +51,20 @@ def work(sweep: OpenSweep, progress: SweepProgress | None) -> None:
     context = trial_context(sweep, progress)
     objective = make_objective(study, context)
     batch = sweep.options.batch_trials
-    while _has_waiting(study) if space.planned else len(tally(study)) < space.n_trials:
-        if batch > 1 and space.planned:
-            run_batch(study, context, batch)
-        else:
-            study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
-        if progress:
-            progress.trials_done(len(tally(study)))
+    try:
+        while _has_waiting(study) if space.planned else len(tally(study)) < space.n_trials:
+            if batch > 1 and space.planned:
+                run_batch(study, context, batch)
+            else:
+                study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
+            if progress:
+                progress.trials_done(len(tally(study)))
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (scancel, a preemption): the trial is failed and its run KILLED; its point goes back in
+        # the queue, so that the study's other workers rerun it (and a rerun of this command finds it waiting).
+        if space.planned:
+            enqueue_missing(study, space)
+        raise
 
 
 def _worker_process(options: SweepOptions, threads: int) -> None:

@@ -16,6 +16,7 @@ BAD_INPUT = {
     "sweeps.seeds": (["--n", "0"], "Expected `--n` >= 1, got 0"),
     "sweeps.lr": (["--lr-min", "0.1", "--lr-max", "0.01"], "0 < `--lr-min` < `--lr-max`"),
     "tracking.correlate": (["--n-boot", "0"], "`--n-boot`"),
+    "tracking.export": (["--out", "population.xlsx"], "Expected `--out` ending in .csv or .parquet"),
     "landscape_core.data": (["--data-dir-typo", "x"], "unrecognized arguments"),
     "benchmarks.run": (["--only", "nonsense"], "unknown benchmark(s) ['nonsense']"),
 }

@@ -48,6 +48,8 @@ class PopulationRun:
         lr: Learning rate (tag ``lr``, else param ``lr``); NaN when missing.
         metrics: Final metric values by key (MLflow's latest value of each key).
         parent_run_id: The parent run (tag ``mlflow.parentRunId``); None when missing.
+        params: The run's params (its full config), as logged strings.
+        model_uri: ``models:/<id>`` of the run's LoggedModel (the trained network); None when it logged none.
     """
 
     run_id: str
@@ -57,6 +59,8 @@ class PopulationRun:
     lr: float
     metrics: dict[str, float]
     parent_run_id: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    model_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,14 @@ def _to_population_run(run: Run) -> PopulationRun:
         lr=_float(tags.get("lr", params.get("lr"))),
         metrics={k: float(v) for k, v in run.data.metrics.items()},
         parent_run_id=tags.get(MLFLOW_PARENT_RUN_ID),
+        params=dict(params),
+        model_uri=_model_uri(run),
     )
+
+
+def _model_uri(run: Run) -> str | None:
+    outputs = run.outputs.model_outputs if run.outputs is not None else []
+    return f"models:/{outputs[-1].model_id}" if outputs else None
 
 
 def _recency(run: Run) -> tuple[int, int]:

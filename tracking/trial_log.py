@@ -1,8 +1,16 @@
-"""What a trial's child run records: per-epoch curves, final metrics, the training figure and the checkpoint."""
+"""What a trial's child run records: per-epoch curves, final metrics, the training figure, the checkpoint, and the
+trained network as an MLflow LoggedModel."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
+
+import mlflow
+import mlflow.pytorch
+import torch
+from torch import Tensor, nn
 
 from landscape_core.measure import Measurements
 from landscape_core.plots.geometry import geometry_figures
@@ -10,7 +18,7 @@ from landscape_core.plots.training import training_curves
 from landscape_core.train import EpochMetrics, TrainResult
 from tracking.runs import RunLogger
 
-__all__ = ["final_metrics", "log_epoch", "log_measurements", "log_training"]
+__all__ = ["final_metrics", "log_epoch", "log_measurements", "log_model", "log_training"]
 
 
 def log_epoch(run: RunLogger, metrics: EpochMetrics) -> None:
@@ -58,3 +66,28 @@ def log_measurements(run: RunLogger, measurements: Measurements) -> None:
         run.json(data, name)
     for name, figure in geometry_figures(measurements.arrays).items():
         run.figure(figure, name)
+
+
+def log_model(run: RunLogger, model: nn.Module, example: Tensor, tracking_uri: str) -> str:
+    """The trained network as an MLflow 3 LoggedModel of the run, linked to the run's final (step 0) metrics.
+
+    Saved with ``torch.export`` (``serialization_format="pt2"``): a traced graph and its weights, no pickled code, so
+    loading it (``mlflow.pytorch.load_model("models:/<id>")``) runs nothing from the file. ``example`` (a few input
+    images) traces the graph; the batch size stays dynamic. Log it after the final metrics so they are linked to it.
+
+    Returns:
+        The LoggedModel's id (its URI is ``models:/<id>``).
+    """
+    mlflow.set_tracking_uri(tracking_uri)  # mlflow.pytorch resolves the store from the process-wide URI
+    logging.getLogger("torch._export").setLevel(logging.ERROR)  # "dimension ... specialized" on a 1-image example
+    with torch.no_grad():
+        info = mlflow.pytorch.log_model(
+            # torch.export packs plain (contiguous) CPU weights; channels_last ones make it warn
+            copy.deepcopy(model).to(device="cpu", memory_format=torch.contiguous_format).eval(),
+            name="model",
+            input_example=example.detach().cpu().numpy(),
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            run_id=run.run_id,
+        )
+    return info.model_id

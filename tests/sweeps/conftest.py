@@ -1,11 +1,16 @@
-"""Shared helpers of the sweep tests: running the CLIs as a user would, the smallest real trials, and scratch
-PostgreSQL databases (real Optuna journal, real MLflow sqlite, real PostgreSQL: no mocks)."""
+"""Shared helpers of the sweep tests: running the CLIs as a user would, the smallest real trials, scratch
+PostgreSQL databases and a real MLflow tracking server (real Optuna journal, real MLflow sqlite, real PostgreSQL: no
+mocks)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,3 +89,42 @@ def scratch_databases(*purposes: str) -> Iterator[list[str]]:
             for name in names:
                 cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(backend_url: str, directory: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port (PostgreSQL backend store, served artifacts); its URL."""
+    port = free_port()
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; psycopg2 is the driver this project installs.
+    backend = backend_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    log_path = directory / "mlflow-server.log"
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend]
+    command += ["--artifacts-destination", str(directory / "artifacts"), "--serve-artifacts"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # its own session: the server and its uvicorn workers
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -7,16 +7,6 @@ are not skipped. Each test gets fresh databases, dropped afterwards, so reruns n
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import optuna
@@ -24,48 +14,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from sweeps.storage import open_storage
-from tests.sweeps.conftest import FAST, pg_url, scratch_databases, start_cli
+from tests.sweeps.conftest import FAST, mlflow_server, pg_url, scratch_databases, start_cli
 
 SECRET = "s3cr3t-pw"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def mlflow_server(backend_url: str, directory: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on a free loopback port (PostgreSQL backend store, served artifacts); its URL."""
-    port = free_port()
-    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; psycopg2 is the driver this project installs.
-    backend = backend_url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    log_path = directory / "mlflow-server.log"
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend]
-    command += ["--artifacts-destination", str(directory / "artifacts"), "--serve-artifacts"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # its own session: the server and its uvicorn workers
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def test_two_workers_on_postgres_and_a_tracking_server_run_each_seed_once(tmp_path):

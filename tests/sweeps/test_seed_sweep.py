@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import subprocess
 
+import mlflow.pytorch
 import optuna
 import pytest
 import torch
@@ -12,7 +16,9 @@ from landscape_core.config import ANALYSES, get_preset
 from landscape_core.measure import population_barriers
 from landscape_core.models import SeedCNN, build_model, count_parameters
 from landscape_core.splits import TrialData
-from tests.sweeps.conftest import SMOKE, client_for, run_cli
+from sweeps import seeds
+from sweeps.cli import preset_from_args, preset_line
+from tests.sweeps.conftest import REPO, SMOKE, client_for, run_cli
 from tracking.checkpoints import load_run_model
 
 #: The smallest real trials of FAST, with only connectivity measured.
@@ -149,3 +155,56 @@ def test_width_is_a_sweep_axis_with_barriers_within_each_width(tmp_path):
     path = client.download_artifacts(parents[0].info.run_id, "data/barrier_matrix.json", str(tmp_path))
     logged = json.loads(open(path).read())
     assert logged["labels"] == ["s1 w0.5", "s2 w0.5"]
+
+
+def test_child_runs_carry_their_model_data_source_and_system_metrics(seed_sweep, fashion, tmp_path):
+    root, _ = seed_sweep
+    client, parents, children = _runs(root)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    data = TrialData.build(fashion, get_preset("smoke").replace(device="cpu").train)
+    digests = {}
+    for run in [*parents, *children]:
+        tags = run.data.tags
+        assert tags["mlflow.source.git.commit"] == head and tags["versions.torch"] == torch.__version__.split("+")[0]
+        assert tags["host"] and tags["device"] == "cpu"
+    for child in children:
+        # the trained network as a LoggedModel, linked to the final metrics, loading back to the same function
+        (output,) = child.outputs.model_outputs
+        logged = client.get_logged_model(output.model_id)
+        assert logged.source_run_id == child.info.run_id
+        assert {m.key for m in logged.metrics} >= {"final/test_loss", "hessian/lambda_max"}
+        mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve against the process-wide store
+        exported = mlflow.pytorch.load_model(f"models:/{output.model_id}")
+        checkpoint = load_run_model(client, child.info.run_id, "seed_cnn", "cpu")
+        x = data.test[0][:16]
+        torch.testing.assert_close(exported(x), checkpoint(x), rtol=1e-5, atol=1e-5)
+        # the images it used, as dataset inputs whose digests identify the images
+        inputs = {d.dataset.name: d for d in child.inputs.dataset_inputs}
+        assert {"fashion-mnist/train", "fashion-mnist/test", "fashion-mnist/hessian"} <= set(inputs)
+        contexts = {d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for d in inputs.values()}
+        assert contexts["fashion-mnist/train"] == "training" and contexts["fashion-mnist/test"] == "test"
+        expected = hashlib.sha256(data.train_index.numpy().astype("int64").tobytes()).hexdigest()[:16]
+        assert inputs["fashion-mnist/train"].dataset.digest == expected
+        digests[child.info.run_id] = {name: d.dataset.digest for name, d in inputs.items()}
+        assert any(key.startswith("system/cpu_utilization") for key in child.data.metrics)
+    assert len({tuple(sorted(d.items())) for d in digests.values()}) == 1  # the trials share every image
+
+
+def test_the_study_names_its_objective_and_opens_from_a_copy_of_the_journal(seed_sweep, tmp_path):
+    root, _ = seed_sweep
+    copy = tmp_path / "optuna.journal"
+    shutil.copy(root / "optuna.journal", copy)
+    study = optuna.load_study(study_name="seeds-smoke", storage=JournalStorage(JournalFileBackend(str(copy))))
+    assert study.metric_names == ["test_loss"]
+    assert sorted(t.params["seed"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE) == [1, 2, 3]
+
+
+def test_the_headline_command_picks_the_preset_that_fits_the_machine():
+    args = seeds.parser().parse_args(["--n", "20"])
+    expected = "paper" if torch.cuda.is_available() else "quick"
+    assert preset_from_args(args).name == expected
+    line = preset_line(args, 20)
+    assert line.startswith(f"Preset {expected} (auto: ")
+    if expected == "quick":
+        assert "about 8 min for 20 trials" in line and "--preset paper" in line
+    assert preset_from_args(seeds.parser().parse_args(["--preset", "paper"])).name == "paper"
