@@ -102,15 +102,15 @@ def parser() -> ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--study", help="Optuna study name (tag study)")
     which.add_argument("--parent-run", help="the study's parent run id")
-    p.add_argument("--out", type=Path, required=True, help="the file to write: population.csv or population.parquet")
+    p.add_argument("--out", type=Path, help="the file to write: population.csv or population.parquet (required)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in --root)")
     p.add_argument("--root", default=str(DEFAULT_ROOT), help="local store directory (default ./mlruns)")
     return p
 
 
 def _export(args: argparse.Namespace, console: Console) -> int:
-    if args.out.suffix not in FORMATS:
-        raise UsageError(f"Expected `--out` ending in {' or '.join(FORMATS)}, got {str(args.out)!r}")
+    if args.out is None or args.out.suffix not in FORMATS:
+        raise UsageError(f"Expected `--out` ending in {' or '.join(FORMATS)}, got {args.out and str(args.out)!r}")
     if not args.tracking_uri and not (Path(args.root) / "mlflow.db").exists():
         raise StoreError(f"no store at {Path(args.root).resolve()} (no mlflow.db); run a sweep first")
     store = TrackingStore.resolve(args.tracking_uri, args.root)
