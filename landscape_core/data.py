@@ -27,6 +27,7 @@ __all__ = [
     "STD",
     "DataMissingError",
     "FashionMNIST",
+    "check_subset_size",
     "download_fashion_mnist",
     "find_data_dir",
     "load_fashion_mnist",
@@ -143,6 +144,13 @@ def load_fashion_mnist(data_dir: str | Path | None = None, device: str | torch.d
     """Load (once per process, cached) and return the full normalized dataset on ``device``."""
     data = _load_cpu(str(find_data_dir(data_dir).resolve()))
     return data if torch.device(device).type == "cpu" else data.to(device)
+
+
+def check_subset_size(option: str, size: int | None, available: int, what: str) -> None:
+    """A subset size a user asked for fits the data: ``UsageError`` when it is larger (``subset`` would silently
+    take all ``available`` examples instead). None (all of them) always fits."""
+    if size is not None and size > available:
+        raise UsageError(f"Expected `{option}` <= {available:,} (the {what} there are), got {size:,}")
 
 
 def subset_index(n: int, size: int | None, seed: int) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from landscape_core import connectivity, directions, flatness, hessian, sharpness, slices
+from landscape_core import connectivity, directions, flatness, hessian, keys, sharpness, slices
 from landscape_core.config import AnalysisConfig, HessianConfig
 from landscape_core.functional import Data, Params
 from landscape_core.splits import TrialData
@@ -42,10 +42,6 @@ class Measurements:
         start = time.perf_counter()
         yield
         self.seconds[name] = time.perf_counter() - start
-
-
-def _sigma_key(sigma: float) -> str:
-    return f"sigma_{sigma:.2f}" if sigma >= 0.01 else f"sigma_{sigma:g}"
 
 
 def _tensor_list(values: torch.Tensor) -> list[float]:
@@ -83,9 +79,9 @@ def measure(
     seed = data.direction_seed("probes")
     h = config.hessian
     with out.timed("norms", stage):
-        out.scalars["norm/weights"] = flatness.weight_norm(model)
+        out.scalars[keys.WEIGHT_NORM] = flatness.weight_norm(model)
         if init_params is not None:
-            out.scalars["norm/dist_init"] = flatness.distance_from_init(model, init_params)
+            out.scalars[keys.DIST_INIT] = flatness.distance_from_init(model, init_params)
 
     top = None
     hessian_data = data.subset("hessian", h.subset)
@@ -97,11 +93,11 @@ def measure(
             top = hessian.top_eigenvalues(hessian_op, k=h.top_k, max_iter=h.max_iter, tol=h.tol, seed=seed, v0=v0)
         out.scalars.update(
             {
-                "hessian/lambda_max": float(top.eigenvalues[0]),
-                "hessian/residual_max": float(top.residuals.max()),
-                "hessian/converged": float(top.converged),
-                "hessian/n_hvp": float(top.n_hvp),
-                **{f"hessian/lambda_{i + 1}": float(v) for i, v in enumerate(top.eigenvalues)},
+                keys.LAMBDA_MAX: float(top.eigenvalues[0]),
+                keys.RESIDUAL_MAX: float(top.residuals.max()),
+                keys.CONVERGED: float(top.converged),
+                keys.N_HVP: float(top.n_hvp),
+                **{keys.lambda_k(i + 1): float(v) for i, v in enumerate(top.eigenvalues)},
             }
         )
         out.arrays["eigenvalues"] = {
@@ -113,7 +109,7 @@ def measure(
     if config.runs("trace"):
         with out.timed("trace", stage):
             trace = hessian.hessian_trace(hessian_op, n_probes=h.trace_probes, seed=seed)
-        out.scalars.update({"hessian/trace": trace.estimate, "hessian/trace_stderr": trace.stderr})
+        out.scalars.update({keys.TRACE: trace.estimate, keys.TRACE_STDERR: trace.stderr})
         out.arrays["trace"] = {
             "estimate": trace.estimate,
             "stderr": trace.stderr,
@@ -144,14 +140,17 @@ def measure(
             adaptive = sharpness.adaptive_sharpness(
                 model, sharp_data, rho=s.adaptive_rho, steps=s.adaptive_steps, seed=seed
             )
-        out.scalars.update({"sharpness/eps": eps.value, "sharpness/adaptive": adaptive.value})
+        out.scalars.update({keys.EPS_SHARPNESS: eps.value, keys.ADAPTIVE_SHARPNESS: adaptive.value})
         out.arrays["sharpness"] = {"eps": eps.to_dict(), "adaptive": adaptive.to_dict()}
 
     if config.runs("flatness"):
         f = config.flatness
         flat_data = data.subset("flatness", f.subset)
         results = {}
-        for aware, key in ((False, "pac_bayes"), (True, "pac_bayes_mag")):
+        for aware, key, measure_key in (
+            (False, "pac_bayes", keys.PAC_BAYES),
+            (True, "pac_bayes_mag", keys.PAC_BAYES_MAG),
+        ):
             with out.timed(key, stage):
                 result = flatness.pac_bayes_sigma(
                     model,
@@ -162,8 +161,8 @@ def measure(
                     steps=f.bisection_steps,
                     seed=seed,
                 )
-            out.scalars[f"flatness/{key}"] = result.measure
-            out.scalars[f"flatness/{key}_sigma"] = result.sigma
+            out.scalars[measure_key] = result.measure
+            out.scalars[f"{measure_key}_sigma"] = result.sigma
             results[key] = {"sigma": result.sigma, "measure": result.measure, "drop": result.drop_at_sigma}
         out.arrays["flatness"] = results
 
@@ -174,12 +173,11 @@ def measure(
                 model, data.subset("noise", n.subset), sigmas=n.sigmas, draws=n.draws, seed=seed
             )
         for i, sigma in enumerate(noise.sigmas):
-            key = _sigma_key(sigma)
-            out.scalars[f"perturb/test_loss/{key}"] = noise.loss_mean[i]
-            out.scalars[f"perturb/test_loss_stderr/{key}"] = noise.loss_stderr[i]
-            out.scalars[f"perturb/test_acc/{key}"] = noise.acc_mean[i]
-            out.scalars[f"perturb/test_acc_stderr/{key}"] = noise.acc_stderr[i]
-            out.scalars[f"perturb/test_loss_delta/{key}"] = noise.loss_mean[i] - noise.base_loss
+            out.scalars[keys.perturb("test_loss", sigma)] = noise.loss_mean[i]
+            out.scalars[keys.perturb("test_loss_stderr", sigma)] = noise.loss_stderr[i]
+            out.scalars[keys.perturb("test_acc", sigma)] = noise.acc_mean[i]
+            out.scalars[keys.perturb("test_acc_stderr", sigma)] = noise.acc_stderr[i]
+            out.scalars[keys.perturb("test_loss_delta", sigma)] = noise.loss_mean[i] - noise.base_loss
         out.arrays["noise"] = noise.to_dict()
 
     if config.runs("slices"):
@@ -205,11 +203,11 @@ def _measure_slices(
             )
             for i in range(c.curvature_directions)
         ]
-        out.scalars["curvature/random_mean"] = sum(curvatures) / len(curvatures)
+        out.scalars[keys.CURVATURE_RANDOM] = sum(curvatures) / len(curvatures)
         arrays: dict[str, Any] = {"random": curvatures}
         if top is not None:
             along_top = slices.directional_curvature(model, data, top.eigenvectors[0], eps=c.curvature_eps)
-            out.scalars["curvature/top_eigenvector"] = along_top
+            out.scalars[keys.CURVATURE_TOP] = along_top
             arrays["top_eigenvector"] = along_top
         out.arrays["curvature"] = arrays
     alphas = torch.linspace(-c.span, c.span, c.points_1d, dtype=torch.float64)
@@ -225,7 +223,7 @@ def _measure_slices(
             for name, r in curves.items()
         }
         for name, r in curves.items():
-            out.scalars[f"slice/{name}_loss_at_span"] = float(r.loss[[0, -1]].mean())
+            out.scalars[keys.slice_at_span(name)] = float(r.loss[[0, -1]].mean())
     grid = torch.linspace(-c.span, c.span, c.points_2d, dtype=torch.float64)
     with out.timed("slice_2d", stage):
         d1, d2 = directions.orthogonal_pair(model, seed=trial_data.direction_seed("slice_2d"))
@@ -259,9 +257,10 @@ def _measure_barriers(
             for split, data in sets.items():
                 path = connectivity.interpolate(reference, endpoint, data, alphas)
                 result = connectivity.barrier(path)
-                out.scalars[f"barrier/{split}_loss{suffix}"] = result.loss_barrier
-                out.scalars[f"barrier/{split}_error{suffix}"] = result.error_barrier
-                out.scalars[f"barrier/{split}_peak_loss{suffix}"] = result.peak_loss
+                aligned = bool(suffix)
+                out.scalars[keys.barrier(split, "loss", aligned)] = result.loss_barrier
+                out.scalars[keys.barrier(split, "error", aligned)] = result.error_barrier
+                out.scalars[keys.barrier(split, "peak_loss", aligned)] = result.peak_loss
                 paths[f"{split}{suffix}"] = {**path.to_dict(), **result.to_dict()}
     out.arrays["interpolation"] = paths
 
@@ -269,7 +268,7 @@ def _measure_barriers(
 class LambdaMaxTracker:
     """Per-epoch hook: lambda_max on a small fixed train subset, warm-started from the previous epoch's eigenvector.
 
-    Returns ``{"hessian/lambda_max_epoch": ..., "hessian/eos_threshold": (2 + 2 beta) / lr}`` each epoch; the
+    Returns ``{keys.LAMBDA_MAX_EPOCH: ..., keys.EOS_THRESHOLD: (2 + 2 beta) / lr}`` each epoch; the
     threshold is where full-batch SGD with heavy-ball momentum beta leaves the stable regime (Cohen et al. 2021).
     """
 
@@ -289,7 +288,7 @@ class LambdaMaxTracker:
             v0=self.vector,
         )
         self.vector = result.eigenvectors[0]
-        return {"hessian/lambda_max_epoch": float(result.eigenvalues[0]), "hessian/eos_threshold": self.threshold}
+        return {keys.LAMBDA_MAX_EPOCH: float(result.eigenvalues[0]), keys.EOS_THRESHOLD: self.threshold}
 
 
 def population_barriers(

@@ -21,6 +21,7 @@ from landscape_core.ensemble import train_ensemble
 from landscape_core.measure import LambdaMaxTracker, measure
 from landscape_core.splits import TrialData, subsets_used
 from landscape_core.train import DivergenceError, TrainResult, train
+from sweeps.claims import OWNER, this_worker
 from sweeps.progress import SweepProgress
 from sweeps.space import SweepSpace, configs_from_trial, point_key
 from tracking.checkpoints import load_run_model
@@ -82,11 +83,15 @@ class TrialContext:
 
 
 def claim(study: optuna.Study, trial: optuna.Trial, context: TrialContext) -> Preset:
-    """This worker takes the trial: its configs, or NotPlanned when it is not a point of the sweep or a duplicate."""
+    """This worker takes the trial: its configs, or NotPlanned when it is not a point of the sweep or a duplicate.
+
+    Its owner (``worker``) is already on it: the storage wrote it with the claim, so that a worker killed in between
+    leaves no trial RUNNING without one (``sweeps.claims``)."""
     if context.space.planned and "point" not in trial.user_attrs:
         raise NotPlanned(f"trial {trial.number} was not enqueued")
     preset = configs_from_trial(trial, context.space, context.preset)
-    trial.set_user_attr("worker", WORKER)
+    if OWNER not in trial.user_attrs:  # the sweep's storages record it with the claim itself (sweeps.claims)
+        trial.set_user_attr(OWNER, this_worker())
     if _already_done(study, trial):
         trial.set_user_attr("duplicate", True)
         raise NotPlanned(f"point {trial.params} already ran in another trial")

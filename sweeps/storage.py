@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,16 +13,18 @@ from urllib.parse import urlsplit
 
 import optuna
 import sqlalchemy.exc
-from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
 from landscape_core.errors import UsageError
+from sweeps.database import SweepRDBStorage
+from sweeps.journal import open_journal
 from tracking.store import redact
 
-__all__ = ["StudyConfigMismatch", "StorageError", "open_storage", "create_or_resume_study"]
+__all__ = ["StudyConfigMismatch", "StorageError", "check_storage_url", "create_or_resume_study", "open_storage"]
 
 DEFAULT_JOURNAL = Path("mlruns") / "optuna.journal"
+#: The database URL schemes ``--storage`` takes (each with an optional ``+driver``), as Optuna's RDB storage does.
+DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite")
 #: What a trial returns to Optuna: its final test loss (minimized by the adaptive samplers).
 OBJECTIVE = "test_loss"
 
@@ -35,6 +37,23 @@ class StudyConfigMismatch(UsageError):
     """An existing study was created with a different config; mixing them silently would corrupt the population."""
 
 
+def check_storage_url(url: str | None) -> None:
+    """``--storage``: None (the journal in ``--root``), a path ending in ``.journal``, or a database URL of a scheme
+    Optuna's RDB storage knows. A ``UsageError`` otherwise (``postgres://`` is a common slip for ``postgresql://``)."""
+    if url is None or url.endswith(".journal"):
+        if url is not None and not Path(url).name.removesuffix(".journal"):
+            raise UsageError(f"Expected `--storage` a journal file name, got {url!r}")
+        return
+    scheme = url.partition("://")[0].partition("+")[0] if "://" in url else ""
+    if scheme not in DATABASE_SCHEMES:
+        hint = "; postgres:// is spelled postgresql://" if scheme == "postgres" else ""
+        raise UsageError(
+            "Expected `--storage` a path ending in .journal or a database URL ("
+            + ", ".join(f"{s}://..." for s in DATABASE_SCHEMES)
+            + f"), got {redact(url)!r}{hint}"
+        )
+
+
 def open_storage(
     url: str | None = None,
     *,
@@ -42,7 +61,12 @@ def open_storage(
     heartbeat: int | None = None,
     on_stale: Callable[[FrozenTrial], None] | None = None,
 ) -> Any:
-    """A Journal file storage under ``root`` (``url`` None), a journal at a given path, or an RDB storage.
+    """A Journal file storage under ``root`` (``url`` None), a journal at a given path, or an RDB storage; both
+    record the owner of every claim (``sweeps.claims``).
+
+    A journal's torn tail is cut first (``sweeps.journal``: one warning line on stderr). An RDB storage waits out
+    a restart of its database (``sweeps.database``); a database that cannot be reached when it is opened is a
+    ``StorageError`` at once.
 
     Args:
         url: None, a path ending in ``.journal``, or an SQLAlchemy URL (``postgresql://user@host/db``).
@@ -50,6 +74,7 @@ def open_storage(
         heartbeat: RDB only: seconds between heartbeats; trials silent for 2x that are failed and retried.
         on_stale: called with each stale trial before it is retried (e.g. to mark its MLflow run KILLED).
     """
+    check_storage_url(url)
     if url is None or url.endswith(".journal"):
         path = Path(url) if url else Path(root) / DEFAULT_JOURNAL.name
         try:
@@ -57,7 +82,10 @@ def open_storage(
             path.touch(exist_ok=True)
         except OSError as error:
             raise StorageError(f"cannot write the Optuna journal {path}: {error.strerror}") from None
-        return JournalStorage(JournalFileBackend(str(path)))
+        storage, torn = open_journal(path)
+        if torn is not None:
+            print(torn.message(), file=sys.stderr, flush=True)
+        return storage
     kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
     if heartbeat:
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
@@ -72,7 +100,7 @@ def open_storage(
         kwargs["engine_kwargs"]["connect_args"] = {"connect_timeout": 5}
     for attempt in range(3):
         try:
-            return RDBStorage(_with_installed_driver(url), **kwargs)
+            return SweepRDBStorage(url, **kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
             # Workers started together on a new database race to create its tables: the loser sees them exist.
             if attempt == 2:
@@ -88,14 +116,6 @@ def _reason(error: Exception, url: str) -> str:
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     password = urlsplit(url).password
     return reason.replace(password, "***") if password else reason
-
-
-def _with_installed_driver(url: str) -> str:
-    """``postgresql://`` spelled with the driver this project installs: SQLAlchemy 2.1 maps the bare scheme to
-    psycopg 3, which may be absent where psycopg2 (our dependency) is installed."""
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
 
 
 def create_or_resume_study(

@@ -9,8 +9,6 @@ public API is used.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +17,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from landscape_core.config import Preset
-from landscape_core.data import load_fashion_mnist
+from landscape_core.data import check_subset_size, load_fashion_mnist
 from landscape_core.devices import resolve_device
 from landscape_core.splits import TrialData
+from sweeps.claims import is_orphan
 from sweeps.options import SweepOptions
 from sweeps.space import SweepSpace, point_key
 from sweeps.storage import create_or_resume_study, open_storage
@@ -99,28 +98,17 @@ def mark_killed(store: TrackingStore, trial: FrozenTrial) -> None:
 
 
 def reap_dead_local_workers(study: optuna.Study, store: TrackingStore) -> None:
-    """Fail RUNNING trials whose worker process on this host is gone (a SIGKILL), and mark their runs KILLED.
+    """Fail RUNNING trials that nobody alive holds, and mark their runs KILLED, so that their points are retried.
 
-    RDB storages do this by heartbeat across machines; a Journal file lives on one machine, so checking the pid is
-    exact there.
+    Every claim names who may hold the trial (``sweeps.claims``), so this is exact for workers on this host at any
+    instant of their claim: killed (SIGKILL), powered off, or with their last journal records cut as torn. RDB
+    storages do this by heartbeat across machines; a Journal file lives on one machine, where the processes can be
+    checked.
     """
-    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
-        if worker_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        mark_killed(store, trial)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if is_orphan(trial):
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            mark_killed(store, trial)
 
 
 def study_config(space: SweepSpace, preset: Preset) -> dict[str, Any]:
@@ -153,11 +141,15 @@ def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
     """Open data and stores, create or resume the study, find its parent run; ``prepare`` also retries the trials
     of dead workers and enqueues the missing points.
 
-    Bad input raises before anything is written: a missing dataset (DataMissingError), an unwritable or unreachable
-    store (StoreError, StorageError), a study with another config (StudyConfigMismatch); all are UsageErrors.
+    Bad input raises before anything is written: a missing dataset (DataMissingError), a ``--train-size`` or
+    ``--test-size`` larger than the data set, an unwritable or unreachable store (StoreError, StorageError), a study
+    with another config (StudyConfigMismatch); all are UsageErrors.
     """
     space, preset = options.space, options.preset
-    data = TrialData.build(load_fashion_mnist(options.data_dir), preset.train)
+    images = load_fashion_mnist(options.data_dir)
+    check_subset_size("--train-size", preset.train.train_size, len(images.train_y), "training images")
+    check_subset_size("--test-size", preset.train.test_size, len(images.test_y), "test images")
+    data = TrialData.build(images, preset.train)
     store = TrackingStore.resolve(options.tracking_uri, options.root)
     store.validate()  # writes nothing: the local store is only created once the storage and the study check out
     storage = open_storage(

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from landscape_core import keys
 from landscape_core.cli import ArgumentParser, require, run_command
 from landscape_core.errors import UsageError
 from landscape_core.plots.correlation import scatter_grid
-from tracking import keys
 from tracking.correlation import CorrelationReport, analyze, resolve_targets
 from tracking.population import Population, PopulationError, load_population
 from tracking.report import render, render_text

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from landscape_core import keys
 from landscape_core.errors import UsageError
-from tracking import keys
 from tracking.population import Population
 from tracking.population_stats import (
     MIN_N,

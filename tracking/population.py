@@ -19,8 +19,8 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from landscape_core import keys
 from landscape_core.errors import UsageError
-from tracking import keys
 from tracking.store import TrackingStore
 
 __all__ = ["DEFAULT_EXPERIMENTS", "Population", "PopulationError", "PopulationRun", "load_population"]

@@ -12,6 +12,7 @@ import mlflow.pytorch
 import torch
 from torch import Tensor, nn
 
+from landscape_core import keys
 from landscape_core.measure import Measurements
 from landscape_core.plots.geometry import geometry_figures
 from landscape_core.plots.training import training_curves
@@ -24,11 +25,11 @@ __all__ = ["final_metrics", "log_epoch", "log_measurements", "log_model", "log_t
 def log_epoch(run: RunLogger, metrics: EpochMetrics) -> None:
     """Per-epoch step metrics: ``train/loss``, ``train/acc``, ``test/loss``, ``test/acc``, ``time/epoch_s``, extras."""
     values = {
-        "train/loss": metrics.train_loss,
-        "train/acc": metrics.train_acc,
-        "test/loss": metrics.test_loss,
-        "test/acc": metrics.test_acc,
-        "time/epoch_s": metrics.seconds,
+        keys.TRAIN_LOSS: metrics.train_loss,
+        keys.TRAIN_ACC: metrics.train_acc,
+        keys.TEST_LOSS: metrics.test_loss,
+        keys.TEST_ACC: metrics.test_acc,
+        keys.EPOCH_SECONDS: metrics.seconds,
         **metrics.extra,
     }
     run.metrics(values, step=metrics.epoch)
@@ -38,14 +39,14 @@ def final_metrics(result: TrainResult) -> dict[str, float]:
     """Final metrics and generalization: gap = test - train loss (train loss over the train set, eval mode)."""
     final = result.final
     return {
-        "final/train_loss": final.train_loss,
-        "final/train_acc": final.train_acc,
-        "final/test_loss": final.test_loss,
-        "final/test_acc": final.test_acc,
-        "gen/test_error": 1.0 - final.test_acc,
-        "gen/gap_loss": final.test_loss - final.train_loss,
-        "gen/gap_acc": final.train_acc - final.test_acc,
-        "time/train_s": sum(m.seconds for m in result.history),
+        keys.FINAL_TRAIN_LOSS: final.train_loss,
+        keys.FINAL_TRAIN_ACC: final.train_acc,
+        keys.FINAL_TEST_LOSS: final.test_loss,
+        keys.FINAL_TEST_ACC: final.test_acc,
+        keys.TEST_ERROR: 1.0 - final.test_acc,
+        keys.GAP_LOSS: final.test_loss - final.train_loss,
+        keys.GAP_ACC: final.train_acc - final.test_acc,
+        keys.TRAIN_SECONDS: sum(m.seconds for m in result.history),
     }
 
 
@@ -61,7 +62,7 @@ def log_measurements(run: RunLogger, measurements: Measurements) -> None:
     """Scalars as final metrics, seconds as ``time/<analysis>_s``, raw arrays under ``data/``, figures under
     ``figures/`` (the paper's Figures 2-6: eigenvalues, 1D and 2D slices, interpolation path, weight noise; see
     ``landscape_core.plots.geometry.geometry_figures``)."""
-    run.metrics({**measurements.scalars, **{f"time/{k}_s": v for k, v in measurements.seconds.items()}})
+    run.metrics({**measurements.scalars, **{keys.seconds(k): v for k, v in measurements.seconds.items()}})
     for name, data in measurements.arrays.items():
         run.json(data, name)
     for name, figure in geometry_figures(measurements.arrays).items():

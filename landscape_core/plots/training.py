@@ -8,6 +8,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from landscape_core.keys import EOS_THRESHOLD, LAMBDA_MAX_EPOCH
+
 __all__ = ["training_curves"]
 
 
@@ -22,8 +24,9 @@ def training_curves(history: Sequence[Any]) -> Figure:
     Args:
         history: per-epoch entries with attributes ``epoch``, ``train_loss``, ``train_acc``, ``test_loss``,
             ``test_acc`` (``landscape_core.train.EpochMetrics``). When any entry's ``extra`` dict holds both
-            ``lambda_max`` and ``eos_threshold`` (``(2 + 2 beta) / lr``), a third panel shows lambda_max per epoch
-            against that threshold; epochs without them are gaps.
+            ``keys.LAMBDA_MAX_EPOCH`` and ``keys.EOS_THRESHOLD`` (``(2 + 2 beta) / lr``), as ``LambdaMaxTracker``
+            writes them, a third panel shows lambda_max per epoch against that threshold; epochs without them are
+            gaps.
 
     Returns:
         A Figure with 2 axes (loss, accuracy) or 3 (plus lambda_max).
@@ -35,7 +38,7 @@ def training_curves(history: Sequence[Any]) -> Figure:
         raise ValueError("Expected a non-empty `history`, got none")
     epochs = [int(h.epoch) for h in history]
     tracked = any(
-        "lambda_max" in (getattr(h, "extra", None) or {}) and "eos_threshold" in (getattr(h, "extra", None) or {})
+        LAMBDA_MAX_EPOCH in (getattr(h, "extra", None) or {}) and EOS_THRESHOLD in (getattr(h, "extra", None) or {})
         for h in history
     )
     panels = 3 if tracked else 2
@@ -56,8 +59,8 @@ def training_curves(history: Sequence[Any]) -> Figure:
 
     if tracked:
         ax = axes[2]
-        ax.plot(epochs, [_extra(h, "lambda_max") for h in history], "o-", label=r"$\lambda_{max}$")
-        ax.plot(epochs, [_extra(h, "eos_threshold") for h in history], "k--", label=r"$(2 + 2\beta) / \eta$")
+        ax.plot(epochs, [_extra(h, LAMBDA_MAX_EPOCH) for h in history], "o-", label=r"$\lambda_{max}$")
+        ax.plot(epochs, [_extra(h, EOS_THRESHOLD) for h in history], "k--", label=r"$(2 + 2\beta) / \eta$")
         ax.set(xlabel="epoch", ylabel="top Hessian eigenvalue", title="Edge of stability")
         ax.legend()
 

@@ -13,8 +13,10 @@ from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from scipy import stats
 
+from landscape_core import keys
+from landscape_core.config import HessianConfig, TrainConfig
 from landscape_core.connectivity import InterpolationResult, barrier
-from landscape_core.measure import Measurements
+from landscape_core.measure import LambdaMaxTracker, Measurements
 from landscape_core.plots import correlation, geometry, training
 from landscape_core.plots.correlation import scatter_grid
 from landscape_core.plots.geometry import (
@@ -28,7 +30,8 @@ from landscape_core.plots.geometry import (
 )
 from landscape_core.plots.training import training_curves
 from landscape_core.sharpness import NoiseResult
-from landscape_core.train import EpochMetrics
+from landscape_core.splits import TrialData
+from landscape_core.train import EpochMetrics, train
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -45,7 +48,7 @@ def _history(extra: bool) -> list[EpochMetrics]:
             test_loss=1.2 / e,
             test_acc=0.45 + 0.05 * e,
             seconds=1.0,
-            extra={"lambda_max": 10.0 + e, "eos_threshold": 380.0} if extra else {},
+            extra={keys.LAMBDA_MAX_EPOCH: 10.0 + e, keys.EOS_THRESHOLD: 380.0} if extra else {},
         )
         for e in range(1, 5)
     ]
@@ -64,6 +67,21 @@ def test_training_curves(tmp_path, extra, panels) -> None:
     _save(fig, tmp_path / "training.png")
     with pytest.raises(ValueError, match="history"):
         training_curves([])
+
+
+def test_the_edge_of_stability_panel_is_drawn_from_what_the_tracker_writes(fashion) -> None:
+    """The real chain: LambdaMaxTracker -> train -> training_curves, with no key typed by the test."""
+    config = TrainConfig(epochs=2, batch_size=64, train_size=256, test_size=128, device="cpu")
+    data = TrialData.build(fashion, config)
+    tracker = LambdaMaxTracker(
+        data, HessianConfig(track_subset=32, track_iter=3), lr=config.lr, momentum=config.momentum
+    )
+    history = train(config, data, on_epoch=tracker).history
+    fig = training_curves(history)
+    assert len(fig.axes) == 3 and fig.axes[2].get_title() == "Edge of stability"
+    lam = [h.extra[keys.LAMBDA_MAX_EPOCH] for h in history]
+    np.testing.assert_allclose(fig.axes[2].lines[0].get_ydata(), lam)
+    np.testing.assert_allclose(fig.axes[2].lines[1].get_ydata(), [(2 + 2 * 0.9) / 0.01] * 2)
 
 
 def test_eigenvalue_plot(tmp_path) -> None:

@@ -28,6 +28,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
+from landscape_core.config import ANALYSES
 from sweeps import slurm
 from sweeps.storage import open_storage
 from tests.sweeps.conftest import FAST, REPO, SMOKE, free_port, mlflow_server, scratch_databases
@@ -35,8 +36,7 @@ from tracking.population import load_population
 from tracking.store import TrackingStore
 
 #: Trials long enough (a few seconds) that a scancel sent once a trial's run exists lands inside the trial.
-SLOW = [*SMOKE, "--train-size", "512", "--test-size", "128", "--epochs", "2", "--skip", "hessian,trace,density"]
-SLOW += ["--skip", "sharpness,flatness,noise,slices,connectivity,tracking"]
+SLOW = [*SMOKE, "--train-size", "512", "--test-size", "128", "--epochs", "2", "--skip", ",".join(ANALYSES)]
 #: Where the SLURM daemons are on Debian (/usr/sbin is not on every user's PATH).
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -58,9 +58,7 @@ def sbatch_directives(text: str) -> dict[str, str]:
     return dict(option.removeprefix("--").split("=", 1) for option in options)
 
 
-def test_the_script_is_an_array_of_k_tasks_each_running_the_sweep_with_storage_server_and_heartbeat(
-    tmp_path, capsys
-):
+def test_the_script_is_an_array_of_k_tasks_each_running_the_sweep_with_storage_server_and_heartbeat(tmp_path, capsys):
     storage, tracking = "postgresql://worker@db-host:5432/optuna", "http://mlflow-host:5000"
     args = ["--tasks", "3", "--cpus-per-task", "2", "--time", "1:00:00", "--sbatch=--qos=long", "--log-dir", "logs"]
     args += ["--storage", storage, "--tracking-uri", tracking, "--heartbeat", "7", "--", "--n", "12", *FAST]
@@ -82,36 +80,35 @@ def test_the_script_is_an_array_of_k_tasks_each_running_the_sweep_with_storage_s
     assert "sbatch" in out and "submit" in out
 
 
+PG, SERVER = "postgresql://worker@db-host/optuna", "http://mlflow-host:5000"
+GOOD = ["--storage", PG, "--tracking-uri", SERVER]
+#: Bad input of ``python -m sweeps.slurm`` and the one line it gets.
 BAD = {
-    "a journal": (["--storage", "mlruns/optuna.journal"], "PostgreSQL or MySQL URL"),
-    "sqlite": (["--storage", "sqlite:///optuna.db"], "PostgreSQL or MySQL URL"),
-    "no storage": ([], "`--storage` with the RDB URL"),
-    "a local tracking store": (["--tracking-uri", "sqlite:///mlruns/mlflow.db"], "MLflow server URL"),
-    "a password in the storage": (["--storage", "postgresql://u:hunter2@db/optuna"], "without a password"),
-    "preset auto": (["--preset", "auto"], "array tasks may land on nodes with and without a GPU"),
-    "a bad sweep value": (["--n", "0"], "Expected `--n` >= 1, got 0"),
-    "an unknown sweep option": (["--no-such-sweep-option"], "unrecognized arguments: --no-such-sweep-option"),
-    "an array of 0": (["--tasks", "0"], "Expected `--tasks` >= 1, got 0"),
-    "heartbeat given twice": (["--", "--heartbeat", "3"], "`--heartbeat` is an option of this command"),
+    "a journal": (["--storage", "mlruns/optuna.journal", "--tracking-uri", SERVER], "PostgreSQL or MySQL URL"),
+    "sqlite": (["--storage", "sqlite:///optuna.db", "--tracking-uri", SERVER], "PostgreSQL or MySQL URL"),
+    "no storage": (["--tracking-uri", SERVER], "`--storage` with the RDB URL of the study"),
+    "a local tracking store": (["--storage", PG, "--tracking-uri", "sqlite:///mlflow.db"], "MLflow server URL"),
+    "no tracking server": (["--storage", PG], "`--tracking-uri` with the MLflow server's URL"),
+    "a password in the storage": (
+        ["--storage", "postgresql://w:hunter2@db/optuna", "--tracking-uri", SERVER],
+        "`--storage` without a password",
+    ),
+    "preset auto": ([*GOOD, "--", "--preset", "auto"], "array tasks may land on nodes with and without a GPU"),
+    "a bad sweep value": ([*GOOD, "--", "--preset", "smoke", "--n", "0"], "Expected `--n` >= 1, got 0"),
+    "an unknown sweep option": ([*GOOD, "--", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    "an array of no task": (["--tasks", "0", *GOOD], "Expected `--tasks` >= 1, got 0"),
+    "a heartbeat among the sweep's options": ([*GOOD, "--", "--heartbeat", "3"], "`--heartbeat` is an option of"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, capsys):
-    bad, expected = BAD[case]
-    good = {"--storage": "postgresql://worker@db/optuna", "--tracking-uri": "http://mlflow:5000"}
-    given = {bad[i]: bad[i + 1] for i in range(len(bad) - 1) if bad[i] in good}
-    args = [token for option, value in good.items() if option not in given for token in (option, value)]
-    if case == "no storage":
-        args = ["--tracking-uri", good["--tracking-uri"]]
-    args += ["--preset", "smoke", *bad] if "--" not in bad and "--preset" not in bad else bad
-    status, out = write_script(tmp_path / "cwd", *args, capsys=capsys) if False else (None, None)
-    (tmp_path / "cwd").mkdir()
-    status, out = write_script(tmp_path / "cwd", *args, capsys=capsys)
+    args, expected = BAD[case]
+    status, out = write_script(tmp_path, *args, capsys=capsys)
     lines = [line for line in out.splitlines() if line.strip()]
     assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], out
     assert "hunter2" not in out
-    assert list((tmp_path / "cwd").iterdir()) == [], "bad input writes nothing"
+    assert list(tmp_path.iterdir()) == [], "bad input writes nothing"
 
 
 def test_submit_without_sbatch_on_path_exits_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
@@ -265,7 +262,8 @@ class SlurmCluster:
 
     def logs(self) -> str:
         return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-2000:]}" for path in sorted(self.directory.rglob("*.log"))
+            f"--- {path.name}\n{path.read_text(errors='replace')[-2000:]}"
+            for path in sorted(self.directory.rglob("*.log"))
         )
 
     def _daemon(self, name: str, *args: str) -> None:
@@ -330,19 +328,22 @@ def task_logs(tmp_path: Path) -> dict[int, str]:
 
 
 def failure_report(tasks, logs, cluster: SlurmCluster) -> str:
-    return f"tasks: {tasks}\n" + "\n".join(f"--- task {i}\n{log[-3000:]}" for i, log in sorted(logs.items()))
+    """What a failed assertion shows: the tasks' states, their logs, the daemons' logs."""
+    shown = "\n".join(f"--- task {i}\n{log[-3000:]}" for i, log in sorted(logs.items()))
+    return f"tasks: {tasks}\n{shown}\n{cluster.logs()}"
 
 
 def load(services: Services, study: str) -> optuna.Study:
     return optuna.load_study(study_name=study, storage=open_storage(services.storage))
 
 
-def children_and_parent(services: Services, study: str):
+def children_and_parent(services: Services, study: optuna.Study):
+    """The study's trial runs and its parent run."""
     client = MlflowClient(tracking_uri=services.tracking)
     experiment = client.get_experiment_by_name("seeds")
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.study = '{study}'")
-    parents = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == study]
-    return [r for r in runs if r.data.tags.get("run_kind") == "trial"], parents
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.study = '{study.study_name}'")
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    return [r for r in runs if r.data.tags.get("run_kind") == "trial"], parent
 
 
 def test_an_array_of_two_tasks_runs_each_seed_of_the_study_once(cluster, services, tmp_path, capsys):
@@ -363,8 +364,9 @@ def test_an_array_of_two_tasks_runs_each_seed_of_the_study_once(cluster, service
         if trial.state != TrialState.COMPLETE:
             assert trial.state == TrialState.FAIL and "mlflow_run_id" not in trial.user_attrs, trial
 
-    children, parents = children_and_parent(services, "slurm-array")
-    assert [p.info.status for p in parents] == ["FINISHED"]
+    children, parent = children_and_parent(services, study)
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(int(c.data.tags["seed"]) for c in children) == [1, 2, 3, 4]
     assert all(c.info.status == "FINISHED" for c in children)
     assert {t.user_attrs["mlflow_run_id"] for t in complete} == {c.info.run_id for c in children}
@@ -420,8 +422,8 @@ def test_scancel_of_a_task_mid_trial_kills_its_run_and_the_other_task_finishes_e
     client = MlflowClient(tracking_uri=services.tracking)
     run = client.get_run(victim.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["failure"] == "Terminated"
-    children, parents = children_and_parent(services, "slurm-scancel")
-    assert [p.info.status for p in parents] == ["FINISHED"]
+    children, parent = children_and_parent(services, study)
+    assert parent.info.status == "FINISHED"
     population = load_population(TrackingStore.resolve(services.tracking), study="slurm-scancel")
     assert sorted(population.seeds.tolist()) == [1, 2, 3, 4] and population.n_duplicates == 0
     assert population.n_not_finished == {"KILLED": 1}

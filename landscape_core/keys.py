@@ -1,0 +1,95 @@
+"""Every metric key, defined once: what trials write (training, measure, trial_log) and what is read back (plots,
+the population, the correlation analysis, the sweep report). Import a key from here; never spell it twice.
+
+Keys are stable, grouped names: ``train/loss`` per epoch, ``final/test_loss``, ``hessian/lambda_max``,
+``perturb/test_loss/sigma_0.05``, ``barrier/test_loss_aligned``, ... Functions build the families of keys.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CONTROL",
+    "EOS_THRESHOLD",
+    "LAMBDA_MAX",
+    "LAMBDA_MAX_EPOCH",
+    "MEASURES",
+    "MEASURE_PREFIXES",
+    "NORM_BASELINES",
+    "TARGETS",
+    "barrier",
+    "is_measure",
+    "perturb",
+    "sigma_label",
+]
+
+# ---------------------------------------------------------------------------------------------- per epoch (step)
+TRAIN_LOSS, TRAIN_ACC, TEST_LOSS, TEST_ACC = "train/loss", "train/acc", "test/loss", "test/acc"
+EPOCH_SECONDS = "time/epoch_s"
+#: lambda_max on the tracking subset after each epoch, and the edge-of-stability threshold (2 + 2 beta) / lr.
+LAMBDA_MAX_EPOCH, EOS_THRESHOLD = "hessian/lambda_max_epoch", "hessian/eos_threshold"
+
+# ---------------------------------------------------------------------------------------------- final (step 0)
+FINAL_TRAIN_LOSS, FINAL_TRAIN_ACC = "final/train_loss", "final/train_acc"
+FINAL_TEST_LOSS, FINAL_TEST_ACC = "final/test_loss", "final/test_acc"
+TEST_ERROR, GAP_LOSS, GAP_ACC = "gen/test_error", "gen/gap_loss", "gen/gap_acc"
+TRAIN_SECONDS = "time/train_s"
+
+# Geometry of the minimum (landscape_core.measure).
+LAMBDA_MAX, RESIDUAL_MAX, CONVERGED, N_HVP = (
+    "hessian/lambda_max",
+    "hessian/residual_max",
+    "hessian/converged",
+    "hessian/n_hvp",
+)
+TRACE, TRACE_STDERR = "hessian/trace", "hessian/trace_stderr"
+EPS_SHARPNESS, ADAPTIVE_SHARPNESS = "sharpness/eps", "sharpness/adaptive"
+PAC_BAYES, PAC_BAYES_MAG = "flatness/pac_bayes", "flatness/pac_bayes_mag"
+CURVATURE_RANDOM, CURVATURE_TOP = "curvature/random_mean", "curvature/top_eigenvector"
+WEIGHT_NORM, DIST_INIT = "norm/weights", "norm/dist_init"
+
+
+def lambda_k(k: int) -> str:
+    """The k-th largest Hessian eigenvalue (1-based)."""
+    return f"hessian/lambda_{k}"
+
+
+def sigma_label(sigma: float) -> str:
+    """``sigma_0.05`` (two decimals from 0.01 up, ``%g`` below)."""
+    return f"sigma_{sigma:.2f}" if sigma >= 0.01 else f"sigma_{sigma:g}"
+
+
+def perturb(quantity: str, sigma: float) -> str:
+    """Weight-noise robustness at ``sigma``: ``quantity`` in test_loss, test_loss_stderr, test_acc, test_acc_stderr,
+    test_loss_delta."""
+    return f"perturb/{quantity}/{sigma_label(sigma)}"
+
+
+def barrier(split: str, quantity: str, aligned: bool = False) -> str:
+    """A barrier on the linear path: ``split`` train or test, ``quantity`` loss, error or peak_loss."""
+    return f"barrier/{split}_{quantity}{'_aligned' if aligned else ''}"
+
+
+def slice_at_span(direction: str) -> str:
+    """The 1D slice's mean loss at both ends of its span, along ``direction`` (random or top_eigenvector)."""
+    return f"slice/{direction}_loss_at_span"
+
+
+def seconds(analysis: str) -> str:
+    """Wall time of one analysis of ``measure``."""
+    return f"time/{analysis}_s"
+
+
+# ---------------------------------------------------------------------------------------------- what is read back
+#: Generalization targets (per child run, final values).
+TARGETS = {"test_loss": FINAL_TEST_LOSS, "test_error": TEST_ERROR, "gap_loss": GAP_LOSS, "gap_acc": GAP_ACC}
+#: Sharpness measures with fixed names; per-sigma noise deltas and barriers are discovered by prefix.
+MEASURES = (LAMBDA_MAX, TRACE, EPS_SHARPNESS, ADAPTIVE_SHARPNESS, PAC_BAYES, PAC_BAYES_MAG, CURVATURE_RANDOM)
+MEASURE_PREFIXES = ("perturb/test_loss_delta/", "barrier/")
+NORM_BASELINES = (WEIGHT_NORM, DIST_INIT)
+#: The covariate of the partial correlations: the final train loss.
+CONTROL = FINAL_TRAIN_LOSS
+
+
+def is_measure(key: str) -> bool:
+    """True for keys the correlation analysis treats as measures (sharpness, norms, train loss as a control)."""
+    return key in MEASURES or key in NORM_BASELINES or key == CONTROL or key.startswith(MEASURE_PREFIXES)
