@@ -24,6 +24,7 @@ from sweeps.workers import run_workers, trial_context, work
 from tracking.correlate import report_sweep
 from tracking.export import log_population
 from tracking.population import load_population
+from tracking.report import log_html_report
 from tracking.runs import RunLogger
 
 __all__ = ["SweepOptions", "SweepOutcome", "run_sweep"]
@@ -76,14 +77,17 @@ def run_sweep(options: SweepOptions, console: Console | None = None, headline: s
                 barrier_matrix(study, trial_context(sweep, progress), parent, options.max_pairs)
         print_trials(study, console)
         if complete:
-            report_sweep(
+            correlation = report_sweep(
                 sweep.store,
                 experiment_id=sweep.experiment_id,
                 study=options.study_name,
                 parent_run_id=parent.run_id,
                 console=console,
             )
-            log_population(sweep.store, parent.run_id, load_population(sweep.store, parent_run_id=parent.run_id))
+            population = load_population(sweep.store, parent_run_id=parent.run_id)
+            log_population(sweep.store, parent.run_id, population)
+            log_html_report(sweep.store, parent.run_id, population, correlation)
+            console.print(f"report.html logged to parent run {parent.run_id}", highlight=False)
     finally:
         signal.signal(signal.SIGTERM, previous)
     failed = sum(1 for t in finished.values() if t.state == TrialState.FAIL)

@@ -15,8 +15,10 @@ from tests.sweeps.conftest import FAST, REPO, run_cli
 BAD_INPUT = {
     "sweeps.seeds": (["--n", "0"], "Expected `--n` >= 1, got 0"),
     "sweeps.lr": (["--lr-min", "0.1", "--lr-max", "0.01"], "0 < `--lr-min` < `--lr-max`"),
+    "sweeps.slurm": (["--tasks", "0"], "Expected `--tasks` >= 1, got 0"),
     "tracking.correlate": (["--n-boot", "0"], "`--n-boot`"),
     "tracking.export": (["--out", "population.xlsx"], "Expected `--out` ending in .csv or .parquet"),
+    "tracking.report": (["--out", "report.pdf"], "Expected `--out` ending in .html"),
     "landscape_core.data": (["--data-dir-typo", "x"], "unrecognized arguments"),
     "benchmarks.run": (["--only", "nonsense"], "unknown benchmark(s) ['nonsense']"),
 }

@@ -3,7 +3,7 @@
 ``python -m tracking.correlate [--experiment NAME] [--study NAME | --parent-run ID] [--measures ...]
 [--targets ...] [--json PATH] [--tracking-uri URI] [--root mlruns] [--n-boot N] [--log-to-parent]``
 
-The analysis is ``tracking.correlation.analyze`` and the tables are ``tracking.report.render``. Here:
+The analysis is ``tracking.correlation.analyze`` and the tables are ``tracking.render.render``. Here:
 :func:`log_report` logs ``data/correlation.json``, ``figures/correlation_scatter.png`` (the measures of
 :func:`scatter_measures`) and ``correlation.txt`` to a run; :func:`report_sweep` is what a sweep runs at its end:
 analyze the study, print the table and log it to the study's parent run, never failing the sweep; :func:`main` is
@@ -27,12 +27,12 @@ from pathlib import Path
 from rich.console import Console
 
 from landscape_core import keys
-from landscape_core.cli import ArgumentParser, require, run_command
+from landscape_core.cli import ArgumentParser, require, require_writable, run_command
 from landscape_core.errors import UsageError
 from landscape_core.plots.correlation import scatter_grid
 from tracking.correlation import CorrelationReport, analyze, resolve_targets
 from tracking.population import Population, PopulationError, load_population
-from tracking.report import render, render_text
+from tracking.render import render, render_text
 from tracking.runs import RunLogger
 from tracking.store import DEFAULT_ROOT, StoreError, TrackingStore
 
@@ -215,8 +215,17 @@ def _check_args(args: argparse.Namespace) -> None:
     require(args.n_perm is None or args.n_perm >= 1, "--n-perm", ">= 1", args.n_perm)
     require(0.0 < args.alpha < 1.0, "--alpha", "in (0, 1)", args.alpha)
     require(args.seed >= 0, "--seed", ">= 0", args.seed)
+    for option, value in (
+        ("--experiment", args.experiment),
+        ("--study", args.study),
+        ("--parent-run", args.parent_run),
+    ):
+        require(value is None or value.strip() == value != "", option, "a non-empty name", value)
     resolve_targets(args.targets)  # an unknown target is reported before the store is touched
-    if not args.tracking_uri and not (Path(args.root) / "mlflow.db").exists():
+    require_writable("--json", args.json)  # written at the end: refused before the analysis, not after it
+    if args.tracking_uri:
+        TrackingStore.resolve(args.tracking_uri, args.root).validate()  # a known scheme, and reachable
+    elif not (Path(args.root) / "mlflow.db").exists():
         # Reading must not create an empty store as a side effect.
         raise StoreError(f"no store at {Path(args.root).resolve()} (no mlflow.db); run a sweep first")
 

@@ -9,7 +9,7 @@ power note and a one-line verdict, as a :class:`CorrelationReport` of :class:`Co
 Fewer than ``MIN_RUNS`` (4) finished runs: the report has status ``"too_few_runs"``, no rows and a message. An empty
 population, an unknown target or an unknown measure is bad input (``UsageError``).
 
-Rendering is ``tracking.report``; logging to the parent run, the end-of-sweep report and the command line are
+Rendering is ``tracking.render``; logging to the parent run, the end-of-sweep report and the command line are
 ``tracking.correlate``. This module reads a ``Population`` but never talks to MLflow itself.
 """
 

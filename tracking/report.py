@@ -1,189 +1,435 @@
-"""The rich rendering of a correlation report: one table per target, verdicts, the power note.
+"""The sweep report, ``report.html``: the seed paper's six figures over the whole population with 95% bands, a
+table that answers each claim of the paper with the population's number, its CI and a verdict, the correlation
+table, and the protocol. One self-contained file (figures embedded, no network), logged on every sweep's parent run
+when the sweep ends, which MLflow's artifact viewer renders.
 
-Layout: a header line with the population's bookkeeping; then, per generalization target, one table with the
-measures as rows (rho with its CI, tau, raw and Holm p, the partial rhos, granulated Kendall, within-lr and
-within-seed mean rho, n and missing, a Simpson marker) followed by one plain-words verdict line per measure; then
-the power note. One table per target keeps each table narrow enough to read; a target column group would make a
-table four times as wide.
+``python -m tracking.report [--experiment E] [--study S | --parent-run ID] --out report.html`` writes it for any
+finished population.
 
-Colours: a coefficient is magenta when positive and cyan when negative, bold when significant (Holm-adjusted for
-the pooled rho, raw for the partial ones) and dim when not. A Holm p below alpha is bold green.
+The claims and their criteria (the paper's Overall Summary; thresholds are this report's, stated in the table):
+
+1. Seeds reach minima of different sharpness: the coefficient of variation of lambda_max across trials, with a
+   bootstrap CI. Supported when the CI lies above 5% (a spread well beyond Lanczos' tolerance), refuted below.
+2. Flatter minima generalize better: Spearman's rho of lambda_max with the test loss (the correlation report's row,
+   Holm-adjusted over the report). Supported when significantly positive, refuted when significantly negative, no
+   evidence otherwise, with the smallest |rho| the population could detect.
+3. Minima from different seeds are separated by large barriers, raw and after weight matching: the mean test-loss
+   barrier to the reference minimum, with a t-interval. Supported when the CI lies above 0.1 (nats), refuted below.
+4. Minima are robust to small weight noise and collapse at sigma 0.1: the mean test-loss increase at the smallest
+   sigma (supported when the CI lies below 0.05) and the mean test accuracy at sigma 0.1 (collapse: CI below 0.5).
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
+import html
 import io
+import json
 import math
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+from matplotlib.figure import Figure
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from scipy import stats
 
-from tracking.correlation import CorrelationEntry, CorrelationReport
+from landscape_core import keys
+from landscape_core.cli import ArgumentParser, run_command
+from landscape_core.errors import UsageError
+from landscape_core.plots import population as figures
+from tracking.correlation import CorrelationReport, analyze
+from tracking.population import Population, PopulationError, load_population
+from tracking.render import render
+from tracking.runs import RunLogger
+from tracking.store import DEFAULT_ROOT, StoreError, TrackingStore
 
-__all__ = ["SIMPSON_MARK", "render", "render_text"]
+__all__ = ["Claim", "PopulationArrays", "claims", "gather", "log_html_report", "main", "report_html"]
 
-SIMPSON_MARK = "⚠"
-
-
-def _coef_style(value: float, significant: bool) -> str:
-    if not math.isfinite(value):
-        return "dim"
-    colour = "magenta" if value > 0 else "cyan" if value < 0 else ""
-    return f"bold {colour}".strip() if significant else f"dim {colour}".strip()
-
-
-def _coef(value: float | None, significant: bool = False) -> Text:
-    if value is None or not math.isfinite(value):
-        return Text("–", style="dim")
-    return Text(f"{value:+.2f}", style=_coef_style(value, significant))
+#: The arrays each trial's run holds under ``data/`` that the figures read.
+ARRAYS = ("history", "slice_1d", "slice_2d", "interpolation", "noise")
+SHARPNESS_SPREAD, LARGE_BARRIER, SMALL_NOISE_EFFECT, COLLAPSED_ACCURACY = 0.05, 0.1, 0.05, 0.5
 
 
-def _p(value: float, alpha: float, holm: bool = False) -> Text:
-    if not math.isfinite(value):
-        return Text("–", style="dim")
-    text = f"{value:.2g}" if value >= 1e-3 else f"{value:.0e}"
-    if value < alpha:
-        return Text(text, style="bold green" if holm else "green")
-    return Text(text, style="dim")
+@dataclass(frozen=True)
+class PopulationArrays:
+    """The raw arrays of every trial of a population, by run id: ``arrays[run_id][name]`` as logged."""
+
+    population: Population
+    arrays: dict[str, dict[str, Any]]
+
+    def stack(self, get: Callable[[dict[str, Any]], Any]) -> np.ndarray:
+        """``[trials, points]``: ``get(arrays)`` of every trial that has the arrays it reads (others left out)."""
+        rows = []
+        for run in self.population.runs:
+            try:
+                rows.append(np.asarray(get(self.arrays[run.run_id]), dtype=float))
+            except (KeyError, TypeError):
+                continue
+        return np.array(rows) if rows and len({r.shape for r in rows}) == 1 else np.empty((0, 0))
 
 
-def _rho_ci(entry: CorrelationEntry) -> Text:
-    row = entry.row
-    if not math.isfinite(row.spearman):
-        return Text("–", style="dim")
-    text = Text(f"{row.spearman:+.2f}", style=_coef_style(row.spearman, row.significant))
-    if math.isfinite(row.ci_low) and math.isfinite(row.ci_high):
-        text.append(f" [{row.ci_low:+.2f},{row.ci_high:+.2f}]", style="dim")
-    return text
+def gather(store: TrackingStore, population: Population) -> PopulationArrays:
+    """Download the ``ARRAYS`` of every run of the population (a run may lack some: e.g. the reference minimum has
+    no interpolation path)."""
+    client = store.client()
+    arrays: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in population.runs:
+            found = {}
+            for name in ARRAYS:
+                try:
+                    path = client.download_artifacts(run.run_id, f"data/{name}.json", tmp)
+                except Exception:  # noqa: BLE001 - a run without this analysis: the figure leaves it out
+                    continue
+                found[name] = json.loads(Path(path).read_text())
+            arrays[run.run_id] = found
+    return PopulationArrays(population, arrays)
 
 
-def _n(entry: CorrelationEntry) -> Text:
-    text = Text(str(entry.row.n))
-    if entry.missing:
-        text.append(f" ({entry.missing} miss)", style="yellow")
-    return text
+# --------------------------------------------------------------------------------------------------------- claims
 
 
-def _population_line(report: CorrelationReport) -> Text:
-    pop = report.population
-    text = Text("Population: ", style="bold")
-    text.append(f"{pop.get('source') or 'runs'} — {report.n_runs} finished runs")
-    not_finished = pop.get("n_not_finished") or {}
-    if not_finished:
-        text.append("; not finished: " + ", ".join(f"{k} {v}" for k, v in not_finished.items()), style="yellow")
-    if pop.get("n_duplicates"):
-        text.append(f"; {pop['n_duplicates']} duplicate retr{'ies' if pop['n_duplicates'] != 1 else 'y'} dropped")
-    axes = [a for a, varies in (("seed", report.seed_varies), ("lr", report.lr_varies)) if varies]
-    text.append(f"; varying: {', '.join(axes) or 'nothing'}")
-    return text
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper, answered by the population.
 
-
-def _table(report: CorrelationReport, target: str, entries: list[CorrelationEntry]) -> Table:
-    show_lr = report.lr_varies
-    show_seed = report.seed_varies and any(math.isfinite(e.within_seed_mean) for e in entries)
-    show_gran = any(e.row.granulated_kendall is not None for e in entries)
-    table = Table(title=f"{target} ({report.targets[target]}) vs each measure", header_style="bold")
-    table.add_column("measure", no_wrap=True)
-    table.add_column("n", justify="right", no_wrap=True)
-    table.add_column("ρ [CI]", justify="right", no_wrap=True)
-    table.add_column("τ", justify="right")
-    table.add_column("p", justify="right")
-    table.add_column("Holm p", justify="right")
-    table.add_column("ρ|TL", justify="right")
-    if show_lr:
-        table.add_column("ρ|TL+lr", justify="right", no_wrap=True)
-    if show_gran:
-        table.add_column("Ψ", justify="right")
-    if show_lr:
-        table.add_column("in lr", justify="right", no_wrap=True)
-    if show_seed:
-        table.add_column("in seed", justify="right", no_wrap=True)
-    table.add_column(SIMPSON_MARK, justify="center")
-    for entry in entries:
-        row = entry.row
-        cells: list[Text] = [
-            Text(entry.measure),
-            _n(entry),
-            _rho_ci(entry),
-            _coef(row.kendall),
-            _p(row.verdict_p, report.alpha),
-            _p(row.holm_p, report.alpha, holm=True),
-            _coef(row.partial_spearman, math.isfinite(row.partial_p) and row.partial_p < report.alpha),
-        ]
-        if show_lr:
-            significant = math.isfinite(entry.partial_lr_p) and entry.partial_lr_p < report.alpha
-            cells.append(_coef(entry.partial_lr_spearman, significant))
-        if show_gran:
-            cells.append(_coef(row.granulated_kendall))
-        if show_lr:
-            cells.append(_coef(entry.within_lr_mean))
-        if show_seed:
-            cells.append(_coef(entry.within_seed_mean))
-        cells.append(
-            Text(SIMPSON_MARK + " " + "+".join(entry.simpson_axes), style="bold yellow") if entry.simpson else Text("")
-        )
-        table.add_row(*cells)
-    return table
-
-
-def _legend(report: CorrelationReport) -> Text:
-    level = round(100 * (1 - report.alpha))
-    ci_kind = "cluster bootstrap over lr" if report.lr_varies else "BCa bootstrap"
-    parts = [
-        f"ρ: Spearman [{level}% CI, {ci_kind}]",
-        "τ: Kendall",
-        "p: permutation p when n < 30, else Spearman's",
-        f"Holm over all {len(report.entries)} rows",
-        "ρ|TL: partial ρ given final train loss",
-    ]
-    if report.lr_varies:
-        parts += ["ρ|TL+lr: given train loss and log lr", "in lr: n-weighted mean ρ inside each lr (groups >= 4 runs)"]
-    if any(e.row.granulated_kendall is not None for e in report.entries):
-        parts.append("Ψ: granulated Kendall (Jiang et al. 2019)")
-    if report.seed_varies:
-        parts.append("in seed: the same inside each seed")
-    parts.append(f"{SIMPSON_MARK}: pooled sign disagrees with the within-group sign (Simpson)")
-    return Text("; ".join(parts), style="dim")
-
-
-def _verdict_line(entry: CorrelationEntry) -> Text:
-    style = "bold" if entry.row.significant else ""
-    text = Text("  • ")
-    text.append(entry.measure, style=style)
-    text.append(": ")
-    text.append(entry.verdict, style="yellow" if entry.simpson else "")
-    return text
-
-
-def render(report: CorrelationReport, console: Console) -> None:
-    """Print the report: population line, one table and its verdict lines per target, the power note.
-
-    An empty report (too few runs) prints its message instead.
+    Attributes:
+        claim: the paper's claim, in its words.
+        quantity: what the population number is.
+        value, low, high: the number and its 95% CI (NaN when the population cannot say).
+        criterion: when the claim counts as supported or refuted.
+        verdict: ``supported``, ``refuted`` or ``no evidence``.
+        note: n, and what the population could detect.
     """
-    console.print(_population_line(report))
-    if not report.entries:
-        console.print(Text(report.message or "no rows", style="yellow"))
-        console.print(Text(report.power_note, style="italic"))
-        return
-    for target in report.targets:
-        entries = report.for_target(target)
-        console.print()
-        console.print(_table(report, target, entries))
-        for entry in entries:
-            console.print(_verdict_line(entry))
-    console.print()
-    console.print(_legend(report))
-    note = Text("Power: ", style="bold")
-    note.append(report.power_note, style="italic")
-    missing = {k: v for k, v in report.missing.items() if v}
-    if missing:
-        note.append("; rows with missing values have less power", style="italic")
-    console.print(note)
+
+    claim: str
+    quantity: str
+    value: float
+    low: float
+    high: float
+    criterion: str
+    verdict: str
+    note: str
 
 
-def render_text(report: CorrelationReport, width: int = 160) -> str:
-    """The rendered report as plain text (for the ``correlation.txt`` artifact)."""
-    console = Console(record=True, width=width, file=io.StringIO(), color_system=None)
-    render(report, console)
-    return console.export_text()
+def _t_interval(values: np.ndarray) -> tuple[float, float, float]:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), math.nan, math.nan
+    low, high = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+    return float(v.mean()), float(low), float(high)
+
+
+def _threshold_verdict(low: float, high: float, threshold: float, above_supports: bool) -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no evidence"
+    if low > threshold:
+        return "supported" if above_supports else "refuted"
+    if high < threshold:
+        return "refuted" if above_supports else "supported"
+    return "no evidence"
+
+
+def _mean_claim(
+    claim: str, quantity: str, values: np.ndarray, threshold: float, above_supports: bool, criterion: str
+) -> Claim:
+    value, low, high = _t_interval(values)
+    n = int(np.isfinite(values).sum())
+    verdict = _threshold_verdict(low, high, threshold, above_supports)
+    return Claim(claim, quantity, value, low, high, criterion, verdict, f"n = {n}")
+
+
+def _spread_claim(lam: np.ndarray) -> Claim:
+    v = lam[np.isfinite(lam)]
+    claim = "Different seeds reach minima of different sharpness"
+    criterion = f"supported when the CI lies above {SHARPNESS_SPREAD:.0%}, refuted below"
+    if v.size < 3:
+        return Claim(claim, "CV of lambda_max", math.nan, math.nan, math.nan, criterion, "no evidence", f"n = {v.size}")
+    cv = float(v.std(ddof=1) / v.mean())
+    boot = stats.bootstrap(
+        (v,), lambda x, axis: x.std(ddof=1, axis=axis) / x.mean(axis=axis), method="percentile", random_state=0
+    )
+    low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+    verdict = _threshold_verdict(low, high, SHARPNESS_SPREAD, above_supports=True)
+    note = f"n = {v.size}; lambda_max from {v.min():.3g} to {v.max():.3g}"
+    return Claim(claim, "coefficient of variation of lambda_max", cv, low, high, criterion, verdict, note)
+
+
+def _generalization_claim(correlation: CorrelationReport | None) -> Claim:
+    claim = "Flatter minima generalize better"
+    quantity = "Spearman rho(lambda_max, test loss)"
+    criterion = "supported when significantly > 0 (Holm over the report), refuted when significantly < 0"
+    try:
+        entry = correlation.entry(keys.LAMBDA_MAX, "test_loss") if correlation is not None else None
+    except KeyError:
+        entry = None
+    if entry is None or not math.isfinite(entry.row.spearman):
+        return Claim(claim, quantity, math.nan, math.nan, math.nan, criterion, "no evidence", "no correlation report")
+    row = entry.row
+    verdict = ("supported" if row.spearman > 0 else "refuted") if row.significant else "no evidence"
+    note = f"n = {row.n}, Holm p = {row.holm_p:.2g}"
+    if not row.significant and math.isfinite(entry.min_detectable_rho):
+        note += f"; this population detects only |rho| >= {entry.min_detectable_rho:.2f}"
+    return Claim(claim, quantity, row.spearman, row.ci_low, row.ci_high, criterion, verdict, note)
+
+
+def claims(population: Population, correlation: CorrelationReport | None) -> list[Claim]:
+    """Each claim of the paper's Overall Summary, answered by the population (criteria in the module docstring)."""
+    noise_keys = sorted(
+        (k for k in population.measure_keys() if k.startswith("perturb/test_loss_delta/")),
+        key=lambda k: float(k.rsplit("_", 1)[-1]),
+    )
+    out = [_spread_claim(population.column(keys.LAMBDA_MAX)), _generalization_claim(correlation)]
+    for aligned in (False, True):
+        key = keys.barrier("test", "loss", aligned)
+        out.append(
+            _mean_claim(
+                "Minima from different seeds are separated by large barriers"
+                + (" (after weight matching)" if aligned else " (raw)"),
+                f"mean {key} to the reference minimum",
+                population.column(key),
+                LARGE_BARRIER,
+                True,
+                f"supported when the CI lies above {LARGE_BARRIER:g}, refuted below",
+            )
+        )
+    if noise_keys:
+        smallest = noise_keys[0]
+        out.append(
+            _mean_claim(
+                "Minima are robust to small weight noise",
+                f"mean {smallest}",
+                population.column(smallest),
+                SMALL_NOISE_EFFECT,
+                False,
+                f"supported when the CI lies below {SMALL_NOISE_EFFECT:g}, refuted above",
+            )
+        )
+    collapse = keys.perturb("test_acc", 0.10)
+    out.append(
+        _mean_claim(
+            "Minima collapse under weight noise of sigma 0.1",
+            f"mean {collapse}",
+            population.column(collapse),
+            COLLAPSED_ACCURACY,
+            False,
+            f"supported when the CI lies below {COLLAPSED_ACCURACY:g}, refuted above (paper: 0.39)",
+        )
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- figures
+
+
+def _figures(data: PopulationArrays) -> dict[str, Figure]:
+    """The paper's six figures, those the population's arrays support."""
+    out: dict[str, Figure] = {}
+    history = {
+        name: data.stack(lambda a, name=name: [e[name] for e in a["history"]])
+        for name in ("train_loss", "test_loss", "train_acc", "test_acc")
+    }
+    if history["train_loss"].size:
+        epochs = list(range(1, history["train_loss"].shape[1] + 1))
+        out["Figure 1: loss and accuracy per epoch, mean over trials with a 95% band"] = figures.curves_figure(
+            epochs, history
+        )
+    lam = data.population.column(keys.LAMBDA_MAX)
+    if np.isfinite(lam).any():
+        out["Figure 2: lambda_max of every trial, with the paper's models A (13) and B (15.6)"] = (
+            figures.lambda_max_figure(lam)
+        )
+    first = next((a for a in data.arrays.values() if "slice_1d" in a), None)
+    if first is not None:
+        losses = {name: data.stack(lambda a, name=name: a["slice_1d"][name]["loss"]) for name in first["slice_1d"]}
+        caption = "Figure 3: train loss along a filter-normalized random direction and the top eigenvector"
+        out[caption + ", mean with a 95% band"] = figures.slice_1d_figure(first["slice_1d"]["random"]["alphas"], losses)
+    planes = data.stack(lambda a: a["slice_2d"]["loss"])
+    if planes.size:
+        _add_slice_2d(data, planes, out)
+    paths = {
+        name: data.stack(lambda a, split=split: a["interpolation"][split]["loss"])
+        for name, split in (("raw", "test"), ("aligned", "test_aligned"))
+    }
+    paths = {name: v for name, v in paths.items() if v.size}
+    if paths:
+        alphas = next(a["interpolation"]["test"]["alphas"] for a in data.arrays.values() if "interpolation" in a)
+        out[
+            "Figure 5: test loss on the linear path to the reference minimum, raw and aligned, mean with a 95% band"
+        ] = figures.interpolation_figure(alphas, paths)
+    noise_loss = data.stack(lambda a: a["noise"]["loss_mean"])
+    if noise_loss.size:
+        sigmas = next(a["noise"]["sigmas"] for a in data.arrays.values() if "noise" in a)
+        caption = "Figure 6: test loss and accuracy under Gaussian weight noise, mean with a 95% band"
+        noise_acc = data.stack(lambda a: a["noise"]["acc_mean"])
+        out[caption + "; the paper's sigma 0.1 point"] = figures.noise_figure(sigmas, noise_loss, noise_acc)
+    return out
+
+
+def _add_slice_2d(data: PopulationArrays, planes: np.ndarray, out: dict[str, Figure]) -> None:
+    """Figure 4 from the trial of median test loss among those with a 2D slice."""
+    runs = [r for r in data.population.runs if "slice_2d" in data.arrays[r.run_id]]
+    test_loss = np.array([r.metrics.get(keys.FINAL_TEST_LOSS, math.nan) for r in runs])
+    median = (
+        runs[int(np.nanargmin(np.abs(test_loss - np.nanmedian(test_loss))))]
+        if np.isfinite(test_loss).any()
+        else runs[0]
+    )
+    plane = data.arrays[median.run_id]["slice_2d"]
+    spread = planes.std(axis=0, ddof=1) if planes.shape[0] > 1 else np.zeros_like(planes[0])
+    label = f"seed {median.seed}"
+    out["Figure 4: the 2D slice of the trial of median test loss, and the loss's spread across trials"] = (
+        figures.slice_2d_figure(plane["alphas"], plane["betas"], plane["loss"], spread, label)
+    )
+
+
+def _png(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# -------------------------------------------------------------------------------------------------------- html
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;max-width:1100px;color:#222}
+h1{font-size:22px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
+th{background:#f3f3f3} .supported{color:#0a7d22;font-weight:bold} .refuted{color:#b00020;font-weight:bold}
+.no-evidence{color:#8a6d00} figure{margin:12px 0} figcaption{font-size:13px;color:#555} .mono{font-family:monospace}
+"""
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if math.isfinite(value) else "–"
+
+
+def _claims_table(rows: list[Claim]) -> str:
+    columns = ("claim of the paper", "population number", "95% CI", "verdict", "criterion", "n, power")
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(c.claim)}</td><td>{html.escape(c.quantity)}: <b>{_fmt(c.value)}</b></td>"
+        f'<td>[{_fmt(c.low)}, {_fmt(c.high)}]</td><td class="{c.verdict.replace(" ", "-")}">{c.verdict}</td>'
+        f"<td>{html.escape(c.criterion)}</td><td>{html.escape(c.note)}</td></tr>"
+        for c in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def _kv_table(items: dict[str, Any]) -> str:
+    body = "".join(
+        f'<tr><th>{html.escape(str(k))}</th><td class="mono">{html.escape(str(v))}</td></tr>' for k, v in items.items()
+    )
+    return f"<table>{body}</table>"
+
+
+def report_html(
+    data: PopulationArrays,
+    correlation: CorrelationReport | None,
+    *,
+    title: str,
+    protocol: dict[str, Any],
+) -> str:
+    """The whole report as one self-contained HTML page."""
+    population = data.population
+    counts = population.counts()
+    parts = [
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p>{len(population.runs)} finished trials ({html.escape(population.source)}); not finished: "
+        f"{html.escape(json.dumps(counts.get('n_not_finished') or {}))}; duplicate retries dropped: "
+        f"{counts.get('n_duplicates', 0)}.</p>",
+        "<h2>The paper's claims, asked of the population</h2>",
+        _claims_table(claims(population, correlation)),
+        "<h2>The paper's figures, over the population</h2>",
+    ]
+    for caption, figure in _figures(data).items():
+        parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(figure)}">')
+        parts.append(f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("<h2>Does sharpness predict generalization? (correlation report)</h2>")
+    if correlation is not None and correlation.entries:
+        console = Console(record=True, width=170, file=io.StringIO())
+        render(correlation, console)
+        parts.append(console.export_html(inline_styles=True, code_format='<pre style="font-size:11px">{code}</pre>'))
+    else:
+        parts.append(f"<p>{html.escape(correlation.message if correlation else 'no correlation report')}</p>")
+    parts.append("<h2>Protocol</h2>")
+    parts.append(_kv_table(protocol))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _protocol(store: TrackingStore, parent_run_id: str | None) -> dict[str, Any]:
+    if parent_run_id is None:
+        return {}
+    run = store.client().get_run(parent_run_id)
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(("versions.", "git_commit", "host", "device"))}
+    return {**dict(sorted(run.data.params.items())), **dict(sorted(tags.items()))}
+
+
+def log_html_report(
+    store: TrackingStore, parent_run_id: str, population: Population, correlation: CorrelationReport | None
+) -> str:
+    """Write ``report.html`` on the parent run; returns the HTML."""
+    page = report_html(
+        gather(store, population),
+        correlation,
+        title=f"Sweep report: {population.source}",
+        protocol=_protocol(store, parent_run_id),
+    )
+    RunLogger(store.client(), parent_run_id).text(page, "report.html")
+    return page
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m tracking.report", description="Write the sweep report of a population.")
+    p.add_argument("--experiment", help="MLflow experiment (default: seeds and lr, or any with --study)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--study", help="Optuna study name (tag study)")
+    which.add_argument("--parent-run", help="the study's parent run id")
+    p.add_argument("--out", type=Path, help="the HTML file to write, e.g. report.html (required)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in --root)")
+    p.add_argument("--root", default=str(DEFAULT_ROOT), help="local store directory (default ./mlruns)")
+    return p
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    if args.out is None or args.out.suffix not in (".html", ".htm"):
+        raise UsageError(f"Expected `--out` ending in .html, got {args.out and str(args.out)!r}")
+    if not args.tracking_uri and not (Path(args.root) / "mlflow.db").exists():
+        raise StoreError(f"no store at {Path(args.root).resolve()} (no mlflow.db); run a sweep first")
+    store = TrackingStore.resolve(args.tracking_uri, args.root)
+    population = load_population(store, experiment=args.experiment, study=args.study, parent_run_id=args.parent_run)
+    if not population.runs:
+        raise PopulationError(f"no finished trial runs in {population.source}")
+    correlation = analyze(population)
+    parents = {run.parent_run_id for run in population.runs if run.parent_run_id}
+    page = report_html(
+        gather(store, population),
+        correlation,
+        title=f"Sweep report: {population.source}",
+        protocol=_protocol(store, parents.pop() if len(parents) == 1 else None),
+    )
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(page)
+    except OSError as error:
+        raise UsageError(f"cannot write {args.out}: {error.strerror or error}") from None
+    console.print(f"wrote the report of {len(population.runs)} trials to {args.out}", highlight=False)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(parser(), argv, _report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,9 +12,13 @@ from mlflow.tracking import MlflowClient
 
 from landscape_core.errors import UsageError
 
-__all__ = ["StoreError", "TrackingStore", "default_tracking_uri", "redact"]
+__all__ = ["StoreError", "TrackingStore", "check_tracking_uri", "default_tracking_uri", "redact"]
 
 DEFAULT_ROOT = Path("mlruns")
+#: Tracking URI schemes MLflow stores and servers answer (database schemes with an optional ``+driver``).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+#: Schemes of a database MLflow writes to directly: reachable is checked by connecting.
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 
 class StoreError(UsageError):
@@ -35,6 +39,27 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _scheme(uri: str) -> str:
+    return uri.partition("://")[0].partition("+")[0].lower() if "://" in uri else uri.partition(":")[0].lower()
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """``--tracking-uri``: None (the local store) or a URI of a scheme MLflow answers; a StoreError otherwise
+    (``htp://``, a bare path, ``sqlite://x.db`` with too few slashes). Writes and connects to nothing."""
+    if uri is None:
+        return
+    scheme = _scheme(uri)
+    if ":" not in uri or scheme not in TRACKING_SCHEMES:
+        raise StoreError(
+            f"Expected `--tracking-uri` a URI of scheme {', '.join(TRACKING_SCHEMES)} (e.g. http://host:5000), got "
+            f"{redact(uri)!r}; for a local store pass --root DIR"
+        )
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        raise StoreError(f"Expected `--tracking-uri` sqlite:///PATH (three slashes), got {redact(uri)!r}")
+    if scheme in ("http", "https") and not urlsplit(uri).hostname:
+        raise StoreError(f"Expected `--tracking-uri` {scheme}://HOST[:PORT], got {redact(uri)!r}")
+
+
 @dataclass(frozen=True)
 class TrackingStore:
     """An MLflow tracking URI and, for local stores, the artifact root next to it."""
@@ -52,7 +77,10 @@ class TrackingStore:
 
     def validate(self) -> None:
         """Raise a one-line StoreError when the store cannot be written or reached; writes nothing."""
-        if self.tracking_uri.startswith("sqlite:///"):
+        check_tracking_uri(self.tracking_uri)
+        if _scheme(self.tracking_uri) in DATABASE_SCHEMES:
+            self._connect()
+        elif self.tracking_uri.startswith("sqlite:///"):
             directory = Path(self.tracking_uri.removeprefix("sqlite:///")).parent
             existing = directory
             while not existing.exists() and existing != existing.parent:
@@ -66,6 +94,24 @@ class TrackingStore:
                 urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=5).read()
             except OSError as error:
                 raise StoreError(f"the MLflow server {redact(self.tracking_uri)} is not reachable: {error}") from None
+
+    def _connect(self) -> None:
+        """Connect to a database store once (5 s at most), or raise a one-line StoreError."""
+        import sqlalchemy  # only database stores need it; MLflow depends on it
+
+        connect_args = {"connect_timeout": 5} if _scheme(self.tracking_uri) == "postgresql" else {}
+        try:
+            engine = sqlalchemy.create_engine(self.tracking_uri, connect_args=connect_args)
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+        except Exception as error:  # a missing driver, a refused connection, bad credentials: one line each
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            password = urlsplit(self.tracking_uri).password
+            reason = reason.replace(password, "***") if password else reason
+            raise StoreError(f"the MLflow store {redact(self.tracking_uri)} is not reachable: {reason}") from None
 
     def check(self) -> None:
         """``validate``, then create the local store directory; a one-line StoreError when that fails."""

@@ -1,0 +1,189 @@
+"""The rich rendering of a correlation report: one table per target, verdicts, the power note.
+
+Layout: a header line with the population's bookkeeping; then, per generalization target, one table with the
+measures as rows (rho with its CI, tau, raw and Holm p, the partial rhos, granulated Kendall, within-lr and
+within-seed mean rho, n and missing, a Simpson marker) followed by one plain-words verdict line per measure; then
+the power note. One table per target keeps each table narrow enough to read; a target column group would make a
+table four times as wide.
+
+Colours: a coefficient is magenta when positive and cyan when negative, bold when significant (Holm-adjusted for
+the pooled rho, raw for the partial ones) and dim when not. A Holm p below alpha is bold green.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tracking.correlation import CorrelationEntry, CorrelationReport
+
+__all__ = ["SIMPSON_MARK", "render", "render_text"]
+
+SIMPSON_MARK = "⚠"
+
+
+def _coef_style(value: float, significant: bool) -> str:
+    if not math.isfinite(value):
+        return "dim"
+    colour = "magenta" if value > 0 else "cyan" if value < 0 else ""
+    return f"bold {colour}".strip() if significant else f"dim {colour}".strip()
+
+
+def _coef(value: float | None, significant: bool = False) -> Text:
+    if value is None or not math.isfinite(value):
+        return Text("–", style="dim")
+    return Text(f"{value:+.2f}", style=_coef_style(value, significant))
+
+
+def _p(value: float, alpha: float, holm: bool = False) -> Text:
+    if not math.isfinite(value):
+        return Text("–", style="dim")
+    text = f"{value:.2g}" if value >= 1e-3 else f"{value:.0e}"
+    if value < alpha:
+        return Text(text, style="bold green" if holm else "green")
+    return Text(text, style="dim")
+
+
+def _rho_ci(entry: CorrelationEntry) -> Text:
+    row = entry.row
+    if not math.isfinite(row.spearman):
+        return Text("–", style="dim")
+    text = Text(f"{row.spearman:+.2f}", style=_coef_style(row.spearman, row.significant))
+    if math.isfinite(row.ci_low) and math.isfinite(row.ci_high):
+        text.append(f" [{row.ci_low:+.2f},{row.ci_high:+.2f}]", style="dim")
+    return text
+
+
+def _n(entry: CorrelationEntry) -> Text:
+    text = Text(str(entry.row.n))
+    if entry.missing:
+        text.append(f" ({entry.missing} miss)", style="yellow")
+    return text
+
+
+def _population_line(report: CorrelationReport) -> Text:
+    pop = report.population
+    text = Text("Population: ", style="bold")
+    text.append(f"{pop.get('source') or 'runs'} — {report.n_runs} finished runs")
+    not_finished = pop.get("n_not_finished") or {}
+    if not_finished:
+        text.append("; not finished: " + ", ".join(f"{k} {v}" for k, v in not_finished.items()), style="yellow")
+    if pop.get("n_duplicates"):
+        text.append(f"; {pop['n_duplicates']} duplicate retr{'ies' if pop['n_duplicates'] != 1 else 'y'} dropped")
+    axes = [a for a, varies in (("seed", report.seed_varies), ("lr", report.lr_varies)) if varies]
+    text.append(f"; varying: {', '.join(axes) or 'nothing'}")
+    return text
+
+
+def _table(report: CorrelationReport, target: str, entries: list[CorrelationEntry]) -> Table:
+    show_lr = report.lr_varies
+    show_seed = report.seed_varies and any(math.isfinite(e.within_seed_mean) for e in entries)
+    show_gran = any(e.row.granulated_kendall is not None for e in entries)
+    table = Table(title=f"{target} ({report.targets[target]}) vs each measure", header_style="bold")
+    table.add_column("measure", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
+    table.add_column("ρ [CI]", justify="right", no_wrap=True)
+    table.add_column("τ", justify="right")
+    table.add_column("p", justify="right")
+    table.add_column("Holm p", justify="right")
+    table.add_column("ρ|TL", justify="right")
+    if show_lr:
+        table.add_column("ρ|TL+lr", justify="right", no_wrap=True)
+    if show_gran:
+        table.add_column("Ψ", justify="right")
+    if show_lr:
+        table.add_column("in lr", justify="right", no_wrap=True)
+    if show_seed:
+        table.add_column("in seed", justify="right", no_wrap=True)
+    table.add_column(SIMPSON_MARK, justify="center")
+    for entry in entries:
+        row = entry.row
+        cells: list[Text] = [
+            Text(entry.measure),
+            _n(entry),
+            _rho_ci(entry),
+            _coef(row.kendall),
+            _p(row.verdict_p, report.alpha),
+            _p(row.holm_p, report.alpha, holm=True),
+            _coef(row.partial_spearman, math.isfinite(row.partial_p) and row.partial_p < report.alpha),
+        ]
+        if show_lr:
+            significant = math.isfinite(entry.partial_lr_p) and entry.partial_lr_p < report.alpha
+            cells.append(_coef(entry.partial_lr_spearman, significant))
+        if show_gran:
+            cells.append(_coef(row.granulated_kendall))
+        if show_lr:
+            cells.append(_coef(entry.within_lr_mean))
+        if show_seed:
+            cells.append(_coef(entry.within_seed_mean))
+        cells.append(
+            Text(SIMPSON_MARK + " " + "+".join(entry.simpson_axes), style="bold yellow") if entry.simpson else Text("")
+        )
+        table.add_row(*cells)
+    return table
+
+
+def _legend(report: CorrelationReport) -> Text:
+    level = round(100 * (1 - report.alpha))
+    ci_kind = "cluster bootstrap over lr" if report.lr_varies else "BCa bootstrap"
+    parts = [
+        f"ρ: Spearman [{level}% CI, {ci_kind}]",
+        "τ: Kendall",
+        "p: permutation p when n < 30, else Spearman's",
+        f"Holm over all {len(report.entries)} rows",
+        "ρ|TL: partial ρ given final train loss",
+    ]
+    if report.lr_varies:
+        parts += ["ρ|TL+lr: given train loss and log lr", "in lr: n-weighted mean ρ inside each lr (groups >= 4 runs)"]
+    if any(e.row.granulated_kendall is not None for e in report.entries):
+        parts.append("Ψ: granulated Kendall (Jiang et al. 2019)")
+    if report.seed_varies:
+        parts.append("in seed: the same inside each seed")
+    parts.append(f"{SIMPSON_MARK}: pooled sign disagrees with the within-group sign (Simpson)")
+    return Text("; ".join(parts), style="dim")
+
+
+def _verdict_line(entry: CorrelationEntry) -> Text:
+    style = "bold" if entry.row.significant else ""
+    text = Text("  • ")
+    text.append(entry.measure, style=style)
+    text.append(": ")
+    text.append(entry.verdict, style="yellow" if entry.simpson else "")
+    return text
+
+
+def render(report: CorrelationReport, console: Console) -> None:
+    """Print the report: population line, one table and its verdict lines per target, the power note.
+
+    An empty report (too few runs) prints its message instead.
+    """
+    console.print(_population_line(report))
+    if not report.entries:
+        console.print(Text(report.message or "no rows", style="yellow"))
+        console.print(Text(report.power_note, style="italic"))
+        return
+    for target in report.targets:
+        entries = report.for_target(target)
+        console.print()
+        console.print(_table(report, target, entries))
+        for entry in entries:
+            console.print(_verdict_line(entry))
+    console.print()
+    console.print(_legend(report))
+    note = Text("Power: ", style="bold")
+    note.append(report.power_note, style="italic")
+    missing = {k: v for k, v in report.missing.items() if v}
+    if missing:
+        note.append("; rows with missing values have less power", style="italic")
+    console.print(note)
+
+
+def render_text(report: CorrelationReport, width: int = 160) -> str:
+    """The rendered report as plain text (for the ``correlation.txt`` artifact)."""
+    console = Console(record=True, width=width, file=io.StringIO(), color_system=None)
+    render(report, console)
+    return console.export_text()
