@@ -8,12 +8,12 @@ N      ?= 20
 PYTEST_ARGS ?=
 DATA   := $(PY) -c "import sys; from landscape_core.data import main; sys.exit(main(sys.argv[1:]))"
 
-.PHONY: sweep test install data ui lint bench clean-store
+.PHONY: sweep test install data slurm chromium ui lint bench clean-store
 
 sweep: install data
 	$(PY) -m sweeps.seeds --n $(N) --preset $(PRESET)
 
-test: install data
+test: install data slurm chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 install: $(VENV)/.installed
@@ -35,6 +35,34 @@ data: install
 	  $(DATA) >/dev/null 2>&1 || $(DATA) --download; \
 	}
 	@$(DATA)
+
+# SLURM for the array-job tests (tests/sweeps/test_slurm.py start their own one-node cluster from these programs):
+# Debian's slurm-wlm and munge when slurmctld is missing, as root or with passwordless sudo; otherwise nothing (the
+# tests then say why they cannot run). Installing starts no daemon that the tests use.
+SBIN_PATH := $(PATH):/usr/sbin:/sbin
+slurm:
+	@PATH="$(SBIN_PATH)" command -v slurmctld >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; }; then \
+	    SUDO=$$([ "$$(id -u)" -eq 0 ] || echo "sudo -n"); \
+	    echo "installing slurm-wlm and munge (Debian) for the SLURM tests"; \
+	    { $$SUDO apt-get update -qq && \
+	      $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; } || true; \
+	  fi; \
+	}
+
+# Debian's Chromium for the MLflow UI tests (tests/tracking/test_ui_browser.py drive it headless through playwright,
+# which never downloads a browser of its own): installed when /usr/bin/chromium is missing, as root or with
+# passwordless sudo; otherwise nothing (the tests then fail on Debian, where this could have installed it, and skip
+# elsewhere, saying why).
+chromium:
+	@[ -x /usr/bin/chromium ] || { \
+	  if command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; }; then \
+	    SUDO=$$([ "$$(id -u)" -eq 0 ] || echo "sudo -n"); \
+	    echo "installing chromium (Debian) for the MLflow UI tests"; \
+	    { $$SUDO apt-get update -qq && \
+	      $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || true; \
+	  fi; \
+	}
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000

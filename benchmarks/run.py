@@ -30,7 +30,8 @@ from benchmarks.common import Context, Result, machine_info
 from benchmarks.curvature import lambda_max_vs_power_double_backward
 from benchmarks.sweep_runs import memory_4n_vs_n, workers2_vs_1
 from benchmarks.training import batched_vs_sequential, eval_throughput, flops_vs_peak, train_vs_dataloader
-from landscape_core.cli import ArgumentParser, run_command
+from landscape_core.cli import ArgumentParser, require_writable, run_command
+from landscape_core.data import find_data_dir
 from landscape_core.devices import resolve_device
 from landscape_core.errors import UsageError
 
@@ -126,6 +127,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise UsageError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    require_writable("--json", args.json)  # written at the end: refused now, not after minutes of benchmarks
+    find_data_dir(args.data_dir)  # every benchmark trains on Fashion-MNIST: a missing one is bad input, exit 2
     # torch's forward-mode AD registers its decompositions with torch.jit.script, which warns on first use.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     device = resolve_device(args.device)

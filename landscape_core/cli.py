@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
@@ -30,6 +31,7 @@ __all__ = [
     "output_console",
     "raise_terminated",
     "require",
+    "require_writable",
     "run_command",
 ]
 
@@ -54,6 +56,23 @@ def require(condition: bool, option: str, expectation: str, value: object) -> No
     """A command-line value checked: ``UsageError("Expected `option` expectation, got value")`` unless
     ``condition`` (one line, exit status 2)."""
     check(condition, option, expectation, value, error=UsageError)
+
+
+def require_writable(option: str, path: str | os.PathLike[str] | None) -> None:
+    """An output file a command will write at its end (``--json PATH``), checked up front: a ``UsageError`` when
+    it is a directory, or when its directory cannot be created or written. Writes nothing."""
+    return  # BREAK
+    target = Path(path)
+    if str(path) == "" or target.is_dir():
+        raise UsageError(f"Expected `{option}` a file path, got {str(path)!r}")
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot write `{option}` {target}: {existing} is not a directory")
+    writable = os.access(target, os.W_OK) if target.exists() else os.access(existing, os.W_OK | os.X_OK)
+    if not writable:
+        raise UsageError(f"cannot write `{option}` {target}: permission denied")
 
 
 def output_console() -> Console:

@@ -39,6 +39,19 @@ def _positive(obj: Any, *names: str) -> None:
         _check(value is None or value >= 1, name, ">= 1", value)
 
 
+def _finite_positive(obj: Any, *names: str) -> None:
+    """Real numbers a user set that must be finite and > 0 (NaN and infinity fail)."""
+    for name in names:
+        value = getattr(obj, name)
+        _check(math.isfinite(value) and value > 0, name, "> 0 and finite", value)
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(value >= 0, name, ">= 0", value)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How one trial trains: SGD with momentum over in-memory batches of Fashion-MNIST."""
@@ -58,7 +71,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "train_size", "test_size", "eval_chunk")
-        _check(self.lr > 0, "lr", "> 0", self.lr)
+        _non_negative(self, "seed", "data_seed")
+        _check(self.lr > 0, "lr", "> 0 and finite", self.lr)
         _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
         _check(self.model in MODELS, "model", f"in {tuple(sorted(MODELS))}", self.model)
         _check(math.isfinite(self.width) and self.width > 0, "width", "> 0", self.width)
@@ -82,7 +96,7 @@ class HessianConfig:
     def __post_init__(self) -> None:
         _positive(self, "subset", "chunk_size", "top_k", "max_iter", "trace_probes", "density_probes")
         _positive(self, "density_steps", "track_subset", "track_iter")
-        _check(self.tol > 0, "tol", "> 0", self.tol)
+        _finite_positive(self, "tol")
 
 
 @dataclass(frozen=True)
@@ -97,8 +111,7 @@ class SharpnessConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "subset", "steps", "adaptive_steps")
-        _check(self.eps > 0, "eps", "> 0", self.eps)
-        _check(self.adaptive_rho > 0, "adaptive_rho", "> 0", self.adaptive_rho)
+        _finite_positive(self, "eps", "adaptive_rho")
 
 
 @dataclass(frozen=True)
@@ -125,7 +138,8 @@ class NoiseConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "subset", "draws")
-        _check(len(self.sigmas) > 0 and min(self.sigmas) > 0, "sigmas", "non-empty and > 0", self.sigmas)
+        valid = len(self.sigmas) > 0 and all(math.isfinite(s) and s > 0 for s in self.sigmas)
+        _check(valid, "sigmas", "non-empty, > 0 and finite", self.sigmas)
 
 
 @dataclass(frozen=True)
@@ -141,7 +155,7 @@ class SliceConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "subset", "points_1d", "points_2d", "curvature_directions")
-        _check(self.span > 0, "span", "> 0", self.span)
+        _finite_positive(self, "span", "curvature_eps")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from landscape_core.errors import UsageError
 from sweeps.options import SweepOptions
 from sweeps.runner import run_sweep
 from sweeps.space import SweepSpace
+from sweeps.storage import check_storage_url
+from tracking.store import check_tracking_uri
 
 __all__ = ["base_parser", "options_from_args", "parse_widths", "preset_from_args", "preset_line", "run_sweep_cli"]
 
@@ -142,11 +144,24 @@ def sweep_widths(args: argparse.Namespace) -> tuple[float, ...] | None:
 
 
 def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Preset) -> SweepOptions:
-    """The sweep's options from the shared arguments; bad values raise ``UsageError``."""
+    """The sweep's options from the shared arguments; bad values raise ``UsageError``.
+
+    Everything a user can mistype is checked here, before any store exists: numbers, names, the device (one this
+    machine has), the storage URL and the tracking URI (known schemes). What needs the data or a server (a
+    ``--train-size`` beyond the data set, an unreachable database) is checked by ``open_sweep``, still before
+    anything is written."""
     require(args.heartbeat is None or args.heartbeat >= 1, "--heartbeat", ">= 1", args.heartbeat)
     require(args.batch_trials >= 1, "--batch-trials", ">= 1", args.batch_trials)
     require(args.workers >= 1, "--workers", ">= 1", args.workers)
     require(args.max_pairs >= 0, "--max-pairs", ">= 0", args.max_pairs)
+    for option, value in (("--study-name", args.study_name), ("--experiment", args.experiment)):
+        fine = value is None or value.strip() == value != ""
+        require(fine, option, "a non-empty name without surrounding spaces", value)
+    require(args.root.strip() != "", "--root", "a directory", args.root)
+    require(args.data_dir is None or args.data_dir.strip() != "", "--data-dir", "a directory", args.data_dir)
+    resolve_device(preset.train.device)
+    check_storage_url(args.storage)
+    check_tracking_uri(args.tracking_uri)
     return SweepOptions(
         space=space,
         preset=preset,

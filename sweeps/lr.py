@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 from landscape_core.cli import ArgumentParser, require
@@ -38,8 +39,9 @@ def build_options(args: argparse.Namespace) -> SweepOptions:
     require(args.n >= 1, "--n", ">= 1", args.n)
     require(args.seeds_per_lr >= 1, "--seeds-per-lr", ">= 1", args.seeds_per_lr)
     require(args.seed_start >= 0, "--seed-start", ">= 0", args.seed_start)
-    if not (0 < args.lr_min < args.lr_max):
-        raise UsageError(f"Expected 0 < `--lr-min` < `--lr-max`, got {args.lr_min} and {args.lr_max}")
+    if not (0 < args.lr_min < args.lr_max < math.inf):
+        raise UsageError(f"Expected 0 < `--lr-min` < `--lr-max`, both finite, got {args.lr_min} and {args.lr_max}")
+    require(args.sampler_seed >= 0, "--sampler-seed", ">= 0", args.sampler_seed)
     seeds = tuple(range(args.seed_start, args.seed_start + args.seeds_per_lr))
     if args.sampler == "tpe":
         space = SweepSpace(

@@ -58,8 +58,10 @@ TEMPLATE = """\
 #SBATCH --chdir=@CHDIR@
 @EXTRA@
 set -euo pipefail
-# One thread per CPU of the task (torch reads these at start).
+# One thread per CPU of the task (torch reads these at start). The log is a file, not the submitting terminal: its
+# width is the sweep's own for files (160 columns), not a COLUMNS that sbatch passed on.
 export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-@CPUS@}" MKL_NUM_THREADS="${SLURM_CPUS_PER_TASK:-@CPUS@}"
+unset COLUMNS LINES
 echo "array task ${SLURM_ARRAY_TASK_ID:-?} (job ${SLURM_JOB_ID:-?}) on $(hostname)"
 # exec: the worker is the batch step itself, so scancel's SIGTERM reaches it (run KILLED, point put back, exit 143).
 exec @COMMAND@

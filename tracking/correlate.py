@@ -31,6 +31,7 @@ from landscape_core.cli import ArgumentParser, require, require_writable, run_co
 from landscape_core.errors import UsageError
 from landscape_core.plots.correlation import scatter_grid
 from tracking.correlation import CorrelationReport, analyze, resolve_targets
+from tracking.headline import log_headline
 from tracking.population import Population, PopulationError, load_population
 from tracking.render import render, render_text
 from tracking.runs import RunLogger
@@ -78,7 +79,8 @@ def scatter_measures(report: CorrelationReport, cap: int = MAX_SCATTER_MEASURES)
 def log_report(store: TrackingStore, parent_run_id: str, report: CorrelationReport, population: Population) -> None:
     """Log ``data/correlation.json``, ``figures/correlation_scatter.png`` and ``correlation.txt`` to a run.
 
-    The scatter grid (``scatter_measures`` x all targets, coloured by lr) is skipped for an empty report.
+    The scatter grid (``scatter_measures`` x all targets, coloured by lr) is skipped for an empty report. The run's
+    description and headline metrics are ``tracking.headline.log_headline``.
     """
     run = RunLogger(store.client(), parent_run_id)
     run.json(report.to_json(), "correlation")
@@ -92,6 +94,7 @@ def log_report(store: TrackingStore, parent_run_id: str, report: CorrelationRepo
             color_label="lr",
         )
         run.figure(figure, "correlation_scatter")
+    log_headline(store, parent_run_id, report)
 
 
 def report_sweep(

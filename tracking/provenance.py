@@ -8,12 +8,14 @@ import json
 import platform
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from torch import Tensor
 
@@ -96,11 +98,27 @@ def dataset_inputs(data: TrialData, sizes: dict[str, int | None]) -> list[Datase
     return inputs
 
 
-def log_datasets(run: RunLogger, data: TrialData, sizes: dict[str, int | None]) -> None:
-    """Log ``dataset_inputs(data, sizes)`` on the run."""
+def log_datasets(run: RunLogger, data: TrialData, sizes: dict[str, int | None], attempts: int = 3) -> None:
+    """Log ``dataset_inputs(data, sizes)`` on the run.
+
+    Workers that start together log the same datasets at once; the tracking server creates each dataset once, and the
+    loser of that race gets a unique-key violation. The dataset then exists, so a retry only links it to the run.
+    """
     inputs = dataset_inputs(data, sizes)
-    if inputs:
-        run.client.log_inputs(run.run_id, datasets=inputs)
+    for attempt in range(attempts):
+        try:
+            if inputs:
+                run.client.log_inputs(run.run_id, datasets=inputs)
+            return
+        except MlflowException as error:
+            if attempt == attempts - 1 or not _duplicate_key(error):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _duplicate_key(error: MlflowException) -> bool:
+    text = str(error).lower()
+    return "unique" in text or "duplicate" in text or "integrity" in text
 
 
 @contextmanager

@@ -12,13 +12,24 @@ from mlflow.tracking import MlflowClient
 
 from landscape_core.errors import UsageError
 
-__all__ = ["StoreError", "TrackingStore", "check_tracking_uri", "default_tracking_uri", "redact"]
+__all__ = [
+    "EXPERIMENT_KIND_TAG",
+    "TRAINING_KIND",
+    "StoreError",
+    "TrackingStore",
+    "check_tracking_uri",
+    "default_tracking_uri",
+    "redact",
+]
 
 DEFAULT_ROOT = Path("mlruns")
 #: Tracking URI schemes MLflow stores and servers answer (database schemes with an optional ``+driver``).
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 #: Schemes of a database MLflow writes to directly: reachable is checked by connecting.
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+#: The experiment tag MLflow 3 keeps an experiment's kind in, and the kind of a model-training experiment: the UI's
+#: ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT`` (shown as "Machine learning"; the GenAI kind is ``genai_development``).
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class StoreError(UsageError):
@@ -77,7 +88,6 @@ class TrackingStore:
 
     def validate(self) -> None:
         """Raise a one-line StoreError when the store cannot be written or reached; writes nothing."""
-        check_tracking_uri(self.tracking_uri)
         if _scheme(self.tracking_uri) in DATABASE_SCHEMES:
             self._connect()
         elif self.tracking_uri.startswith("sqlite:///"):
@@ -129,16 +139,22 @@ class TrackingStore:
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def experiment_id(self, name: str) -> str:
-        """The id of experiment ``name``, created (with the store's artifact root) when absent."""
+        """The id of experiment ``name``, created (with the store's artifact root) when absent.
+
+        The experiment is tagged as a model-training one (``EXPERIMENT_KIND_TAG`` = ``TRAINING_KIND``), and so is an
+        existing one that has no kind yet; a kind someone chose (in the UI, say) is left alone.
+        """
         client = self.client()
         experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = f"{self.artifact_root}/{name}" if self.artifact_root else None
-        try:
-            return client.create_experiment(name, artifact_location=location)
-        except Exception:  # another worker created it first
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-            return experiment.experiment_id
+        if experiment is None:
+            location = f"{self.artifact_root}/{name}" if self.artifact_root else None
+            try:
+                tags = {EXPERIMENT_KIND_TAG: TRAINING_KIND}
+                return client.create_experiment(name, artifact_location=location, tags=tags)
+            except Exception:  # another worker created it first
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+        return experiment.experiment_id

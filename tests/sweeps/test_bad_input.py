@@ -1,7 +1,11 @@
-"""Bad input: one clear line, exit status 2, and nothing written to the store (the commands run in-process)."""
+"""Bad input: one clear line, exit status 2, and nothing written (the commands run in-process).
+
+One table holds a bad value for every option of every command line of the project (a test checks that it does, from
+the parsers themselves); each must exit 2, print one line and no traceback, and leave no file behind."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pickle
 from pathlib import Path
@@ -9,9 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import run as benchmarks_run
+from landscape_core import data
 from landscape_core.models import SeedCNN
 from sweeps import lr, seeds
 from tests.sweeps.conftest import FAST
+from tracking import correlate
 from tracking.checkpoints import CheckpointError, load_checkpoint
 
 
@@ -34,28 +41,140 @@ def one_line_error(capsys) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(
-    ("main", "args", "expected"),
-    [
-        (seeds.main, ["--n", "0"], "`--n` >= 1, got 0"),
-        (seeds.main, ["--n=-3"], "`--n` >= 1, got -3"),
-        (lr.main, ["--n", "0"], "`--n` >= 1, got 0"),
-        (lr.main, ["--seeds-per-lr", "0"], "`--seeds-per-lr` >= 1"),
-        (lr.main, ["--lr-min", "0.1", "--lr-max", "0.01"], "0 < `--lr-min` < `--lr-max`, got 0.1 and 0.01"),
-        (lr.main, ["--lr-min", "0", "--lr-max", "0.1"], "0 < `--lr-min` < `--lr-max`, got 0.0 and 0.1"),
-        (lr.main, ["--lr-min=-0.1", "--lr-max", "0.1"], "0 < `--lr-min` < `--lr-max`, got -0.1"),
-        (seeds.main, ["--preset", "huge"], "Expected `preset` in ['paper', 'quick', 'smoke'], got 'huge'"),
-        (seeds.main, ["--epochs", "0"], "`epochs` >= 1, got 0"),
-        (seeds.main, ["--skip", "hessian,typo"], "typo"),
-        (seeds.main, ["--workers", "0"], "`--workers` >= 1, got 0"),
-        (seeds.main, ["--heartbeat", "0"], "`--heartbeat` >= 1, got 0"),
-    ],
-)
-def test_invalid_options_are_refused_before_anything_is_written(main, args, expected, tmp_path, capsys):
-    root = tmp_path / "mlruns"
-    assert main([*FAST, *args, "--root", str(root)]) == 2
-    assert expected in one_line_error(capsys)
-    assert not root.exists()
+#: A file that is not a directory: a path under it can be neither created nor written, even by root.
+BLOCKER = "afile"
+#: The refused-at-once PostgreSQL URL of a port nothing listens on (with a password that must never be printed).
+DEAD_PG = "postgresql://postgres:hunter2@127.0.0.1:1/x"
+
+#: Every option of the sweep commands (both have them), each with a bad value and what its one line must say.
+SWEEP_OPTIONS = [
+    (["--preset", "huge"], "Expected `preset` in ['paper', 'quick', 'smoke'], got 'huge'"),
+    (["--epochs", "0"], "`epochs` >= 1, got 0"),
+    (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    (["--lr", "nan"], "`lr` > 0 and finite, got nan"),
+    (["--lr", "inf"], "`lr` > 0 and finite, got inf"),
+    (["--lr=-0.1"], "`lr` > 0 and finite, got -0.1"),
+    (["--momentum", "1"], "`momentum` in [0, 1), got 1.0"),
+    (["--momentum", "nan"], "`momentum` in [0, 1), got nan"),
+    (["--batch-size", "0"], "`batch_size` >= 1, got 0"),
+    (["--train-size", "0"], "`train_size` >= 1, got 0"),
+    (["--train-size", "60001"], "`--train-size` <= 60,000 (the training images there are), got 60,001"),
+    (["--test-size", "10001"], "`--test-size` <= 10,000 (the test images there are), got 10,001"),
+    (["--data-seed=-1"], "`data_seed` >= 0, got -1"),
+    (["--device", "gpu"], "Expected `--device` one of auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    (["--device", "cuda:99"], "device 'cuda:99' is not available"),
+    (["--width", "0"], "`--width` values > 0 and distinct, got '0'"),
+    (["--width", "1,nan"], "`--width` values > 0 and distinct, got '1,nan'"),
+    (["--data-dir", "{empty}"], "Fashion-MNIST not found"),
+    (["--skip", "hessian,typo"], "typo"),
+    (["--study-name", ""], "`--study-name` a non-empty name without surrounding spaces, got ''"),
+    (["--experiment", " seeds"], "`--experiment` a non-empty name without surrounding spaces, got ' seeds'"),
+    (["--root", "{blocked}/mlruns"], "afile is not a directory"),
+    (["--tracking-uri", "htp://127.0.0.1:5000"], "Expected `--tracking-uri` a URI of scheme"),
+    (["--tracking-uri", "sqlite://mlflow.db"], "Expected `--tracking-uri` sqlite:///PATH (three slashes)"),
+    (["--tracking-uri", "http://127.0.0.1:1"], "the MLflow server http://127.0.0.1:1 is not reachable"),
+    (["--tracking-uri", DEAD_PG], "the MLflow store postgresql://postgres:***@127.0.0.1:1/x is not reachable"),
+    (["--storage", "postgres://db-host/optuna"], "postgres:// is spelled postgresql://"),
+    (["--storage", "study.db"], "Expected `--storage` a path ending in .journal or a database URL"),
+    (["--storage", DEAD_PG], "cannot open the Optuna storage postgresql://postgres:***@127.0.0.1:1/x"),
+    (["--storage", "{blocked}/optuna.journal"], "cannot write the Optuna journal"),
+    (["--max-pairs=-1"], "`--max-pairs` >= 0, got -1"),
+    (["--batch-trials", "0"], "`--batch-trials` >= 1, got 0"),
+    (["--workers", "0"], "`--workers` >= 1, got 0"),
+    (["--heartbeat", "0"], "`--heartbeat` >= 1, got 0"),
+    (["--n", "0"], "`--n` >= 1, got 0"),
+    (["--seed-start=-1"], "`--seed-start` >= 0, got -1"),
+]
+LR_OPTIONS = [
+    (["--lr-min", "0.1", "--lr-max", "0.01"], "0 < `--lr-min` < `--lr-max`, both finite, got 0.1 and 0.01"),
+    (["--lr-min", "0", "--lr-max", "0.1"], "0 < `--lr-min` < `--lr-max`, both finite, got 0.0 and 0.1"),
+    (["--lr-min", "nan"], "0 < `--lr-min` < `--lr-max`, both finite, got nan and 0.3"),
+    (["--lr-max", "inf"], "0 < `--lr-min` < `--lr-max`, both finite, got 0.001 and inf"),
+    (["--seeds-per-lr", "0"], "`--seeds-per-lr` >= 1, got 0"),
+    (["--sampler", "random"], "argument --sampler: invalid choice: 'random'"),
+    (["--sampler-seed=-1"], "`--sampler-seed` >= 0, got -1"),
+]
+CORRELATE_OPTIONS = [
+    (["--experiment", ""], "`--experiment` a non-empty name, got ''"),
+    (["--study", "no-such-study"], "no finished trial runs"),
+    (["--parent-run", "0123456789abcdef0123456789abcdef"], "0123456789abcdef0123456789abcdef"),
+    (["--measures", "no_such_measure"], "unknown measure 'no_such_measure'"),
+    (["--targets", "typo"], "typo"),
+    (["--json", "{blocked}/report.json"], "cannot write `--json`"),
+    (["--json", "{empty}"], "Expected `--json` a file path"),
+    (["--tracking-uri", "htp://127.0.0.1:5000"], "Expected `--tracking-uri` a URI of scheme"),
+    (["--root", "{empty}/mlruns"], "no store at"),
+    (["--n-boot", "0"], "`--n-boot` >= 1, got 0"),
+    (["--n-perm", "0"], "`--n-perm` >= 1, got 0"),
+    (["--alpha", "nan"], "`--alpha` in (0, 1), got nan"),
+    (["--seed=-1"], "`--seed` >= 0, got -1"),
+    (["--log-to-parent=yes"], "argument --log-to-parent: ignored explicit argument 'yes'"),
+]
+DATA_OPTIONS = [(["--download=yes"], "argument --download: ignored explicit argument 'yes'")]
+BENCHMARK_OPTIONS = [
+    (["--quick=yes"], "argument --quick: ignored explicit argument 'yes'"),
+    (["--json", "{blocked}/bench.json"], "cannot write `--json`"),
+    (["--only", "nonsense"], "unknown benchmark(s) ['nonsense']"),
+    (["--device", "gpu"], "Expected `--device` one of auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    (["--device", "cuda:99"], "device 'cuda:99' is not available"),
+    (["--data-dir", "{empty}"], "Fashion-MNIST not found"),
+]
+#: The one table: (command, its parser, its main, the bad options) for every command line of the project.
+COMMANDS = {
+    "sweeps.seeds": (seeds.parser, seeds.main, SWEEP_OPTIONS),
+    "sweeps.lr": (lr.parser, lr.main, SWEEP_OPTIONS + LR_OPTIONS),
+    "tracking.correlate": (correlate.parser, correlate.main, CORRELATE_OPTIONS),
+    "landscape_core.data": (data.parser, data.main, DATA_OPTIONS),
+    "benchmarks.run": (benchmarks_run.parser, benchmarks_run.main, BENCHMARK_OPTIONS),
+}
+CASES = [(command, args, expected) for command, (_, _, rows) in COMMANDS.items() for args, expected in rows]
+
+
+@pytest.fixture(scope="module")
+def finished_store(tmp_path_factory) -> Path:
+    """A store with one finished trial, for the correlation report's options that need runs to check against."""
+    root = tmp_path_factory.mktemp("finished") / "mlruns"
+    with contextlib.chdir(root.parent):  # whatever the sweep writes lands next to its store
+        assert seeds.main(["--n", "1", *FAST, "--root", str(root)]) == 0
+    return root
+
+
+def test_the_table_has_a_bad_value_for_every_option_of_every_command():
+    for command, (parser, _, rows) in COMMANDS.items():
+        options = {a.option_strings[-1] for a in parser()._actions if a.option_strings and a.dest != "help"}
+        covered = {arg.partition("=")[0] for args, _ in rows for arg in args if arg.startswith("--")}
+        assert options <= covered, f"{command}: no bad value for {sorted(options - covered)}"
+
+
+@pytest.mark.parametrize(("command", "args", "expected"), CASES, ids=[f"{c} {' '.join(a)}" for c, a, _ in CASES])
+def test_a_bad_value_of_any_option_exits_2_with_one_line_and_writes_nothing(
+    command, args, expected, tmp_path, monkeypatch, capsys, request
+):
+    _, main, _ = COMMANDS[command]
+    work = tmp_path / "cwd"
+    (work / "empty").mkdir(parents=True)
+    (work / BLOCKER).write_text("not a directory")
+    monkeypatch.chdir(work)  # relative defaults (./mlruns, ./data) would land here
+    planted = snapshot(work)
+    args = [a.format(empty=work / "empty", blocked=work / BLOCKER) for a in args]
+    if command.startswith("sweeps."):
+        extra = ["--n", "1", *FAST] if command == "sweeps.seeds" else ["--n", "1", "--seeds-per-lr", "1", *FAST]
+        argv = [*extra, "--root", str(work / "mlruns"), *args]
+    elif command == "tracking.correlate":
+        store = request.getfixturevalue("finished_store")
+        capsys.readouterr()  # what the fixture's sweep printed
+        before = snapshot(store)
+        argv = ["--root", str(store), *args]
+    else:
+        argv = args
+
+    assert main(argv) == 2
+    line = one_line_error(capsys)
+    assert expected in line, line
+    assert "hunter2" not in line
+    assert snapshot(work) == planted, "a refused command must leave no file behind"
+    if command == "tracking.correlate":
+        assert snapshot(store) == before
 
 
 def test_a_store_directory_that_cannot_be_created_is_refused(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """The correlation report over a real MLflow population: analysis (tracking.correlation), JSON, rendering
-(tracking.report), CLI and end-of-sweep logging (tracking.correlate)."""
+(tracking.render), CLI and end-of-sweep logging (tracking.correlate)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from tracking.population_stats import (
     partial_spearman,
     within_group_spearman,
 )
-from tracking.report import SIMPSON_MARK, render_text
+from tracking.render import SIMPSON_MARK, render_text
 
 N_BOOT = 100  # the CI is not under test here; the cluster bootstrap is a Python loop
 ROW_FIELDS = {f.name for f in dataclasses.fields(CorrelationRow)}
