@@ -61,7 +61,8 @@ def require(condition: bool, option: str, expectation: str, value: object) -> No
 def require_writable(option: str, path: str | os.PathLike[str] | None) -> None:
     """An output file a command will write at its end (``--json PATH``), checked up front: a ``UsageError`` when
     it is a directory, or when its directory cannot be created or written. Writes nothing."""
-    return  # BREAK
+    if path is None:
+        return
     target = Path(path)
     if str(path) == "" or target.is_dir():
         raise UsageError(f"Expected `{option}` a file path, got {str(path)!r}")

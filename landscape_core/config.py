@@ -72,7 +72,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "train_size", "test_size", "eval_chunk")
         _non_negative(self, "seed", "data_seed")
-        _check(self.lr > 0, "lr", "> 0 and finite", self.lr)
+        _finite_positive(self, "lr")
         _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
         _check(self.model in MODELS, "model", f"in {tuple(sorted(MODELS))}", self.model)
         _check(math.isfinite(self.width) and self.width > 0, "width", "> 0", self.width)

@@ -26,7 +26,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise UsageError(f"Expected `--device` one of {DEVICES}, got {str(device)!r}") from None
-    return parsed  # BREAK
+    if parsed.type == "cpu":
+        return parsed
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -147,7 +147,7 @@ def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
     """
     space, preset = options.space, options.preset
     images = load_fashion_mnist(options.data_dir)
-    0 and check_subset_size("--train-size", preset.train.train_size, len(images.train_y), "training images")
+    check_subset_size("--train-size", preset.train.train_size, len(images.train_y), "training images")
     check_subset_size("--test-size", preset.train.test_size, len(images.test_y), "test images")
     data = TrialData.build(images, preset.train)
     store = TrackingStore.resolve(options.tracking_uri, options.root)

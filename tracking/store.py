@@ -88,6 +88,7 @@ class TrackingStore:
 
     def validate(self) -> None:
         """Raise a one-line StoreError when the store cannot be written or reached; writes nothing."""
+        check_tracking_uri(self.tracking_uri)
         if _scheme(self.tracking_uri) in DATABASE_SCHEMES:
             self._connect()
         elif self.tracking_uri.startswith("sqlite:///"):

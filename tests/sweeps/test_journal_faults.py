@@ -70,19 +70,18 @@ def _records(journal: Path) -> list[bytes]:
     return journal.read_bytes().splitlines(keepends=True)
 
 
-def _completion_cut(journal: Path) -> int:
-    """Bytes to cut so that the file ends inside the last trial's completion record (the trial's "tell")."""
+def _inside_the_completion(journal: Path) -> int:
+    """The 37 bytes of the report, which end the file inside the last trial's completion record (its "tell")."""
     last = _records(journal)[-1]
-    assert json.loads(last)["state"] == TrialState.COMPLETE.value, last
-    return len(last) - 20
+    assert json.loads(last)["state"] == TrialState.COMPLETE.value and len(last) > 37, last
+    return 37
 
 
 #: How much of the tail is cut: the newline alone (a whole record without it is torn too), the 37 bytes of the
-#: report, inside the completion record, all of it and half of the record before it.
+#: report (inside the last trial's completion), and all of that record and half of the one before.
 CUTS = {
     "newline": lambda journal: 1,
-    "37 bytes": lambda journal: 37,
-    "inside the completion": _completion_cut,
+    "37 bytes, inside the completion": _inside_the_completion,
     "completion and half the record before": lambda journal: len(_records(journal)[-1]) + 30,
 }
 
