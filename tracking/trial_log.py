@@ -79,7 +79,10 @@ def log_model(run: RunLogger, model: nn.Module, example: Tensor, tracking_uri: s
     Returns:
         The LoggedModel's id (its URI is ``models:/<id>``).
     """
-    mlflow.set_tracking_uri(tracking_uri)  # mlflow.pytorch resolves the store from the process-wide URI
+    # mlflow.pytorch resolves the store and the model's experiment from process-wide state: point both at the run's
+    # (else the model would land in experiment 0, whose artifacts default to ./mlruns in the working directory)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment_id=run.client.get_run(run.run_id).info.experiment_id)
     logging.getLogger("torch._export").setLevel(logging.ERROR)  # "dimension ... specialized" on a 1-image example
     with torch.no_grad():
         info = mlflow.pytorch.log_model(

@@ -172,6 +172,8 @@ def test_child_runs_carry_their_model_data_source_and_system_metrics(seed_sweep,
         (output,) = child.outputs.model_outputs
         logged = client.get_logged_model(output.model_id)
         assert logged.source_run_id == child.info.run_id
+        assert logged.experiment_id == child.info.experiment_id
+        assert logged.artifact_location.startswith((root / "artifacts").resolve().as_uri()), logged.artifact_location
         assert {m.key for m in logged.metrics} >= {"final/test_loss", "hessian/lambda_max"}
         mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve against the process-wide store
         exported = mlflow.pytorch.load_model(f"models:/{output.model_id}")
