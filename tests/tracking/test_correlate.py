@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from landscape_core import keys
 from landscape_core.cli import output_console
 from landscape_core.errors import UsageError
-from tracking import correlate, keys
+from tracking import correlate
 from tracking.correlate import main, report_sweep, scatter_measures
 from tracking.correlation import CorrelationReport, analyze, power_note
 from tracking.population import Population, load_population
