@@ -32,10 +32,10 @@ from landscape_core.errors import UsageError
 from landscape_core.plots.correlation import scatter_grid
 from tracking.correlation import CorrelationReport, analyze, resolve_targets
 from tracking.headline import log_headline
-from tracking.population import Population, PopulationError, load_population
+from tracking.population import Population, add_selection_options, load_population, select_population
 from tracking.render import render, render_text
 from tracking.runs import RunLogger
-from tracking.store import DEFAULT_ROOT, StoreError, TrackingStore
+from tracking.store import TrackingStore
 
 __all__ = ["MAX_SCATTER_MEASURES", "log_report", "main", "parser", "report_sweep", "scatter_measures"]
 
@@ -190,15 +190,10 @@ def parser() -> argparse.ArgumentParser:
         description="Does sharpness predict generalization? Rank correlations of every measure with every target "
         "over a population of finished trial runs, with confounds (train loss, lr), Holm and a power note.",
     )
-    p.add_argument("--experiment", help="MLflow experiment (default: seeds and lr, or any with --study)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--study", help="Optuna study name (tag study)")
-    which.add_argument("--parent-run", help="the study's parent run id")
+    add_selection_options(p)
     p.add_argument("--measures", nargs="+", help="measure keys (default: every measure the runs logged)")
     p.add_argument("--targets", nargs="+", help=f"targets (default: all of {', '.join(keys.TARGETS)})")
     p.add_argument("--json", type=Path, help="write the report as JSON to this path")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in --root)")
-    p.add_argument("--root", default=str(DEFAULT_ROOT), help="local store directory (default ./mlruns)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument(
         "--n-perm",
@@ -218,28 +213,14 @@ def _check_args(args: argparse.Namespace) -> None:
     require(args.n_perm is None or args.n_perm >= 1, "--n-perm", ">= 1", args.n_perm)
     require(0.0 < args.alpha < 1.0, "--alpha", "in (0, 1)", args.alpha)
     require(args.seed >= 0, "--seed", ">= 0", args.seed)
-    for option, value in (
-        ("--experiment", args.experiment),
-        ("--study", args.study),
-        ("--parent-run", args.parent_run),
-    ):
-        require(value is None or value.strip() == value != "", option, "a non-empty name", value)
     resolve_targets(args.targets)  # an unknown target is reported before the store is touched
     require_writable("--json", args.json)  # written at the end: refused before the analysis, not after it
-    if args.tracking_uri:
-        TrackingStore.resolve(args.tracking_uri, args.root).validate()  # a known scheme, and reachable
-    elif not (Path(args.root) / "mlflow.db").exists():
-        # Reading must not create an empty store as a side effect.
-        raise StoreError(f"no store at {Path(args.root).resolve()} (no mlflow.db); run a sweep first")
 
 
 def _correlate(args: argparse.Namespace, console: Console) -> int:
     """Check, load, analyze; then (only when all of that succeeded) print, write and log. Exit status 0."""
     _check_args(args)
-    store = TrackingStore.resolve(args.tracking_uri, args.root)
-    population = load_population(store, experiment=args.experiment, study=args.study, parent_run_id=args.parent_run)
-    if not population.runs:
-        raise PopulationError(f"no finished trial runs in {population.source}")
+    store, population = select_population(args)
     report = analyze(
         population,
         measures=args.measures,

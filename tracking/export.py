@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from landscape_core.cli import ArgumentParser, run_command
+from landscape_core.cli import ArgumentParser, require_writable, run_command
 from landscape_core.errors import UsageError
-from tracking.population import Population, PopulationError, load_population
+from tracking.population import Population, add_selection_options, select_population
 from tracking.runs import RunLogger
-from tracking.store import DEFAULT_ROOT, StoreError, TrackingStore
+from tracking.store import TrackingStore
 
 __all__ = ["FORMATS", "log_population", "main", "population_rows", "read_rows", "write_rows"]
 
@@ -98,29 +98,17 @@ def log_population(store: TrackingStore, parent_run_id: str, population: Populat
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m tracking.export", description="Write a population of finished trials to a file.")
-    p.add_argument("--experiment", help="MLflow experiment (default: seeds and lr, or any with --study)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--study", help="Optuna study name (tag study)")
-    which.add_argument("--parent-run", help="the study's parent run id")
+    add_selection_options(p)
     p.add_argument("--out", type=Path, help="the file to write: population.csv or population.parquet (required)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in --root)")
-    p.add_argument("--root", default=str(DEFAULT_ROOT), help="local store directory (default ./mlruns)")
     return p
 
 
 def _export(args: argparse.Namespace, console: Console) -> int:
     if args.out is None or args.out.suffix not in FORMATS:
         raise UsageError(f"Expected `--out` ending in {' or '.join(FORMATS)}, got {args.out and str(args.out)!r}")
-    if not args.tracking_uri and not (Path(args.root) / "mlflow.db").exists():
-        raise StoreError(f"no store at {Path(args.root).resolve()} (no mlflow.db); run a sweep first")
-    store = TrackingStore.resolve(args.tracking_uri, args.root)
-    population = load_population(store, experiment=args.experiment, study=args.study, parent_run_id=args.parent_run)
-    if not population.runs:
-        raise PopulationError(f"no finished trial runs in {population.source}")
-    try:
-        path = write_rows(population_rows(population), args.out)
-    except OSError as error:
-        raise UsageError(f"cannot write {args.out}: {error.strerror or error}") from None
+    require_writable("--out", args.out)
+    _, population = select_population(args)
+    path = write_rows(population_rows(population), args.out)
     console.print(f"wrote {len(population.runs)} trials of {population.source} to {path}", highlight=False)
     return 0
 

@@ -10,9 +10,11 @@ finish are counted by status, and retries of the same trial are deduplicated (an
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from mlflow.entities import Run, ViewType
@@ -21,9 +23,18 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from landscape_core import keys
 from landscape_core.errors import UsageError
-from tracking.store import TrackingStore
+from tracking.store import DEFAULT_ROOT, StoreError, TrackingStore
 
-__all__ = ["DEFAULT_EXPERIMENTS", "Population", "PopulationError", "PopulationRun", "load_population"]
+__all__ = [
+    "DEFAULT_EXPERIMENTS",
+    "Population",
+    "PopulationError",
+    "PopulationRun",
+    "add_selection_options",
+    "check_selection",
+    "load_population",
+    "select_population",
+]
 
 #: Experiments read when neither an experiment, a study nor a parent run is given.
 DEFAULT_EXPERIMENTS = ("seeds", "lr")
@@ -316,3 +327,41 @@ def _all_experiments(client: MlflowClient) -> list:
         token = page.token
         if not token:
             return experiments
+
+
+# ------------------------------------------------------------------------------------- selecting one from the CLI
+
+
+def add_selection_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that reads a population has: which runs (``--experiment``, ``--study`` or
+    ``--parent-run``) and which store (``--tracking-uri`` or ``--root``)."""
+    parser.add_argument("--experiment", help="MLflow experiment (default: seeds and lr, or any with --study)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--study", help="Optuna study name (tag study)")
+    which.add_argument("--parent-run", help="the study's parent run id")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in --root)")
+    parser.add_argument("--root", default=str(DEFAULT_ROOT), help="local store directory (default ./mlruns)")
+
+
+def check_selection(args: argparse.Namespace) -> None:
+    """The selection options, checked before the store is read: names are not blank, a tracking URI has a known
+    scheme and answers, a local store exists (reading must not create an empty one). ``UsageError`` otherwise."""
+    names = {"--experiment": args.experiment, "--study": args.study, "--parent-run": args.parent_run}
+    for option, value in names.items():
+        if value is not None and (value.strip() != value or value == ""):
+            raise UsageError(f"Expected `{option}` a non-empty name, got {value!r}")
+    if args.tracking_uri:
+        TrackingStore.resolve(args.tracking_uri, args.root).validate()
+    elif not (Path(args.root) / "mlflow.db").exists():
+        raise StoreError(f"no store at {Path(args.root).resolve()} (no mlflow.db); run a sweep first")
+
+
+def select_population(args: argparse.Namespace) -> tuple[TrackingStore, Population]:
+    """The store and the population the selection options name (``check_selection`` first); a ``PopulationError``
+    when it has no finished trial run."""
+    check_selection(args)
+    store = TrackingStore.resolve(args.tracking_uri, args.root)
+    population = load_population(store, experiment=args.experiment, study=args.study, parent_run_id=args.parent_run)
+    if not population.runs:
+        raise PopulationError(f"no finished trial runs in {population.source}")
+    return store, population

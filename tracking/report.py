@@ -40,14 +40,14 @@ from rich.console import Console
 from scipy import stats
 
 from landscape_core import keys
-from landscape_core.cli import ArgumentParser, run_command
+from landscape_core.cli import ArgumentParser, require_writable, run_command
 from landscape_core.errors import UsageError
 from landscape_core.plots import population as figures
 from tracking.correlation import CorrelationReport, analyze
-from tracking.population import Population, PopulationError, load_population
+from tracking.population import Population, add_selection_options, select_population
 from tracking.render import render
 from tracking.runs import RunLogger
-from tracking.store import DEFAULT_ROOT, StoreError, TrackingStore
+from tracking.store import TrackingStore
 
 __all__ = ["Claim", "PopulationArrays", "claims", "gather", "log_html_report", "main", "report_html"]
 
@@ -379,50 +379,34 @@ def log_html_report(
     store: TrackingStore, parent_run_id: str, population: Population, correlation: CorrelationReport | None
 ) -> str:
     """Write ``report.html`` on the parent run; returns the HTML."""
-    page = report_html(
-        gather(store, population),
-        correlation,
-        title=f"Sweep report: {population.source}",
-        protocol=_protocol(store, parent_run_id),
-    )
+    page = _page(store, population, correlation, parent_run_id)
     RunLogger(store.client(), parent_run_id).text(page, "report.html")
     return page
 
 
+def _page(
+    store: TrackingStore, population: Population, correlation: CorrelationReport | None, parent_run_id: str | None
+) -> str:
+    title = f"Sweep report: {population.source}"
+    return report_html(gather(store, population), correlation, title=title, protocol=_protocol(store, parent_run_id))
+
+
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m tracking.report", description="Write the sweep report of a population.")
-    p.add_argument("--experiment", help="MLflow experiment (default: seeds and lr, or any with --study)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--study", help="Optuna study name (tag study)")
-    which.add_argument("--parent-run", help="the study's parent run id")
+    add_selection_options(p)
     p.add_argument("--out", type=Path, help="the HTML file to write, e.g. report.html (required)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in --root)")
-    p.add_argument("--root", default=str(DEFAULT_ROOT), help="local store directory (default ./mlruns)")
     return p
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
     if args.out is None or args.out.suffix not in (".html", ".htm"):
         raise UsageError(f"Expected `--out` ending in .html, got {args.out and str(args.out)!r}")
-    if not args.tracking_uri and not (Path(args.root) / "mlflow.db").exists():
-        raise StoreError(f"no store at {Path(args.root).resolve()} (no mlflow.db); run a sweep first")
-    store = TrackingStore.resolve(args.tracking_uri, args.root)
-    population = load_population(store, experiment=args.experiment, study=args.study, parent_run_id=args.parent_run)
-    if not population.runs:
-        raise PopulationError(f"no finished trial runs in {population.source}")
-    correlation = analyze(population)
+    require_writable("--out", args.out)
+    store, population = select_population(args)
     parents = {run.parent_run_id for run in population.runs if run.parent_run_id}
-    page = report_html(
-        gather(store, population),
-        correlation,
-        title=f"Sweep report: {population.source}",
-        protocol=_protocol(store, parents.pop() if len(parents) == 1 else None),
-    )
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(page)
-    except OSError as error:
-        raise UsageError(f"cannot write {args.out}: {error.strerror or error}") from None
+    page = _page(store, population, analyze(population), parents.pop() if len(parents) == 1 else None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page)
     console.print(f"wrote the report of {len(population.runs)} trials to {args.out}", highlight=False)
     return 0
 
