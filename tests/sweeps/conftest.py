@@ -97,6 +97,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Wait until an MLflow server or UI at ``url`` answers ``/health``; fail with its log's tail if it dies or
+    takes longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).read()
+            return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mlflow did not start at {url}:\n{log.read_text()[-3000:]}") from None
+            time.sleep(0.5)
+
+
 @contextmanager
 def mlflow_server(backend_url: str, directory: Path) -> Iterator[str]:
     """A real ``mlflow server`` on a free loopback port (PostgreSQL backend store, served artifacts); its URL."""
@@ -111,15 +125,7 @@ def mlflow_server(backend_url: str, directory: Path) -> Iterator[str]:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}") from None
-                time.sleep(0.5)
+        wait_healthy(url, server, log_path)
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # its own session: the server and its uvicorn workers

@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 from landscape_core import keys
 from landscape_core.config import ANALYSES
-from tests.sweeps.conftest import SMOKE, free_port, run_cli
+from tests.sweeps.conftest import SMOKE, free_port, run_cli, wait_healthy
 from tracking.headline import N_FINISHED, ui_route
 from tracking.store import EXPERIMENT_KIND_TAG, TRAINING_KIND, default_tracking_uri
 
@@ -104,18 +103,6 @@ class Served:
         return path
 
 
-def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2).read()
-            return
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow ui did not start:\n{log.read_text()[-3000:]}") from None
-            time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[Served]:
     """A finished 4-trial smoke sweep, served by ``mlflow ui`` on a free loopback port."""
@@ -148,7 +135,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
         assert len(children) == N_TRIALS
 
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, server, log)
+        wait_healthy(url, server, log)
         shots = base / "screenshots"
         shots.mkdir()
         print(f"\nMLflow UI screenshots in {shots} (copied to {SHOTS_COPY})")
