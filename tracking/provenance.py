@@ -3,6 +3,7 @@ data it read (as MLflow dataset inputs), and the machine's load while it ran (ML
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -40,9 +41,10 @@ def _git(*args: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
+@functools.cache
 def _git_commit() -> str | None:
     """The commit of the checkout this package runs from, with ``-dirty`` when tracked files have local changes;
-    None outside a git checkout."""
+    None outside a git checkout. Read once per process: the code a process runs does not change under it."""
     commit = _git("rev-parse", "HEAD")
     if not commit:
         return None
