@@ -15,8 +15,10 @@ __all__ = [
     "PRESETS",
     "AnalysisConfig",
     "ConnectivityConfig",
+    "CurvatureConfig",
     "FlatnessConfig",
     "HessianConfig",
+    "InvarianceConfig",
     "NoiseConfig",
     "Preset",
     "SharpnessConfig",
@@ -25,7 +27,20 @@ __all__ = [
     "get_preset",
 ]
 
-ANALYSES = ("hessian", "trace", "density", "sharpness", "flatness", "noise", "slices", "connectivity", "tracking")
+ANALYSES = (
+    "hessian",
+    "trace",
+    "density",
+    "sharpness",
+    "flatness",
+    "noise",
+    "noise_test",
+    "curvature",
+    "slices",
+    "connectivity",
+    "tracking",
+    "invariance",
+)
 
 
 def _check(condition: bool, name: str, expectation: str, value: Any) -> None:
@@ -101,17 +116,28 @@ class HessianConfig:
 
 @dataclass(frozen=True)
 class SharpnessConfig:
-    """Keskar's epsilon-sharpness and adaptive sharpness by projected gradient ascent, on a train subset."""
+    """Worst-case sharpness on a train subset (Andriushchenko et al. 2023's family), each maximized by APGD.
+
+    Every search maximizes ``L(w + c * u) - L(w)`` over ``||u||_p <= radius`` with ``steps`` APGD steps from each of
+    ``restarts`` starts (the first-order point first, then random ones); ``steps * restarts`` gradients per search.
+
+    - ``eps`` (L-infinity) and ``eps_l2``: Keskar et al. 2017's scale ``c = |w| + 1``.
+    - ``adaptive_rho`` (L2) and ``adaptive_rho_linf``: the adaptive scale ``c = |w|`` (rescaling-invariant).
+    - ``m``: m-sharpness, the adaptive L2 search run on each batch of ``m`` examples and averaged over the batches.
+    """
 
     subset: int = 2048
     eps: float = 1e-3
-    steps: int = 10
+    eps_l2: float = 0.05
     adaptive_rho: float = 0.002
-    adaptive_steps: int = 10
+    adaptive_rho_linf: float = 1e-3
+    m: int = 128
+    steps: int = 20
+    restarts: int = 2
 
     def __post_init__(self) -> None:
-        _positive(self, "subset", "steps", "adaptive_steps")
-        _finite_positive(self, "eps", "adaptive_rho")
+        _positive(self, "subset", "steps", "restarts", "m")
+        _finite_positive(self, "eps", "eps_l2", "adaptive_rho", "adaptive_rho_linf")
 
 
 @dataclass(frozen=True)
@@ -130,37 +156,66 @@ class FlatnessConfig:
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    """Weight-noise robustness on a test subset."""
+    """Weight-noise robustness: on a train subset (``subset``, the predictor: analysis ``noise``) and on the test
+    split (``test_subset``, the paper's Figure 6, never a predictor: analysis ``noise_test``)."""
 
-    subset: int | None = None
+    subset: int | None = 2048
+    test_subset: int | None = None
     sigmas: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10)
     draws: int = 20
 
     def __post_init__(self) -> None:
-        _positive(self, "subset", "draws")
+        _positive(self, "subset", "test_subset", "draws")
         valid = len(self.sigmas) > 0 and all(math.isfinite(s) and s > 0 for s in self.sigmas)
         _check(valid, "sigmas", "non-empty, > 0 and finite", self.sigmas)
 
 
 @dataclass(frozen=True)
 class SliceConfig:
-    """1D/2D slices and directional curvature, on a train subset."""
+    """1D/2D slices through the minimum (figures), on a train subset."""
 
     subset: int = 2048
     points_1d: int = 41
     points_2d: int = 21
     span: float = 1.0
-    curvature_directions: int = 3
-    curvature_eps: float = 1e-2
 
     def __post_init__(self) -> None:
-        _positive(self, "subset", "points_1d", "points_2d", "curvature_directions")
-        _finite_positive(self, "span", "curvature_eps")
+        _positive(self, "subset", "points_1d", "points_2d")
+        _finite_positive(self, "span")
+
+
+@dataclass(frozen=True)
+class CurvatureConfig:
+    """Directional curvature v^T H v (exact, one HVP) along random unit directions and the top eigenvector, on the
+    slices' train subset, checked against a float64 central difference with Richardson extrapolation over
+    ``fd_levels`` steps ``fd_step, fd_step / 2, ...``."""
+
+    subset: int = 2048
+    directions: int = 3
+    fd_step: float = 1e-3
+    fd_levels: int = 3
+
+    def __post_init__(self) -> None:
+        _positive(self, "subset", "directions", "fd_levels")
+        _finite_positive(self, "fd_step")
+
+
+@dataclass(frozen=True)
+class InvarianceConfig:
+    """The once-per-sweep invariance audit: every measure recomputed on function-preserving rescalings of one minimum
+    (each ReLU layer pair: layer i times ``factor``, layer i + 1 divided by it; every pair at every factor)."""
+
+    factors: tuple[float, ...] = (0.5, 2.0, 10.0)
+
+    def __post_init__(self) -> None:
+        valid = len(self.factors) > 0 and all(math.isfinite(a) and a > 0 and a != 1 for a in self.factors)
+        _check(valid, "factors", "non-empty, > 0, finite and != 1", self.factors)
 
 
 @dataclass(frozen=True)
 class ConnectivityConfig:
-    """Linear interpolation to the study's reference model, raw and after weight matching."""
+    """Linear interpolation to the study's reference minimum (trained once per study from a seed outside the
+    population), raw and after weight matching."""
 
     train_subset: int = 4096
     test_subset: int | None = None
@@ -181,7 +236,9 @@ class AnalysisConfig:
     flatness: FlatnessConfig = field(default_factory=FlatnessConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     slices: SliceConfig = field(default_factory=SliceConfig)
+    curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
     connectivity: ConnectivityConfig = field(default_factory=ConnectivityConfig)
+    invariance: InvarianceConfig = field(default_factory=InvarianceConfig)
     skip: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
@@ -224,10 +281,11 @@ PRESETS: dict[str, Preset] = {
                 track_subset=64,
                 track_iter=5,
             ),
-            sharpness=SharpnessConfig(subset=256, steps=4, adaptive_steps=4),
+            sharpness=SharpnessConfig(subset=256, m=64, steps=10, restarts=2),
             flatness=FlatnessConfig(subset=256, draws=2, bisection_steps=5),
-            noise=NoiseConfig(subset=500, draws=5),
-            slices=SliceConfig(subset=128, points_1d=15, points_2d=7, curvature_directions=2),
+            noise=NoiseConfig(subset=500, test_subset=500, draws=5),
+            slices=SliceConfig(subset=128, points_1d=15, points_2d=7),
+            curvature=CurvatureConfig(subset=128, directions=2),
             connectivity=ConnectivityConfig(train_subset=256, test_subset=256, points=25),
             skip=frozenset({"density"}),
         ),
@@ -247,11 +305,13 @@ PRESETS: dict[str, Preset] = {
                 track_subset=32,
                 track_iter=3,
             ),
-            sharpness=SharpnessConfig(subset=64, steps=1, adaptive_steps=1),
+            sharpness=SharpnessConfig(subset=64, m=32, steps=2, restarts=1),
             flatness=FlatnessConfig(subset=64, draws=1, bisection_steps=2),
-            noise=NoiseConfig(subset=64, draws=2),
-            slices=SliceConfig(subset=64, points_1d=5, points_2d=3, curvature_directions=1),
+            noise=NoiseConfig(subset=64, test_subset=64, draws=2),
+            slices=SliceConfig(subset=64, points_1d=5, points_2d=3),
+            curvature=CurvatureConfig(subset=64, directions=1, fd_levels=2),
             connectivity=ConnectivityConfig(train_subset=64, test_subset=64, points=5),
+            invariance=InvarianceConfig(factors=(10.0,)),
         ),
     ),
 }

@@ -57,6 +57,7 @@ __all__ = [
     "EigenResult",
     "HessianOperator",
     "LinearOperator",
+    "ScaledOperator",
     "TraceResult",
     "hessian_trace",
     "hvp",
@@ -277,6 +278,34 @@ class HessianOperator:
         """``v^T H v`` for each row of ``V [m, P]``: ``[m]``."""
         V = self._check_vectors(V, 2)
         return (self.matmat(V, block_size=block_size) * V).sum(dim=1)
+
+
+class ScaledOperator:
+    """``C A C`` for a symmetric operator ``A`` and a diagonal ``C = diag(scale)``, itself a :class:`LinearOperator`.
+
+    With ``A`` the Hessian and ``scale = |w|`` this is the Hessian in the normalized parametrization ``w = |w_0| * u``
+    (Tsuzuku et al. 2020; the second-order term of Andriushchenko et al. 2023's adaptive sharpness). A rescaling
+    ``w' = D w`` that preserves the function turns ``H`` into ``D^-1 H D^-1`` and ``|w|`` into ``D |w|``, so ``C A C``
+    is the same operator for every such rescaling: its spectrum and trace are rescaling-invariant.
+
+    Products are counted on ``op`` (``n_hvp`` is read through).
+    """
+
+    def __init__(self, op: LinearOperator, scale: Tensor) -> None:
+        _check_operator(op)
+        self.op = op
+        self.scale = _vectors(op, scale, 1)
+        self.size, self.dtype, self.device = op.size, op.dtype, op.device
+
+    @property
+    def n_hvp(self) -> int:
+        return self.op.n_hvp
+
+    def matvec(self, v: Tensor) -> Tensor:
+        return self.scale * self.op.matvec(self.scale * _vectors(self, v, 1))
+
+    def matmat(self, V: Tensor) -> Tensor:
+        return self.scale * self.op.matmat(self.scale * _vectors(self, V, 2))
 
 
 def hvp(

@@ -42,9 +42,19 @@ LAMBDA_MAX, RESIDUAL_MAX, CONVERGED, N_HVP = (
     "hessian/n_hvp",
 )
 TRACE, TRACE_STDERR = "hessian/trace", "hessian/trace_stderr"
-EPS_SHARPNESS, ADAPTIVE_SHARPNESS = "sharpness/eps", "sharpness/adaptive"
+EPS_SHARPNESS, EPS_SHARPNESS_L2 = "sharpness/eps", "sharpness/eps_l2"
+ADAPTIVE_SHARPNESS, ADAPTIVE_SHARPNESS_LINF = "sharpness/adaptive", "sharpness/adaptive_linf"
+M_SHARPNESS = "sharpness/adaptive_m"
+#: Rescaling-invariant measures (landscape_core.invariant): lambda_max and the trace of diag|w| H diag|w|, and the
+#: Fisher-Rao norm.
+LAMBDA_MAX_NORMALIZED, TRACE_NORMALIZED = "hessian/lambda_max_normalized", "hessian/trace_normalized"
+NORMALIZED_CONVERGED, TRACE_NORMALIZED_STDERR = "hessian/normalized_converged", "hessian/trace_normalized_stderr"
+FISHER_RAO = "norm/fisher_rao"
 PAC_BAYES, PAC_BAYES_MAG = "flatness/pac_bayes", "flatness/pac_bayes_mag"
+#: v^T H v along unit directions (one HVP each), and the largest relative difference of the float64 Richardson
+#: finite-difference check from it (a diagnostic, not a measure).
 CURVATURE_RANDOM, CURVATURE_TOP = "curvature/random_mean", "curvature/top_eigenvector"
+CURVATURE_FD_REL_DIFF = "curvature/fd_rel_diff_max"
 WEIGHT_NORM, DIST_INIT = "norm/weights", "norm/dist_init"
 
 
@@ -59,8 +69,9 @@ def sigma_label(sigma: float) -> str:
 
 
 def perturb(quantity: str, sigma: float) -> str:
-    """Weight-noise robustness at ``sigma``: ``quantity`` in test_loss, test_loss_stderr, test_acc, test_acc_stderr,
-    test_loss_delta."""
+    """Weight-noise robustness at ``sigma``: ``quantity`` is ``{split}_{what}`` with split ``train`` (the predictor,
+    on training images) or ``test`` (the paper's Figure 6, never a predictor) and what in loss, loss_stderr, acc,
+    acc_stderr, loss_delta."""
     return f"perturb/{quantity}/{sigma_label(sigma)}"
 
 
@@ -74,6 +85,11 @@ def slice_at_span(direction: str) -> str:
     return f"slice/{direction}_loss_at_span"
 
 
+def invariance(measure: str) -> str:
+    """The parent run's audit metric: max/min of ``measure`` over function-preserving rescalings of one minimum."""
+    return f"invariance/{measure}"
+
+
 def seconds(analysis: str) -> str:
     """Wall time of one analysis of ``measure``."""
     return f"time/{analysis}_s"
@@ -83,8 +99,26 @@ def seconds(analysis: str) -> str:
 #: Generalization targets (per child run, final values).
 TARGETS = {"test_loss": FINAL_TEST_LOSS, "test_error": TEST_ERROR, "gap_loss": GAP_LOSS, "gap_acc": GAP_ACC}
 #: Sharpness measures with fixed names; per-sigma noise deltas and barriers are discovered by prefix.
-MEASURES = (LAMBDA_MAX, TRACE, EPS_SHARPNESS, ADAPTIVE_SHARPNESS, PAC_BAYES, PAC_BAYES_MAG, CURVATURE_RANDOM)
-MEASURE_PREFIXES = ("perturb/test_loss_delta/", "barrier/")
+#: Every one is computed on training images only (``splits.SUBSETS``): nothing in the correlation table reads the
+#: test images its targets are computed on.
+MEASURES = (
+    LAMBDA_MAX,
+    TRACE,
+    LAMBDA_MAX_NORMALIZED,
+    TRACE_NORMALIZED,
+    EPS_SHARPNESS,
+    EPS_SHARPNESS_L2,
+    ADAPTIVE_SHARPNESS,
+    ADAPTIVE_SHARPNESS_LINF,
+    M_SHARPNESS,
+    PAC_BAYES,
+    PAC_BAYES_MAG,
+    FISHER_RAO,
+    CURVATURE_RANDOM,
+)
+#: Train-set weight-noise deltas and train-set barriers to the study's reference minimum. The test-set noise and
+#: test barriers are the paper's figures, not predictors.
+MEASURE_PREFIXES = ("perturb/train_loss_delta/", "barrier/train_")
 NORM_BASELINES = (WEIGHT_NORM, DIST_INIT)
 #: The covariate of the partial correlations: the final train loss.
 CONTROL = FINAL_TRAIN_LOSS

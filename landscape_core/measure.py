@@ -8,6 +8,7 @@ training beside the edge-of-stability threshold (2 + 2 beta) / lr.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,12 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from landscape_core import connectivity, directions, flatness, hessian, keys, sharpness, slices
+from landscape_core import connectivity, directions, flatness, hessian, invariance, invariant, keys, sharpness, slices
 from landscape_core.config import AnalysisConfig, HessianConfig
 from landscape_core.functional import Data, Params
 from landscape_core.splits import TrialData
 
-__all__ = ["LambdaMaxTracker", "Measurements", "measure", "population_barriers"]
+__all__ = ["AUDIT_SKIPS", "LambdaMaxTracker", "Measurements", "audit_invariance", "measure", "population_barriers"]
+
+#: Analyses the invariance audit leaves out: figures (density, slices, the test-set noise) and training-time work;
+#: what remains is every measure of the correlation table.
+AUDIT_SKIPS = frozenset({"density", "slices", "noise_test", "tracking", "invariance"})
 
 Stage = Callable[[str], None]
 
@@ -78,13 +83,14 @@ def measure(
     out = Measurements()
     seed = data.direction_seed("probes")
     h = config.hessian
+    hessian_data = data.subset("hessian", h.subset)
     with out.timed("norms", stage):
         out.scalars[keys.WEIGHT_NORM] = flatness.weight_norm(model)
         if init_params is not None:
             out.scalars[keys.DIST_INIT] = flatness.distance_from_init(model, init_params)
+        out.scalars[keys.FISHER_RAO] = invariant.fisher_rao_norm(model, hessian_data, chunk_size=h.chunk_size)
 
     top = None
-    hessian_data = data.subset("hessian", h.subset)
     hessian_op = None  # one operator over the Hessian subset, shared by top-k, trace and density
     if any(config.runs(name) for name in ("hessian", "trace", "density")):
         hessian_op = hessian.HessianOperator(model, hessian_data, chunk_size=h.chunk_size)
@@ -106,15 +112,26 @@ def measure(
             "converged": bool(top.converged),
             "n_hvp": top.n_hvp,
         }
+        with out.timed("hessian_normalized", stage):
+            normalized = hessian.top_eigenvalues(
+                invariant.normalized_hessian(hessian_op), k=1, max_iter=h.max_iter, tol=h.tol, seed=seed
+            )
+        out.scalars[keys.LAMBDA_MAX_NORMALIZED] = float(normalized.eigenvalues[0])
+        out.scalars[keys.NORMALIZED_CONVERGED] = float(normalized.converged)
     if config.runs("trace"):
-        with out.timed("trace", stage):
-            trace = hessian.hessian_trace(hessian_op, n_probes=h.trace_probes, seed=seed)
-        out.scalars.update({keys.TRACE: trace.estimate, keys.TRACE_STDERR: trace.stderr})
-        out.arrays["trace"] = {
-            "estimate": trace.estimate,
-            "stderr": trace.stderr,
-            "samples": _tensor_list(trace.samples),
-        }
+        for name, op, estimate_key, stderr_key in (
+            ("trace", hessian_op, keys.TRACE, keys.TRACE_STDERR),
+            ("trace_normalized", None, keys.TRACE_NORMALIZED, keys.TRACE_NORMALIZED_STDERR),
+        ):
+            with out.timed(name, stage):
+                op = op or invariant.normalized_hessian(hessian_op)
+                trace = hessian.hessian_trace(op, n_probes=h.trace_probes, seed=seed)
+            out.scalars.update({estimate_key: trace.estimate, stderr_key: trace.stderr})
+            out.arrays[name] = {
+                "estimate": trace.estimate,
+                "stderr": trace.stderr,
+                "samples": _tensor_list(trace.samples),
+            }
     if config.runs("density"):
         with out.timed("density", stage):
             density = hessian.spectral_density(
@@ -132,16 +149,7 @@ def measure(
         }
 
     if config.runs("sharpness"):
-        s = config.sharpness
-        sharp_data = data.subset("sharpness", s.subset)
-        with out.timed("eps_sharpness", stage):
-            eps = sharpness.eps_sharpness(model, sharp_data, eps=s.eps, steps=s.steps, seed=seed)
-        with out.timed("adaptive_sharpness", stage):
-            adaptive = sharpness.adaptive_sharpness(
-                model, sharp_data, rho=s.adaptive_rho, steps=s.adaptive_steps, seed=seed
-            )
-        out.scalars.update({keys.EPS_SHARPNESS: eps.value, keys.ADAPTIVE_SHARPNESS: adaptive.value})
-        out.arrays["sharpness"] = {"eps": eps.to_dict(), "adaptive": adaptive.to_dict()}
+        _measure_sharpness(model, data, config, out, stage)
 
     if config.runs("flatness"):
         f = config.flatness
@@ -166,20 +174,15 @@ def measure(
             results[key] = {"sigma": result.sigma, "measure": result.measure, "drop": result.drop_at_sigma}
         out.arrays["flatness"] = results
 
-    if config.runs("noise"):
-        n = config.noise
-        with out.timed("noise", stage):
-            noise = sharpness.weight_noise_robustness(
-                model, data.subset("noise", n.subset), sigmas=n.sigmas, draws=n.draws, seed=seed
-            )
-        for i, sigma in enumerate(noise.sigmas):
-            out.scalars[keys.perturb("test_loss", sigma)] = noise.loss_mean[i]
-            out.scalars[keys.perturb("test_loss_stderr", sigma)] = noise.loss_stderr[i]
-            out.scalars[keys.perturb("test_acc", sigma)] = noise.acc_mean[i]
-            out.scalars[keys.perturb("test_acc_stderr", sigma)] = noise.acc_stderr[i]
-            out.scalars[keys.perturb("test_loss_delta", sigma)] = noise.loss_mean[i] - noise.base_loss
-        out.arrays["noise"] = noise.to_dict()
+    for analysis, split, subset_size in (
+        ("noise", "train", config.noise.subset),
+        ("noise_test", "test", config.noise.test_subset),
+    ):
+        if config.runs(analysis):
+            _measure_noise(model, data.subset(analysis, subset_size), split, config, seed, out, stage)
 
+    if config.runs("curvature"):
+        _measure_curvature(model, data, config, top, out, stage)
     if config.runs("slices"):
         _measure_slices(model, data, config, top, out, stage)
 
@@ -188,28 +191,102 @@ def measure(
     return out
 
 
+def _measure_sharpness(
+    model: nn.Module, data: TrialData, config: AnalysisConfig, out: Measurements, stage: Stage | None
+) -> None:
+    """The worst-case searches (APGD, ``steps`` x ``restarts`` gradients each) on the sharpness subset."""
+    s = config.sharpness
+    sharp_data = data.subset("sharpness", s.subset)
+    budget = {"steps": s.steps, "restarts": s.restarts, "seed": data.direction_seed("probes")}
+    searches = (
+        (keys.EPS_SHARPNESS, "eps", lambda: sharpness.eps_sharpness(model, sharp_data, eps=s.eps, **budget)),
+        (
+            keys.EPS_SHARPNESS_L2,
+            "eps_l2",
+            lambda: sharpness.eps_sharpness(model, sharp_data, eps=s.eps_l2, norm="l2", **budget),
+        ),
+        (
+            keys.ADAPTIVE_SHARPNESS,
+            "adaptive",
+            lambda: sharpness.adaptive_sharpness(model, sharp_data, rho=s.adaptive_rho, **budget),
+        ),
+        (
+            keys.ADAPTIVE_SHARPNESS_LINF,
+            "adaptive_linf",
+            lambda: sharpness.adaptive_sharpness(model, sharp_data, rho=s.adaptive_rho_linf, norm="linf", **budget),
+        ),
+        (
+            keys.M_SHARPNESS,
+            "adaptive_m",
+            lambda: sharpness.m_sharpness(model, sharp_data, m=s.m, rho=s.adaptive_rho, **budget),
+        ),
+    )
+    results = {}
+    for key, name, search in searches:
+        with out.timed(f"sharpness_{name}", stage):
+            result = search()
+        out.scalars[key] = result.value
+        results[name] = result.to_dict()
+    out.arrays["sharpness"] = results
+
+
+def _measure_noise(
+    model: nn.Module,
+    images: Data,
+    split: str,
+    config: AnalysisConfig,
+    seed: int,
+    out: Measurements,
+    stage: Stage | None,
+) -> None:
+    """Weight-noise robustness on ``split`` images: ``train`` is the predictor, ``test`` the paper's Figure 6."""
+    n = config.noise
+    name = "noise" if split == "test" else "noise_train"  # "noise": the arrays the paper's figure has always read
+    with out.timed(name, stage):
+        noise = sharpness.weight_noise_robustness(model, images, sigmas=n.sigmas, draws=n.draws, seed=seed)
+    for i, sigma in enumerate(noise.sigmas):
+        out.scalars[keys.perturb(f"{split}_loss", sigma)] = noise.loss_mean[i]
+        out.scalars[keys.perturb(f"{split}_loss_stderr", sigma)] = noise.loss_stderr[i]
+        out.scalars[keys.perturb(f"{split}_acc", sigma)] = noise.acc_mean[i]
+        out.scalars[keys.perturb(f"{split}_acc_stderr", sigma)] = noise.acc_stderr[i]
+        out.scalars[keys.perturb(f"{split}_loss_delta", sigma)] = noise.loss_mean[i] - noise.base_loss
+    out.arrays[name] = noise.to_dict()
+
+
+def _measure_curvature(
+    model: nn.Module, trial_data: TrialData, config: AnalysisConfig, top: Any, out: Measurements, stage: Stage | None
+) -> None:
+    """v^T H v along random unit directions (their mean) and the top eigenvector, each checked against the float64
+    Richardson finite difference; the largest relative difference is logged as a diagnostic."""
+    c = config.curvature
+    data = trial_data.subset("curvature", c.subset)
+    named = [
+        (f"random_{i}", directions.random_direction(model, seed=trial_data.direction_seed("curvature", i)))
+        for i in range(c.directions)
+    ]
+    if top is not None:
+        named.append(("top_eigenvector", top.eigenvectors[0]))
+    exact, check = {}, {}
+    with out.timed("curvature", stage):
+        for name, direction in named:
+            exact[name] = slices.directional_curvature(model, data, direction)
+    with out.timed("curvature_fd_check", stage):
+        for name, direction in named:
+            check[name] = slices.finite_difference_curvature(model, data, direction, step=c.fd_step, levels=c.fd_levels)
+    randoms = [exact[name] for name, _ in named if name.startswith("random_")]
+    out.scalars[keys.CURVATURE_RANDOM] = sum(randoms) / len(randoms)
+    if top is not None:
+        out.scalars[keys.CURVATURE_TOP] = exact["top_eigenvector"]
+    rel = {name: abs(check[name] - exact[name]) / max(abs(exact[name]), 1e-12) for name in exact}
+    out.scalars[keys.CURVATURE_FD_REL_DIFF] = max(rel.values())
+    out.arrays["curvature"] = {"exact": exact, "finite_difference": check, "relative_difference": rel}
+
+
 def _measure_slices(
     model: nn.Module, trial_data: TrialData, config: AnalysisConfig, top: Any, out: Measurements, stage: Stage | None
 ) -> None:
     c = config.slices
     data = trial_data.subset("slices", c.subset)
-    with out.timed("curvature", stage):
-        curvatures = [
-            slices.directional_curvature(
-                model,
-                data,
-                directions.random_direction(model, seed=trial_data.direction_seed("curvature", i)),
-                eps=c.curvature_eps,
-            )
-            for i in range(c.curvature_directions)
-        ]
-        out.scalars[keys.CURVATURE_RANDOM] = sum(curvatures) / len(curvatures)
-        arrays: dict[str, Any] = {"random": curvatures}
-        if top is not None:
-            along_top = slices.directional_curvature(model, data, top.eigenvectors[0], eps=c.curvature_eps)
-            out.scalars[keys.CURVATURE_TOP] = along_top
-            arrays["top_eigenvector"] = along_top
-        out.arrays["curvature"] = arrays
     alphas = torch.linspace(-c.span, c.span, c.points_1d, dtype=torch.float64)
     with out.timed("slice_1d", stage):
         direction = directions.random_filter_normalized(model, seed=trial_data.direction_seed("slice_1d"))
@@ -263,6 +340,44 @@ def _measure_barriers(
                 out.scalars[keys.barrier(split, "peak_loss", aligned)] = result.peak_loss
                 paths[f"{split}{suffix}"] = {**path.to_dict(), **result.to_dict()}
     out.arrays["interpolation"] = paths
+
+
+def audit_invariance(
+    model: nn.Module,
+    *,
+    init_params: Params | None,
+    data: TrialData,
+    config: AnalysisConfig,
+    reference: nn.Module | None = None,
+    original: dict[str, float] | None = None,
+    stage: Stage | None = None,
+) -> invariance.InvarianceAudit:
+    """Every measure of ``config`` (minus ``AUDIT_SKIPS``) recomputed on function-preserving rescalings of
+    ``model`` (``config.invariance.factors`` on every layer pair; ``landscape_core.invariance.audit``).
+
+    ``original``: ``measure``'s scalars of ``model`` with the same ``config``, when already computed (one call
+    fewer). Each copy's Lanczos starts from a random vector, the original's may have had a warm start: both meet the
+    same tolerance.
+    """
+    audited = dataclasses.replace(config, skip=frozenset(config.skip) | AUDIT_SKIPS)
+
+    def scalars(copy: nn.Module, init: Params | None) -> dict[str, float]:
+        return measure(copy, init_params=init, data=data, config=audited, reference=reference).scalars
+
+    def progress(done: int, total: int) -> None:
+        if stage is not None:
+            stage(f"invariance audit {done + 1}/{total}" if done < total else "invariance audit done")
+
+    progress(0, len(invariance.rescalings(model, config.invariance.factors)))
+    return invariance.audit(
+        model,
+        scalars,
+        factors=config.invariance.factors,
+        inputs=data.train[0][:256],
+        init_params=init_params,
+        original=original,
+        progress=progress,
+    )
 
 
 class LambdaMaxTracker:

@@ -31,7 +31,7 @@ __all__ = [
 
 MODELS: dict[str, type[nn.Module]] = {}
 """The registered architectures by name; each takes a keyword ``width`` (a multiplier of its channels and hidden
-units) and has a ``permutation_spec()`` method."""
+units) and has the methods ``permutation_spec()`` and ``rescaling_pairs()`` (see :mod:`landscape_core.invariance`)."""
 
 M = TypeVar("M", bound=type[nn.Module])
 
@@ -59,6 +59,12 @@ def _two_conv_forward(model: nn.Module, x: Tensor) -> Tensor:
     x = torch.relu(torch.nn.functional.max_pool2d(model.conv2(x), 2))  # == max_pool2d(relu(conv2(x)))
     x = torch.relu(model.fc1(x.flatten(1)))
     return model.fc2(x)
+
+
+#: The layer pairs around each positively homogeneous nonlinearity (ReLU, and ReLU after max-pooling) of the two-conv
+#: architectures: scaling the first layer's weights and bias by a > 0 and the second layer's weights by 1 / a leaves
+#: the function unchanged (Dinh et al. 2017).
+TWO_CONV_RESCALING_PAIRS = (("conv1", "conv2"), ("conv2", "fc1"), ("fc1", "fc2"))
 
 
 def _two_conv_spec(model: nn.Module) -> PermutationSpec:
@@ -113,6 +119,10 @@ class SeedCNN(nn.Module):
         """The function-preserving permutations: conv1's and conv2's channels and fc1's units."""
         return _two_conv_spec(self)
 
+    def rescaling_pairs(self) -> tuple[tuple[str, str], ...]:
+        """The function-preserving rescalings: (layer scaled by a, next layer divided by a), per ReLU."""
+        return TWO_CONV_RESCALING_PAIRS
+
 
 @register_model("tiny_cnn")
 class TinyCNN(nn.Module):
@@ -139,6 +149,10 @@ class TinyCNN(nn.Module):
     def permutation_spec(self) -> PermutationSpec:
         """The function-preserving permutations: conv1's and conv2's channels and fc1's units."""
         return _two_conv_spec(self)
+
+    def rescaling_pairs(self) -> tuple[tuple[str, str], ...]:
+        """The function-preserving rescalings: (layer scaled by a, next layer divided by a), per ReLU."""
+        return TWO_CONV_RESCALING_PAIRS
 
 
 def memory_format_for(device: torch.device | str) -> torch.memory_format:

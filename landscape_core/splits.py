@@ -11,8 +11,9 @@ measured on the same images, and numbers are comparable across trials.
 3. Random directions are seeded the same way, from ``data_seed + DIRECTION_SEEDS[name]`` (``+ i`` for the i-th of
    several).
 
-Only the generalization targets (test loss, test error) and the paper's weight-noise figure read the ``test`` split;
-every other analysis reads ``train``.
+Only the generalization targets (test loss, test error) and two of the paper's figures (weight noise on test
+images, the test-loss barrier) read the ``test`` split; every measure that enters the correlation table reads
+``train`` (``keys.MEASURES``), so no predictor sees the images its target is computed on.
 """
 
 from __future__ import annotations
@@ -47,13 +48,15 @@ SPLITS: dict[str, Draw] = {
 
 #: Each analysis' subset of the trial's splits.
 SUBSETS: dict[str, Draw] = {
-    "hessian": Draw("train", 0, "top-k eigenvalues, Hutchinson trace, spectral density"),
+    "hessian": Draw("train", 0, "top-k eigenvalues, trace and density (raw and normalized), Fisher-Rao norm"),
     "sharpness": Draw("train", 1, "eps-sharpness and adaptive sharpness"),
     "flatness": Draw("train", 2, "PAC-Bayes sigma*, plain and magnitude-aware"),
-    "noise": Draw("test", 3, "weight-noise robustness (the paper's figure 6)"),
-    "slices": Draw("train", 4, "1D and 2D loss slices, directional curvature"),
+    "noise": Draw("train", 3, "weight-noise robustness, the predictor"),
+    "noise_test": Draw("test", 3, "weight-noise robustness on test images (the paper's figure 6; never a predictor)"),
+    "slices": Draw("train", 4, "1D and 2D loss slices"),
+    "curvature": Draw("train", 4, "directional curvature v^T H v (the slices' images: nested subsets of one draw)"),
     "barrier_train": Draw("train", 5, "train-loss barriers on the linear path to another minimum"),
-    "barrier_test": Draw("test", 6, "test-loss barriers, and the end-of-sweep barrier matrix"),
+    "barrier_test": Draw("test", 6, "test-loss barriers (the paper's figure; never a predictor), the barrier matrix"),
     "tracking": Draw("train", 8, "per-epoch lambda_max during training"),
 }
 
@@ -74,7 +77,9 @@ def subsets_used(config: AnalysisConfig) -> dict[str, int | None]:
         "sharpness": (c.sharpness.subset, c.runs("sharpness")),
         "flatness": (c.flatness.subset, c.runs("flatness")),
         "noise": (c.noise.subset, c.runs("noise")),
+        "noise_test": (c.noise.test_subset, c.runs("noise_test")),
         "slices": (c.slices.subset, c.runs("slices")),
+        "curvature": (c.curvature.subset, c.runs("curvature")),
         "barrier_train": (c.connectivity.train_subset, c.runs("connectivity")),
         "barrier_test": (c.connectivity.test_subset, c.runs("connectivity")),
         "tracking": (c.hessian.track_subset, c.runs("tracking") and c.runs("hessian")),

@@ -1,7 +1,9 @@
 """One trial: train (landscape_core), measure (landscape_core), log (tracking). Optuna only hands in the trial.
 
 ``TrialContext`` is what every trial of a sweep shares; it is immutable and built by keyword. The reference minimum
-of the barriers is loaded once per worker by ``ReferenceModels``, the one cache a sweep keeps.
+of the barriers is trained once per study and loaded once per worker by ``sweeps.reference.ReferenceModels``, the
+one cache a sweep keeps. One trial per sweep (its first point) also runs the invariance audit on its minimum and
+logs it to the parent run.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ import optuna
 from optuna.trial import TrialState
 from torch import nn
 
-from landscape_core.config import Preset, TrainConfig
+from landscape_core.config import Preset
 from landscape_core.devices import resolve_device
 from landscape_core.ensemble import train_ensemble
-from landscape_core.measure import LambdaMaxTracker, measure
+from landscape_core.measure import LambdaMaxTracker, audit_invariance, measure
 from landscape_core.splits import TrialData, subsets_used
 from landscape_core.train import DivergenceError, TrainResult, train
 from sweeps.claims import OWNER, this_worker
 from sweeps.progress import SweepProgress
+from sweeps.reference import ReferenceModels
 from sweeps.space import SweepSpace, configs_from_trial, point_key
-from tracking.checkpoints import load_run_model
+from tracking.invariance import log_invariance
 from tracking.provenance import log_datasets, provenance_tags, system_metrics
 from tracking.runs import RunLogger, flatten_config, start_child
 from tracking.store import TrackingStore
@@ -32,7 +35,6 @@ from tracking.trial_log import log_epoch, log_measurements, log_model, log_train
 
 __all__ = [
     "NotPlanned",
-    "ReferenceModels",
     "TrialContext",
     "TrialDiverged",
     "lambda_tracker",
@@ -50,21 +52,6 @@ class TrialDiverged(RuntimeError):
 
 class NotPlanned(RuntimeError):
     """A worker drew a trial that was not one of the enqueued points (a race with another worker); it is dropped."""
-
-
-class ReferenceModels:
-    """The study's reference minima for barriers, each loaded from its run's checkpoint once per worker."""
-
-    def __init__(self, store: TrackingStore, device: str) -> None:
-        self.store, self.device = store, resolve_device(device)
-        self._loaded: dict[str, nn.Module] = {}
-
-    def get(self, run_id: str, config: TrainConfig) -> nn.Module:
-        """The reference of run ``run_id``, an architecture of ``config`` (its model and width)."""
-        if run_id not in self._loaded:
-            model = load_run_model(self.store.client(), run_id, config.model, self.device, width=config.width)
-            self._loaded[run_id] = model
-        return self._loaded[run_id]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,28 +171,23 @@ def _already_done(study: optuna.Study, trial: optuna.Trial) -> bool:
     return False
 
 
-def _reference_model(
-    study: optuna.Study, trial: optuna.Trial, preset: Preset, context: TrialContext
-) -> nn.Module | None:
-    """The study's reference minimum for barriers: the first trial to finish (of the same width, when width is an
-    axis), pinned on the study once chosen (None while no such trial has finished, e.g. for the reference itself)."""
-    config = preset.train
-    by_width = context.space.widths is not None
-    key = f"reference_run_id_w{config.width:g}" if by_width else "reference_run_id"
-    run_id = study.user_attrs.get(key)
-    if run_id is None:
-        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        finished = [
-            t
-            for t in finished
-            if "mlflow_run_id" in t.user_attrs and (not by_width or t.params.get("width") == config.width)
-        ]
-        if not finished:
-            return None
-        run_id = min(finished, key=lambda t: t.datetime_complete).user_attrs["mlflow_run_id"]
-        study.set_user_attr(key, run_id)
+def _reference(trial: optuna.Trial, preset: Preset, context: TrialContext) -> nn.Module | None:
+    """The study's reference minimum at the trial's width (``sweeps.reference``), recorded on the trial; None when
+    the barriers are skipped."""
+    if not preset.analysis.runs("connectivity"):
+        return None
+    run_id, model = context.references.get(preset.train.width)
     trial.set_user_attr("reference_run_id", run_id)
-    return context.references.get(run_id, config)
+    return model
+
+
+def _is_audited(trial: optuna.Trial, context: TrialContext) -> bool:
+    """The one trial per sweep whose minimum gets the invariance audit: the first point of the sweep (trial 0 of an
+    adaptive one), whichever worker runs it."""
+    space = context.space
+    if space.planned:
+        return point_key(trial.params) == point_key(space.points()[0])
+    return trial.number == 0
 
 
 def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | None:
@@ -270,16 +252,29 @@ def _train_measure_log(
         for metrics in result.history:
             log_epoch(run, metrics)
     log_training(run, result)
+    reference = _reference(trial, preset, context)
+    stage = progress.stage if progress else None
     measurements = measure(
         result.model,
         init_params=result.init_params,
         data=result.data,
         config=preset.analysis,
-        reference=_reference_model(study, trial, preset, context),
-        stage=progress.stage if progress else None,
+        reference=reference,
+        stage=stage,
         v0=tracker.vector if tracker is not None else None,
     )
     log_measurements(run, measurements)
+    if preset.analysis.runs("invariance") and _is_audited(trial, context):
+        audit = audit_invariance(
+            result.model,
+            init_params=result.init_params,
+            data=result.data,
+            config=preset.analysis,
+            reference=reference,
+            original=measurements.scalars,
+            stage=stage,
+        )
+        log_invariance(RunLogger(context.store.client(), context.parent_run_id), audit, source=run.run_id)
     if progress:
         progress.stage("logging the model")
     model_id = log_model(run, result.model, result.data.train[0][:2], context.store.tracking_uri)

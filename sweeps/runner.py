@@ -18,7 +18,9 @@ from landscape_core.devices import resolve_device
 from sweeps.options import SweepOptions
 from sweeps.population import barrier_matrix
 from sweeps.progress import SweepProgress
-from sweeps.study import open_sweep, running_elsewhere, tally
+from sweeps.reference import reference_key
+from sweeps.space import REFERENCE_SEED
+from sweeps.study import OpenSweep, open_sweep, running_elsewhere, tally
 from sweeps.summary import print_trials
 from sweeps.workers import run_workers, trial_context, work
 from tracking.correlate import report_sweep
@@ -45,6 +47,17 @@ def _parent_status(parent: RunLogger) -> str:
     return parent.client.get_run(parent.run_id).info.status
 
 
+def _train_references(sweep: OpenSweep, progress: SweepProgress) -> None:
+    """Train (or find) the study's reference minima before any worker starts, so that workers never race to train
+    them (``sweeps.reference``)."""
+    context = trial_context(sweep, progress)
+    widths = sweep.options.space.widths or (sweep.options.preset.train.width,)
+    for width in widths:
+        if reference_key(width, sweep.options.space.widths is not None) not in sweep.study.user_attrs:
+            progress.trial_started(f"reference minimum (seed {REFERENCE_SEED}, width {width:g})", 1)
+        context.references.get(width)
+
+
 def run_sweep(options: SweepOptions, console: Console | None = None, headline: str | None = None) -> SweepOutcome:
     """Create or resume the study, run its trials (in ``options.workers`` processes), then summarize.
 
@@ -67,6 +80,8 @@ def run_sweep(options: SweepOptions, console: Console | None = None, headline: s
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         with SweepProgress(space.n_trials, done, console) as progress:
+            if done < space.n_trials and options.preset.analysis.runs("connectivity"):
+                _train_references(sweep, progress)
             if options.workers > 1:
                 run_workers(sweep, progress)
             else:

@@ -13,7 +13,10 @@ from scipy.stats import qmc
 from landscape_core.config import Preset
 from landscape_core.errors import UsageError
 
-__all__ = ["SweepSpace", "configs_from_trial", "lr_grid", "point_key"]
+__all__ = ["REFERENCE_SEED", "SweepSpace", "configs_from_trial", "lr_grid", "point_key"]
+
+#: The seed of the study's reference minimum for the barriers (``sweeps.reference``): no sweep may draw it.
+REFERENCE_SEED = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class SweepSpace:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise UsageError("Expected at least one seed, got none")
+        if REFERENCE_SEED in self.seeds:
+            raise UsageError(f"seed {REFERENCE_SEED} is the reference minimum's (sweeps.reference); choose others")
         if self.widths is not None and (not self.widths or min(self.widths) <= 0):
             raise UsageError(f"Expected widths > 0, got {self.widths}")
 

@@ -17,8 +17,9 @@ from optuna.trial import TrialState
 
 from landscape_core.cli import raise_terminated
 from sweeps.options import SweepOptions
-from sweeps.pipeline import NotPlanned, ReferenceModels, TrialContext, TrialDiverged, make_objective, run_batch
+from sweeps.pipeline import NotPlanned, TrialContext, TrialDiverged, make_objective, run_batch
 from sweeps.progress import SweepProgress
+from sweeps.reference import ReferenceModels
 from sweeps.study import OpenSweep, enqueue_missing, open_sweep, tally
 
 __all__ = ["run_workers", "trial_context", "work"]
@@ -36,7 +37,15 @@ def trial_context(sweep: OpenSweep, progress: SweepProgress | None) -> TrialCont
         parent_run_id=sweep.parent.run_id,
         study_name=options.study_name,
         progress=progress,
-        references=ReferenceModels(sweep.store, options.preset.train.device),
+        references=ReferenceModels(
+            store=sweep.store,
+            study=sweep.study,
+            preset=options.preset,
+            data=sweep.data,
+            experiment_id=sweep.experiment_id,
+            parent_run_id=sweep.parent.run_id,
+            by_width=options.space.widths is not None,
+        ),
     )
 
 

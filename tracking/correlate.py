@@ -32,6 +32,7 @@ from landscape_core.errors import UsageError
 from landscape_core.plots.correlation import scatter_grid
 from tracking.correlation import CorrelationReport, analyze, resolve_targets
 from tracking.headline import log_headline
+from tracking.invariance import population_invariance
 from tracking.population import Population, add_selection_options, load_population, select_population
 from tracking.render import render, render_text
 from tracking.runs import RunLogger
@@ -47,8 +48,10 @@ _SCATTER_PRIORITY = (
     "hessian/trace",
     "sharpness/eps",
     "flatness/pac_bayes",
-    "perturb/test_loss_delta/sigma_0.05",
-    "barrier/test_loss",
+    "hessian/lambda_max_normalized",
+    "norm/fisher_rao",
+    "perturb/train_loss_delta/sigma_0.05",
+    "barrier/train_loss",
     "norm/weights",  # a sharpness measure only matters if it beats the norm baselines
     "sharpness/adaptive",
     "norm/dist_init",
@@ -142,7 +145,13 @@ def report_sweep(
         if not population.runs:
             console.print(f"[yellow]correlation report skipped:[/] no finished trial runs in {population.source}")
             return None
-        report = analyze(population, measures=measures, n_boot=n_boot, n_perm=n_perm)
+        report = analyze(
+            population,
+            measures=measures,
+            n_boot=n_boot,
+            n_perm=n_perm,
+            invariance=population_invariance(store, population),
+        )
         if report.status != "ok":
             console.print(f"[yellow]correlation report skipped:[/] {report.message}", highlight=False)
             return None
@@ -229,6 +238,7 @@ def _correlate(args: argparse.Namespace, console: Console) -> int:
         n_perm=args.n_perm,
         alpha=args.alpha,
         seed=args.seed,
+        invariance=population_invariance(store, population),
     )
     parent = None
     if args.log_to_parent and report.status == "ok":

@@ -25,6 +25,7 @@ import numpy as np
 
 from landscape_core import keys
 from landscape_core.errors import UsageError
+from landscape_core.invariance import INVARIANT_RATIO
 from tracking.population import Population
 from tracking.population_stats import (
     MIN_N,
@@ -66,6 +67,8 @@ class CorrelationEntry:
         missing: Runs of the population without a finite value of this measure.
         min_detectable_rho: Smallest |rho| detectable at this row's n, alpha and 80% power; NaN when n < 4.
         verdict: One line in plain words.
+        invariance_ratio: max / min of the measure over function-preserving rescalings of one minimum of the sweep
+            (the parent run's audit, ``landscape_core.invariance``); inf for a sign flip, NaN when not audited.
     """
 
     row: CorrelationRow
@@ -80,6 +83,14 @@ class CorrelationEntry:
     missing: int
     min_detectable_rho: float
     verdict: str
+    invariance_ratio: float = _NAN
+
+    @property
+    def invariant(self) -> bool | None:
+        """True when audited and invariant, False when audited and not, None when not audited."""
+        if math.isnan(self.invariance_ratio):
+            return None
+        return self.invariance_ratio <= INVARIANT_RATIO
 
     @property
     def measure(self) -> str:
@@ -104,6 +115,8 @@ class CorrelationEntry:
             missing=self.missing,
             min_detectable_rho=_finite_or_none(self.min_detectable_rho),
             verdict=self.verdict,
+            invariance_ratio="inf" if math.isinf(self.invariance_ratio) else _finite_or_none(self.invariance_ratio),
+            invariant=self.invariant,
         )
         return out
 
@@ -281,6 +294,7 @@ def analyze(
     n_perm: int | None = None,
     alpha: float = 0.05,
     seed: int = 0,
+    invariance: Mapping[str, float] | None = None,
 ) -> CorrelationReport:
     """Test every measure against every generalization target over the population, with its confounds.
 
@@ -301,6 +315,8 @@ def analyze(
             (``population_stats.permutations_for``; the number used is in the report).
         alpha: Significance level.
         seed: Seed of the resampling.
+        invariance: Per measure key, its ratio in the sweep's invariance audit (``tracking.invariance``); a
+            measure that is not invariant says so in its verdict. None or a missing key: not audited.
 
     Returns:
         The report; with fewer than ``MIN_RUNS`` runs, an empty one with status ``"too_few_runs"``.
@@ -371,6 +387,8 @@ def analyze(
             if within and simpson_flag(row.spearman, within)
         )
         within_lr_mean, within_seed_mean = _weighted_mean(within_lr), _weighted_mean(within_seed)
+        ratio = float((invariance or {}).get(row.measure, _NAN))
+        text = _verdict(row, partial_lr, simpson_axes, within_lr_mean, within_seed_mean, alpha)
         entries.append(
             CorrelationEntry(
                 row=row,
@@ -384,10 +402,22 @@ def analyze(
                 simpson_axes=simpson_axes,
                 missing=empty.missing[row.measure],
                 min_detectable_rho=min_detectable_rho(row.n, alpha) if row.n >= MIN_RUNS else _NAN,
-                verdict=_verdict(row, partial_lr, simpson_axes, within_lr_mean, within_seed_mean, alpha),
+                verdict=text + _invariance_note(ratio),
+                invariance_ratio=ratio,
             )
         )
     return dataclasses.replace(empty, entries=tuple(entries))
+
+
+def _invariance_note(ratio: float) -> str:
+    """What the verdict adds for a measure that a function-preserving rescaling changes (nothing otherwise)."""
+    if math.isnan(ratio) or ratio <= INVARIANT_RATIO:
+        return ""
+    change = "flips sign" if math.isinf(ratio) else f"changes x{ratio:.3g}"
+    return (
+        f"; NOT rescaling-invariant (it {change} under function-preserving rescalings of one minimum): "
+        "its ranking can reflect the parametrization, not the minimum"
+    )
 
 
 def _verdict(

@@ -19,7 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from landscape_core.invariance import INVARIANT_RATIO
 from tracking.correlation import CorrelationEntry, CorrelationReport
+from tracking.invariance import format_ratio
 
 __all__ = ["SIMPSON_MARK", "render", "render_text"]
 
@@ -65,6 +67,15 @@ def _n(entry: CorrelationEntry) -> Text:
     return text
 
 
+def _invariance(entry: CorrelationEntry) -> Text:
+    """The audit's verdict on the measure: ``✓ x1.00`` (invariant), ``✗ x11.7`` (not), ``–`` (not audited)."""
+    if entry.invariant is None:
+        return Text("–", style="dim")
+    if entry.invariant:
+        return Text(f"✓ {format_ratio(entry.invariance_ratio)}", style="green")
+    return Text(f"✗ {format_ratio(entry.invariance_ratio)}", style="bold red")
+
+
 def _population_line(report: CorrelationReport) -> Text:
     pop = report.population
     text = Text("Population: ", style="bold")
@@ -83,6 +94,7 @@ def _table(report: CorrelationReport, target: str, entries: list[CorrelationEntr
     show_lr = report.lr_varies
     show_seed = report.seed_varies and any(math.isfinite(e.within_seed_mean) for e in entries)
     show_gran = any(e.row.granulated_kendall is not None for e in entries)
+    show_inv = any(e.invariant is not None for e in entries)
     table = Table(title=f"{target} ({report.targets[target]}) vs each measure", header_style="bold")
     table.add_column("measure", no_wrap=True)
     table.add_column("n", justify="right", no_wrap=True)
@@ -99,6 +111,8 @@ def _table(report: CorrelationReport, target: str, entries: list[CorrelationEntr
         table.add_column("in lr", justify="right", no_wrap=True)
     if show_seed:
         table.add_column("in seed", justify="right", no_wrap=True)
+    if show_inv:
+        table.add_column("invariant", justify="right", no_wrap=True)
     table.add_column(SIMPSON_MARK, justify="center")
     for entry in entries:
         row = entry.row
@@ -120,6 +134,8 @@ def _table(report: CorrelationReport, target: str, entries: list[CorrelationEntr
             cells.append(_coef(entry.within_lr_mean))
         if show_seed:
             cells.append(_coef(entry.within_seed_mean))
+        if show_inv:
+            cells.append(_invariance(entry))
         cells.append(
             Text(SIMPSON_MARK + " " + "+".join(entry.simpson_axes), style="bold yellow") if entry.simpson else Text("")
         )
@@ -143,6 +159,11 @@ def _legend(report: CorrelationReport) -> Text:
         parts.append("Ψ: granulated Kendall (Jiang et al. 2019)")
     if report.seed_varies:
         parts.append("in seed: the same inside each seed")
+    if any(e.invariant is not None for e in report.entries):
+        parts.append(
+            f"invariant: max/min of the measure over function-preserving rescalings of one minimum "
+            f"(✓ <= {INVARIANT_RATIO:g}; the parent run's invariance audit)"
+        )
     parts.append(f"{SIMPSON_MARK}: pooled sign disagrees with the within-group sign (Simpson)")
     return Text("; ".join(parts), style="dim")
 

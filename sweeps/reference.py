@@ -1,0 +1,89 @@
+"""The study's reference minimum for the barriers: trained once per study, from a seed outside the population.
+
+Every trial's barrier (``barrier/train_loss`` and the others) is measured on the linear path from this one minimum.
+It is trained with the sweep's own protocol (the preset's training config, its lr, the trial's width) from
+``REFERENCE_SEED``, which no sweep draws, and does not depend on which trial finishes first, on the number of
+workers or on batching: every trial of a study, run anywhere, gets its barrier to the same weights. (It used to be
+"the first trial to finish": a different reference per schedule, and that trial had no barrier at all.)
+
+The reference is logged as a child run of the parent tagged ``run_kind=reference`` (so no population reads it as a
+trial) with its checkpoint, and pinned on the study (``reference_run_id`` or, with a width axis,
+``reference_run_id_w<width>``). A worker that finds it pinned loads the checkpoint once; one that does not trains it.
+Two workers that start a new study at the same instant may both train it: training is deterministic, and the
+first pin wins for every later trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+from torch import nn
+
+from landscape_core.config import Preset
+from landscape_core.devices import resolve_device
+from landscape_core.splits import TrialData
+from landscape_core.train import train
+from sweeps.space import REFERENCE_SEED
+from tracking.checkpoints import load_run_model
+from tracking.runs import start_child
+from tracking.store import TrackingStore
+from tracking.trial_log import log_training
+
+__all__ = ["ReferenceModels", "reference_key"]
+
+
+def reference_key(width: float, by_width: bool) -> str:
+    """The study user attribute that pins the reference run of ``width``."""
+    return f"reference_run_id_w{width:g}" if by_width else "reference_run_id"
+
+
+class ReferenceModels:
+    """The study's reference minima, one per width, each trained (or loaded) once per worker process."""
+
+    def __init__(
+        self,
+        *,
+        store: TrackingStore,
+        study: optuna.Study,
+        preset: Preset,
+        data: TrialData,
+        experiment_id: str,
+        parent_run_id: str,
+        by_width: bool,
+    ) -> None:
+        self.store, self.study, self.preset, self.data = store, study, preset, data
+        self.experiment_id, self.parent_run_id, self.by_width = experiment_id, parent_run_id, by_width
+        self.device = resolve_device(preset.train.device)
+        self._loaded: dict[float, tuple[str, nn.Module]] = {}
+
+    def get(self, width: float) -> tuple[str, nn.Module]:
+        """``(run id, model)`` of the reference at ``width``, training and pinning it if the study has none."""
+        if width not in self._loaded:
+            key = reference_key(width, self.by_width)
+            run_id = self.study.user_attrs.get(key) or self._train(width, key)
+            config = dataclasses.replace(self.preset.train, width=width)
+            model = load_run_model(self.store.client(), run_id, config.model, self.device, width=width)
+            self._loaded[width] = (run_id, model)
+        return self._loaded[width]
+
+    def _train(self, width: float, key: str) -> str:
+        config = dataclasses.replace(self.preset.train, seed=REFERENCE_SEED, width=width)
+        run = start_child(
+            self.store,
+            self.experiment_id,
+            self.parent_run_id,
+            run_name=f"reference-w{width:g}",
+            tags={"run_kind": "reference", "seed": REFERENCE_SEED, "lr": config.lr, "width": width},
+        )
+        try:
+            log_training(run, train(config, self.data))
+        except BaseException:
+            run.finish("FAILED")
+            raise
+        run.finish("FINISHED")
+        pinned = self.study.user_attrs.get(key)  # another worker may have pinned one meanwhile: the first pin wins
+        if pinned is None:
+            self.study.set_user_attr(key, run.run_id)
+            return run.run_id
+        return pinned
