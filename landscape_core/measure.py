@@ -352,8 +352,8 @@ def audit_invariance(
     original: dict[str, float] | None = None,
     stage: Stage | None = None,
 ) -> invariance.InvarianceAudit:
-    """Every measure of ``config`` (minus ``AUDIT_SKIPS``) recomputed on function-preserving rescalings of
-    ``model`` (``config.invariance.factors`` on every layer pair; ``landscape_core.invariance.audit``).
+    """Every measure of the correlation table (``keys.is_measure``) that ``config`` computes (minus
+    ``AUDIT_SKIPS``) recomputed on function-preserving rescalings of ``model`` (``config.invariance.factors`` on every layer pair; ``landscape_core.invariance.audit``).
 
     ``original``: ``measure``'s scalars of ``model`` with the same ``config``, when already computed (one call
     fewer). Each copy's Lanczos starts from a random vector, the original's may have had a warm start: both meet the
@@ -362,7 +362,8 @@ def audit_invariance(
     audited = dataclasses.replace(config, skip=frozenset(config.skip) | AUDIT_SKIPS)
 
     def scalars(copy: nn.Module, init: Params | None) -> dict[str, float]:
-        return measure(copy, init_params=init, data=data, config=audited, reference=reference).scalars
+        values = measure(copy, init_params=init, data=data, config=audited, reference=reference).scalars
+        return {key: value for key, value in values.items() if keys.is_measure(key)}
 
     def progress(done: int, total: int) -> None:
         if stage is not None:

@@ -1,29 +1,39 @@
-"""Worst-case and average-case sharpness: Keskar's epsilon-sharpness, adaptive sharpness and weight-noise robustness.
+"""Worst-case and average-case sharpness: Keskar's epsilon-sharpness, adaptive sharpness, m-sharpness and
+weight-noise robustness.
 
-All three perturb a flat copy of the parameters (``param_dict`` + ``flatten``) and evaluate the model functionally in
-eval mode, so the caller's model is never touched. Losses are exact means over ``data``, computed in chunks of
-``chunk_size`` examples (gradients too: one ``torch.func.grad_and_value`` per chunk, weighted by chunk size), so
-memory is bounded by the chunk, not by the data.
+The worst-case measures are instances of Andriushchenko et al. 2023's ``S(w) = max_{||u||_p <= radius} L(w + c * u) -
+L(w)``, with ``p`` in {2, inf} and the scale ``c = |w| + 1`` (Keskar et al. 2017's epsilon-sharpness) or ``c = |w| +
+eta`` (adaptive sharpness; ``eta = 0`` by default), maximized in the scaled space u by APGD
+(:func:`landscape_core.ascent.maximize`, Croce & Hein 2020) with a budget of ``steps * restarts`` gradient
+evaluations: ``restarts`` runs of ``steps`` evaluations, the first from ``u = 0`` through the first-order point, the
+others from random points (plus further random runs on the evaluations left by runs that stop early at a fixed
+point). The reported maximum is the best loss among the evaluated points (``u = 0`` included, so values are never
+negative): a lower bound on the true maximum. On 10-dimensional quadratics at a minimum
+(tests/landscape_core/test_sharpness.py) it reaches >= 95 % of the exact maximum at the ``quick`` and ``paper``
+budgets, where the projected sign/normalized-gradient ascent it replaced did not.
 
-Random numbers (the ascents' random starts, the weight noise) follow landscape_core's one seeded-generator rule
+All measures perturb a flat copy of the parameters (``flat_params`` + ``unflatten``) and evaluate the model
+functionally in eval mode, so the caller's model is never touched. Losses are exact means over ``data``, computed in
+chunks of ``chunk_size`` examples (gradients too: one ``torch.func.grad_and_value`` per chunk, weighted by chunk
+size), so memory is bounded by the chunk, not by the data.
+
+Random numbers (the searches' random starts, the weight noise) follow landscape_core's one seeded-generator rule
 (:mod:`landscape_core.rng`): drawn in float64 on the CPU from ``rng.generator(seed)``, then cast to the model's dtype
 and moved to its device, so a seed gives the same starts and noise, up to that cast, for a float32 or float64 model
-on any device. This changed on purpose: the draws used to be made on the model's device in its dtype. Float64 CPU
-models get exactly the numbers they got before; float32 or CUDA models get new ones (e.g. ``eps_sharpness`` of a
-float32 TinyCNN, ``steps=4, seed=5``, on 64 random images: 0.150592 before, 0.151049 now, the float64 model's
-0.151049 up to float32 rounding).
+on any device.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from landscape_core import rng
+from landscape_core import ascent
 from landscape_core.common import check, check_count, check_positive
 from landscape_core.functional import (
     DEFAULT_CHUNK,
@@ -45,6 +55,8 @@ __all__ = [
     "SharpnessResult",
     "adaptive_sharpness",
     "eps_sharpness",
+    "m_batches",
+    "m_sharpness",
     "weight_noise_robustness",
 ]
 
@@ -55,17 +67,29 @@ class SharpnessResult:
 
     Attributes:
         value: the measure. For ``eps_sharpness`` Keskar's phi in percent, ``100 (max_loss - base_loss) /
-            (1 + base_loss)``; for ``adaptive_sharpness`` the plain loss increase ``max_loss - base_loss``.
-            Never negative: the unperturbed point is one of the candidates.
-        base_loss: L(theta).
-        max_loss: the largest loss seen inside the perturbation set (a lower bound on the true maximum).
-        steps: projected-gradient-ascent steps taken.
+            (1 + base_loss)``; for ``adaptive_sharpness`` and ``m_sharpness`` the plain loss increase ``max_loss -
+            base_loss`` (for ``m_sharpness`` the mean of the per-batch increases). Never negative: the unperturbed
+            point is one of the candidates.
+        base_loss: L(w) (for ``m_sharpness`` the mean over its batches).
+        max_loss: the largest loss seen inside the perturbation set, a lower bound on the true maximum (for
+            ``m_sharpness`` the mean of the per-batch maxima).
+        steps: APGD gradient evaluations per restart.
+        restarts: planned APGD runs.
+        n_grad: gradient evaluations in all, ``steps * restarts`` (times ``batches`` for ``m_sharpness``, each over
+            one batch).
+        runs: APGD runs made, ``>= restarts`` (more when runs stop early at a fixed point; summed over the batches
+            for ``m_sharpness``).
+        batches: the batches searched separately (1 except for ``m_sharpness``).
     """
 
     value: float
     base_loss: float
     max_loss: float
     steps: int
+    restarts: int = 1
+    n_grad: int = 0
+    runs: int = 1
+    batches: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the fields."""
@@ -130,11 +154,41 @@ def _value_and_grad(
     return loss, grad
 
 
-def _loss(model: nn.Module, like: Params, theta: Tensor, data: Data, chunk_size: int, loss_fn: LossFn | None) -> float:
-    return evaluate(model, data, params=unflatten(theta, like), chunk_size=chunk_size, loss_fn=loss_fn)[0]
-
-
 # --------------------------------------------------------------------------------------------------- measures
+
+
+def _search(
+    model: nn.Module,
+    data: Data,
+    *,
+    scale: Callable[[Tensor], Tensor],
+    radius: float,
+    norm: str,
+    steps: int,
+    restarts: int,
+    seed: int,
+    chunk_size: int,
+    loss_fn: LossFn | None,
+) -> ascent.Ascent:
+    """APGD in u for ``max_{||u||_p <= radius} L(w + c u)``, ``c = scale(w)``: ``base`` = L(w), ``value`` the max.
+
+    The objective is ``u -> L(w + c * u)``, its gradient ``c * grad L(w + c * u)`` (chain rule); the maximum is over
+    the points APGD evaluated, ``u = 0`` among them.
+    """
+    like, theta = flat_params(model)
+    c = scale(theta)
+
+    def value_and_grad(u: Tensor) -> tuple[float, Tensor]:
+        loss, grad = _value_and_grad(model, like, theta + c * u, data, chunk_size, loss_fn)
+        return loss, c * grad
+
+    return ascent.maximize(value_and_grad, theta, radius=radius, norm=norm, steps=steps, restarts=restarts, seed=seed)
+
+
+def _result(found: ascent.Ascent, value: float, steps: int, restarts: int) -> SharpnessResult:
+    return SharpnessResult(
+        value, found.base, found.value, steps, restarts=restarts, n_grad=found.n_evals, runs=found.runs
+    )
 
 
 def eps_sharpness(
@@ -142,33 +196,35 @@ def eps_sharpness(
     data: Data,
     *,
     eps: float = 1e-3,
-    steps: int = 10,
+    norm: str = "linf",
+    steps: int = 20,
+    restarts: int = 2,
     seed: int = 0,
     chunk_size: int = DEFAULT_CHUNK,
     loss_fn: LossFn | None = None,
 ) -> SharpnessResult:
-    """Keskar et al. (2017) epsilon-sharpness over the full parameter space.
+    """Keskar et al. (2017) epsilon-sharpness over the full parameter space, maximized by APGD.
 
-    The box is ``C = {d : |d_i| <= eps (|theta_i| + 1)}`` and
-    ``phi = 100 (max_{d in C} L(theta + d) - L(theta)) / (1 + L(theta))``.
+    ``phi = 100 (max_{||u||_p <= eps} L(w + (|w| + 1) u) - L(w)) / (1 + L(w))``. With ``norm = "linf"`` the set is
+    Keskar's box ``|d_i| <= eps (|w_i| + 1)``; with ``"l2"`` it is the ball of the same scaled radius,
+    ``||d / (|w| + 1)||_2 <= eps`` (Andriushchenko et al. 2023's standard sharpness, in Keskar's scaling).
 
-    The maximum is approximated from below by the best loss seen among:
+    The maximum is approximated from below by the best loss among the points evaluated by APGD
+    (:func:`landscape_core.ascent.maximize`): ``restarts`` runs of ``steps`` evaluations, step size ``2 eps`` (per
+    coordinate for the box), the first run from ``u = 0`` through the first-order point (exact for a loss linear in
+    the parameters), the others from random points drawn from ``seed``; evaluations left by runs that stop early at a
+    fixed point go to further random runs. ``u = 0`` is a candidate, so phi >= 0.
 
-    1. ``d = 0`` (so phi >= 0);
-    2. the first-order corner ``d = box * sign(grad L(theta))`` (exact for a loss linear in the parameters);
-    3. projected sign-gradient ascent: start ``d_0 = box * u``, ``u ~ U(-1, 1)^P`` drawn from ``seed``, then
-       ``steps`` updates ``d <- clip(d + (2 / steps) box * sign(grad L(theta + d)), -box, box)``. A step is
-       ``2 / steps`` of the box half-width, so the ascent can cross the whole box once; every iterate is a
-       candidate.
-
-    Cost: ``steps + 1`` gradient evaluations and two loss evaluations over ``data``.
+    Cost: ``steps * restarts`` gradient evaluations over ``data``.
 
     Args:
-        model: the network at theta; not modified (evaluated in eval mode through ``torch.func``).
+        model: the network at w; not modified (evaluated in eval mode through ``torch.func``).
         data: ``(inputs [N, ...], targets [N])``.
-        eps: relative box size (Keskar's 1e-3).
-        steps: ascent steps (>= 1).
-        seed: seeds the random start.
+        eps: radius in the scaled space (Keskar's 1e-3 for the box).
+        norm: ``"linf"`` (Keskar's box) or ``"l2"``.
+        steps: APGD evaluations per restart (>= 1).
+        restarts: APGD runs (>= 1).
+        seed: seeds the random starts.
         chunk_size: examples per forward/backward chunk.
         loss_fn: ``loss_fn(logits, targets) -> scalar``; mean cross-entropy by default.
 
@@ -176,21 +232,19 @@ def eps_sharpness(
         ``SharpnessResult`` with ``value`` = phi in percent.
     """
     check_positive("eps", eps)
-    check_count("steps", steps)
-    like, theta = flat_params(model)
-    box = eps * (theta.abs() + 1)
-    base_loss, grad = _value_and_grad(model, like, theta, data, chunk_size, loss_fn)
-    best = base_loss
-    best = max(best, _loss(model, like, theta + box * grad.sign(), data, chunk_size, loss_fn))
-    d = box * (2 * rng.rand(theta.shape, rng.generator(seed), dtype=theta.dtype, device=theta.device) - 1)
-    step = 2.0 / steps * box
-    for _ in range(steps):
-        loss, grad = _value_and_grad(model, like, theta + d, data, chunk_size, loss_fn)
-        best = max(best, loss)
-        d = torch.clamp(d + step * grad.sign(), -box, box)
-    best = max(best, _loss(model, like, theta + d, data, chunk_size, loss_fn))
-    value = 100.0 * (best - base_loss) / (1.0 + base_loss)
-    return SharpnessResult(value=value, base_loss=base_loss, max_loss=best, steps=steps)
+    found = _search(
+        model,
+        data,
+        scale=lambda theta: theta.abs() + 1,
+        radius=eps,
+        norm=norm,
+        steps=steps,
+        restarts=restarts,
+        seed=seed,
+        chunk_size=chunk_size,
+        loss_fn=loss_fn,
+    )
+    return _result(found, 100.0 * (found.value - found.base) / (1.0 + found.base), steps, restarts)
 
 
 def adaptive_sharpness(
@@ -198,33 +252,38 @@ def adaptive_sharpness(
     data: Data,
     *,
     rho: float = 0.002,
-    steps: int = 10,
+    norm: str = "l2",
+    steps: int = 20,
+    restarts: int = 2,
     seed: int = 0,
     chunk_size: int = DEFAULT_CHUNK,
     loss_fn: LossFn | None = None,
     eta: float = 0.0,
 ) -> SharpnessResult:
-    """Andriushchenko et al. (2023) elementwise-adaptive L2 worst-case sharpness.
+    """Andriushchenko et al. (2023) elementwise-adaptive worst-case sharpness, maximized by APGD.
 
-    ``S = max_{||d / (|w| + eta)||_2 <= rho} L(w + d) - L(w)``, reported as the plain loss increase (not a
-    percentage, unlike ``eps_sharpness``). ``eta = 0`` by default, as in the paper's adaptive sharpness; then
-    parameters that are exactly zero cannot move.
+    ``S = max_{||u||_p <= rho} L(w + (|w| + eta) u) - L(w)``, ``p`` in {2, inf}, reported as the plain loss increase
+    (not a percentage, unlike ``eps_sharpness``). ``eta = 0`` by default, as in the paper; then S is invariant under
+    rescalings of the weights that leave the network's function unchanged (e.g. ``a W_1``, ``W_2 / a`` around a ReLU),
+    and parameters that are exactly zero cannot move.
 
-    The maximum is approximated in the rescaled space ``d = (|w| + eta) u``, ``||u||_2 <= rho``, from below by the
-    best loss seen among:
+    The maximum is approximated from below by the best loss among the points evaluated by APGD
+    (:func:`landscape_core.ascent.maximize`) in the scaled space u: ``restarts`` runs of ``steps`` evaluations, step
+    size ``2 rho`` (per coordinate for L-infinity), the first run from ``u = 0`` through the first-order point
+    ``rho g_u / ||g_u||`` (L2) or ``rho sign(g_u)`` (L-infinity), ``g_u = (|w| + eta) grad L(w)``, the others from
+    random points drawn from ``seed``; evaluations left by runs that stop early at a fixed point go to further random
+    runs. ``u = 0`` is a candidate, so S >= 0.
 
-    1. ``u = 0``;
-    2. the first-order point ``u = rho g_u / ||g_u||`` with ``g_u = (|w| + eta) grad L(w)`` (exact for a linear
-       loss);
-    3. projected normalized-gradient ascent: a random start uniform in the ball (drawn from ``seed``), then
-       ``steps`` updates ``u <- proj_ball(u + (2 rho / steps) g_u / ||g_u||)``; every iterate is a candidate.
+    Cost: ``steps * restarts`` gradient evaluations over ``data``.
 
     Args:
         model: the network at w; not modified.
         data: ``(inputs [N, ...], targets [N])``.
-        rho: radius in the rescaled space.
-        steps: ascent steps (>= 1).
-        seed: seeds the random start.
+        rho: radius in the scaled space.
+        norm: ``"l2"`` (the paper's default) or ``"linf"``.
+        steps: APGD evaluations per restart (>= 1).
+        restarts: APGD runs (>= 1).
+        seed: seeds the random starts.
         chunk_size: examples per forward/backward chunk.
         loss_fn: ``loss_fn(logits, targets) -> scalar``; mean cross-entropy by default.
         eta: added to ``|w|`` in the scale (>= 0).
@@ -233,34 +292,95 @@ def adaptive_sharpness(
         ``SharpnessResult`` with ``value`` = max loss increase.
     """
     check_positive("rho", rho)
-    check_count("steps", steps)
     check(eta >= 0, "eta", ">= 0", eta)
-    like, theta = flat_params(model)
-    scale = theta.abs() + eta
+    found = _search(
+        model,
+        data,
+        scale=lambda theta: theta.abs() + eta,
+        radius=rho,
+        norm=norm,
+        steps=steps,
+        restarts=restarts,
+        seed=seed,
+        chunk_size=chunk_size,
+        loss_fn=loss_fn,
+    )
+    return _result(found, found.value - found.base, steps, restarts)
 
-    def project(u: Tensor) -> Tensor:
-        norm = torch.linalg.vector_norm(u)
-        return u * (rho / norm) if norm > rho else u
 
-    def direction(grad: Tensor) -> Tensor:
-        g_u = scale * grad
-        norm = torch.linalg.vector_norm(g_u)
-        return g_u / norm if norm > 0 else g_u
+def m_batches(n: int, m: int) -> list[slice]:
+    """The consecutive batches of m-sharpness over ``n`` examples: ``[0, m), [m, 2m), ...``; a last, smaller batch is
+    dropped unless it is the only one (``n < m``: one batch of all ``n``)."""
+    check_count("m", m)
+    check_count("examples", n)
+    if n < m:
+        return [slice(0, n)]
+    return [slice(i * m, (i + 1) * m) for i in range(n // m)]
 
-    base_loss, grad = _value_and_grad(model, like, theta, data, chunk_size, loss_fn)
-    best = base_loss
-    best = max(best, _loss(model, like, theta + scale * (rho * direction(grad)), data, chunk_size, loss_fn))
-    gen = rng.generator(seed)
-    z = rng.randn(theta.shape, gen, dtype=theta.dtype, device=theta.device)
-    radius = rho * float(rng.rand((), gen)) ** (1 / z.numel())  # a float64 draw, used as a Python float
-    u = z * (radius / torch.linalg.vector_norm(z))
-    step = 2.0 * rho / steps
-    for _ in range(steps):
-        loss, grad = _value_and_grad(model, like, theta + scale * u, data, chunk_size, loss_fn)
-        best = max(best, loss)
-        u = project(u + step * direction(grad))
-    best = max(best, _loss(model, like, theta + scale * u, data, chunk_size, loss_fn))
-    return SharpnessResult(value=best - base_loss, base_loss=base_loss, max_loss=best, steps=steps)
+
+def m_sharpness(
+    model: nn.Module,
+    data: Data,
+    *,
+    m: int = 128,
+    rho: float = 0.002,
+    norm: str = "l2",
+    steps: int = 20,
+    restarts: int = 2,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+    loss_fn: LossFn | None = None,
+    eta: float = 0.0,
+) -> SharpnessResult:
+    """Andriushchenko et al. (2023) m-sharpness: adaptive sharpness on batches of ``m`` examples, averaged.
+
+    ``S_m = (1 / B) sum_b max_{||u_b||_p <= rho} [L_b(w + (|w| + eta) u_b) - L_b(w)]`` over the ``B`` consecutive
+    batches ``b`` of ``m`` examples of ``data`` (:func:`m_batches`: in order, not shuffled, since ``data`` is already
+    a random subset; a last, smaller batch is dropped unless it is the only one), each batch with its own worst-case
+    perturbation. Batch ``b`` is searched exactly as ``adaptive_sharpness(model, batch_b, seed=seed + b, ...)``.
+    ``base_loss`` and ``max_loss`` are the averages of the per-batch ``L_b(w)`` and maxima.
+
+    Cost: ``steps * restarts`` gradient evaluations on each batch, i.e. the cost of one search over the ``B m``
+    examples; ``n_grad`` counts the per-batch evaluations, ``B steps restarts``.
+
+    Args:
+        model: the network at w; not modified.
+        data: ``(inputs [N, ...], targets [N])``.
+        m: examples per batch (>= 1).
+        rho, norm, steps, restarts, chunk_size, loss_fn, eta: as in :func:`adaptive_sharpness`, per batch.
+        seed: batch ``b`` uses ``seed + b``.
+
+    Returns:
+        ``SharpnessResult`` with ``value`` = the mean per-batch max loss increase and ``batches`` = B.
+    """
+    check_count("m", m)
+    inputs, targets = data
+    results = [
+        adaptive_sharpness(
+            model,
+            (inputs[batch], targets[batch]),
+            rho=rho,
+            norm=norm,
+            steps=steps,
+            restarts=restarts,
+            seed=seed + b,
+            chunk_size=chunk_size,
+            loss_fn=loss_fn,
+            eta=eta,
+        )
+        for b, batch in enumerate(m_batches(inputs.shape[0], m))
+    ]
+    count = len(results)
+    return SharpnessResult(
+        value=math.fsum(r.value for r in results) / count,
+        base_loss=math.fsum(r.base_loss for r in results) / count,
+        max_loss=math.fsum(r.max_loss for r in results) / count,
+        steps=steps,
+        restarts=restarts,
+        n_grad=sum(r.n_grad for r in results),
+        runs=sum(r.runs for r in results),
+        batches=count,
+    )
 
 
 def _summary(values: list[float]) -> tuple[float, float, float]:
