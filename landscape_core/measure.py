@@ -353,7 +353,8 @@ def audit_invariance(
     stage: Stage | None = None,
 ) -> invariance.InvarianceAudit:
     """Every measure of the correlation table (``keys.is_measure``) that ``config`` computes (minus
-    ``AUDIT_SKIPS``) recomputed on function-preserving rescalings of ``model`` (``config.invariance.factors`` on every layer pair; ``landscape_core.invariance.audit``).
+    ``AUDIT_SKIPS``), recomputed on function-preserving rescalings of ``model``: ``config.invariance.factors`` on
+    every layer pair (``landscape_core.invariance.audit``).
 
     ``original``: ``measure``'s scalars of ``model`` with the same ``config``, when already computed (one call
     fewer). Each copy's Lanczos starts from a random vector, the original's may have had a warm start: both meet the
