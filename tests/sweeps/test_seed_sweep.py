@@ -18,6 +18,7 @@ from landscape_core.models import SeedCNN, build_model, count_parameters
 from landscape_core.splits import TrialData
 from sweeps import seeds
 from sweeps.cli import preset_from_args, preset_line
+from sweeps.space import REFERENCE_SEED
 from tests.sweeps.conftest import REPO, SMOKE, client_for, run_cli
 from tracking.checkpoints import load_run_model
 
@@ -84,30 +85,63 @@ def test_trials_record_their_run_ids_and_a_rerun_does_nothing(seed_sweep):
     assert len(_runs(root)[2]) == 3
 
 
-def test_batched_trials_match_sequential_ones(seed_sweep, tmp_path):
+BARRIER_KEYS = ("barrier/train_loss", "barrier/train_loss_aligned", "barrier/test_loss", "barrier/train_error")
+
+
+@pytest.mark.parametrize("schedule", [["--batch-trials", "3"], ["--workers", "2"]], ids=["batched", "two-workers"])
+def test_batched_and_parallel_trials_match_sequential_ones_barriers_included(seed_sweep, tmp_path, schedule):
+    """The same sweep batched (3 trials as one ensemble) or on two worker processes gives every trial the same
+    numbers as the sequential sweep, barriers included: they are measured to the study's reference minimum, trained
+    from a seed outside the population, not to whichever trial finished first. No trial is left without one."""
     root, _ = seed_sweep
-    batched_root = tmp_path / "mlruns"
-    result = run_cli(
-        "sweeps.seeds",
-        "--n",
-        "3",
-        *SMOKE,
-        "--root",
-        str(batched_root),
-        "--batch-trials",
-        "3",
-        "--skip",
-        "density,slices,flatness,noise,sharpness,trace",
-    )
+    other_root = tmp_path / "mlruns"
+    skip = "density,slices,flatness,noise,noise_test,sharpness,trace,curvature,invariance"
+    result = run_cli("sweeps.seeds", "--n", "3", *SMOKE, "--root", str(other_root), *schedule, "--skip", skip)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     sequential = {int(c.data.tags["seed"]): c.data.metrics for c in _runs(root)[2]}
-    _, parents, batched = _runs(batched_root)
-    assert len(parents) == 1 and len(batched) == 3
-    for child in batched:
+    client, parents, children = _runs(other_root)
+    assert len(parents) == 1 and len(children) == 3
+    for child in children:
         assert child.info.status == "FINISHED"
         reference = sequential[int(child.data.tags["seed"])]
-        for key in ("final/train_loss", "final/test_loss", "final/test_acc"):
+        for key in ("final/train_loss", "final/test_loss", "final/test_acc", *BARRIER_KEYS):
             assert abs(child.data.metrics[key] - reference[key]) < 1e-4, key
+    references = client.search_runs([parents[0].info.experiment_id], "tags.run_kind = 'reference'")
+    assert [r.data.tags["seed"] for r in references] == [str(REFERENCE_SEED)]  # trained once, before the workers
+
+
+def test_every_trial_has_its_barrier_to_the_one_reference_minimum(seed_sweep):
+    root, _ = seed_sweep
+    client, parents, children = _runs(root)
+    study = optuna.load_study(
+        study_name="seeds-smoke", storage=JournalStorage(JournalFileBackend(str(root / "optuna.journal")))
+    )
+    reference = study.user_attrs["reference_run_id"]
+    assert client.get_run(reference).data.tags["run_kind"] == "reference"
+    assert client.get_run(reference).data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert {t.user_attrs["reference_run_id"] for t in study.trials} == {reference}
+    for child in children:
+        assert set(BARRIER_KEYS) <= set(child.data.metrics), child.data.tags["seed"]
+
+
+def test_the_parent_run_holds_the_invariance_audit_of_the_first_point(seed_sweep, tmp_path):
+    """One minimum per sweep (the first point, seed 1) is audited: the normalized Hessian, Fisher-Rao and adaptive
+    sharpness come out invariant, lambda_max and eps-sharpness do not; the ratios are metrics of the parent."""
+    root, _ = seed_sweep
+    client, parents, children = _runs(root)
+    parent = parents[0]
+    audit = json.loads(
+        open(client.download_artifacts(parent.info.run_id, "data/invariance.json", str(tmp_path))).read()
+    )
+    first = next(c for c in children if c.data.tags["seed"] == "1")
+    assert audit["source_run_id"] == first.info.run_id == parent.data.tags["invariance_source_run_id"]
+    measures = audit["measures"]
+    for key in ("hessian/lambda_max_normalized", "norm/fisher_rao", "sharpness/adaptive", "sharpness/adaptive_linf"):
+        assert measures[key]["invariant"], (key, measures[key]["ratio"])
+    for key in ("hessian/lambda_max", "sharpness/eps", "perturb/train_loss_delta/sigma_0.05"):
+        assert not measures[key]["invariant"], (key, measures[key]["ratio"])
+        assert parent.data.metrics[f"invariance/{key}"] > 1.5
+    assert max(audit["output_change"]) < 1e-4
 
 
 def test_the_parents_barrier_matrix_is_the_population_barriers_of_its_minima(seed_sweep, fashion, tmp_path):
@@ -145,13 +179,16 @@ def test_width_is_a_sweep_axis_with_barriers_within_each_width(tmp_path):
         assert child.info.status == "FINISHED" and float(child.data.params["width"]) == width
         model = load_run_model(client, child.info.run_id, "seed_cnn", "cpu", width=width)
         assert count_parameters(model) == count_parameters(build_model("seed_cnn", width=width))
-    # each width's second minimum measured its barrier to the first one of the same width
-    with_barrier = [c for c in children if "barrier/test_loss" in c.data.metrics]
-    assert sorted(float(c.data.tags["width"]) for c in with_barrier) == [0.5, 1.0]
+    # every minimum measured its barrier to the reference minimum of its own width
+    assert all("barrier/train_loss" in c.data.metrics for c in children)
     study = optuna.load_study(
         study_name="seeds-smoke", storage=JournalStorage(JournalFileBackend(str(root / "optuna.journal")))
     )
-    assert {"reference_run_id_w0.5", "reference_run_id_w1"} <= set(study.user_attrs)
+    pinned = {w: study.user_attrs[f"reference_run_id_w{w}"] for w in ("0.5", "1")}
+    for trial in study.trials:
+        assert trial.user_attrs["reference_run_id"] == pinned[f"{trial.params['width']:g}"]
+    for width, run_id in pinned.items():
+        assert float(client.get_run(run_id).data.tags["width"]) == float(width)
     path = client.download_artifacts(parents[0].info.run_id, "data/barrier_matrix.json", str(tmp_path))
     logged = json.loads(open(path).read())
     assert logged["labels"] == ["s1 w0.5", "s2 w0.5"]

@@ -6,7 +6,7 @@ Experiment "lr", study "lr-test": 16 trials over 4 learning rates x 4 seeds, FIN
 * ``sharpness/eps`` is independent noise;
 * ``norm/weights`` is the train loss plus noise: a confound, related to the test loss only through train loss;
 * ``hessian/trace`` rises with the test loss inside each lr but falls across lrs (Simpson's paradox);
-* ``sharpness/adaptive`` is missing on two runs; ``perturb/test_loss_delta/sigma_0.05`` is a discovered key;
+* ``sharpness/adaptive`` is missing on two runs; ``perturb/train_loss_delta/sigma_0.05`` is a discovered key;
 
 plus one FAILED run, one KILLED run and a stale FINISHED copy of trial 5 (the later copy is the one to keep).
 
@@ -39,7 +39,7 @@ MEASURES = (
     "hessian/trace",
     "sharpness/eps",
     "sharpness/adaptive",
-    "perturb/test_loss_delta/sigma_0.05",
+    "perturb/train_loss_delta/sigma_0.05",
     "norm/weights",
     "final/train_loss",
 )
@@ -91,7 +91,7 @@ def planted_metrics(rng: np.random.Generator) -> dict[int, dict[str, float]]:
                 "hessian/trace": 100.0 * test_loss - 400.0 * i,
                 "sharpness/eps": rng.normal(),
                 "sharpness/adaptive": rng.normal(),
-                "perturb/test_loss_delta/sigma_0.05": rng.normal(),
+                "perturb/train_loss_delta/sigma_0.05": rng.normal(),
                 "norm/weights": 30.0 * train_loss + 3.0 * rng.normal(),
             }
             if trial in MISSING_ADAPTIVE:

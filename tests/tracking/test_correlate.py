@@ -19,9 +19,11 @@ from rich.console import Console
 from landscape_core import keys
 from landscape_core.cli import output_console
 from landscape_core.errors import UsageError
+from landscape_core.invariance import InvarianceAudit
 from tracking import correlate
 from tracking.correlate import main, report_sweep, scatter_measures
 from tracking.correlation import CorrelationReport, analyze, power_note
+from tracking.invariance import load_invariance, log_invariance
 from tracking.population import Population, load_population
 from tracking.population_stats import (
     CorrelationRow,
@@ -31,6 +33,7 @@ from tracking.population_stats import (
     within_group_spearman,
 )
 from tracking.render import SIMPSON_MARK, render_text
+from tracking.runs import RunLogger
 
 N_BOOT = 100  # the CI is not under test here; the cluster bootstrap is a Python loop
 ROW_FIELDS = {f.name for f in dataclasses.fields(CorrelationRow)}
@@ -188,9 +191,9 @@ def test_rendered_text_shows_every_target_table_verdicts_and_power(report):
 
 def test_scatter_measures_caps_and_keeps_the_main_ones():
     many = tuple(keys.MEASURES) + (
-        "perturb/test_loss_delta/sigma_0.01",
-        "perturb/test_loss_delta/sigma_0.05",
-        "barrier/test_loss",
+        "perturb/train_loss_delta/sigma_0.01",
+        "perturb/train_loss_delta/sigma_0.05",
+        "barrier/train_loss",
         *keys.NORM_BASELINES,
         keys.CONTROL,
     )
@@ -390,3 +393,47 @@ def test_output_to_a_file_is_wide_enough_for_the_tables(monkeypatch) -> None:
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     assert output_console().width == 160
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The invariance audit in the report
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_report_shows_each_measures_audited_invariance_and_says_so_in_the_verdict(population):
+    audited = {"hessian/lambda_max": 11.7, "sharpness/adaptive": 1.0004, "hessian/trace": math.inf}
+    report = analyze(population, n_boot=N_BOOT, invariance=audited)
+    lam = report.entry("hessian/lambda_max", "test_loss")
+    assert lam.invariant is False and lam.invariance_ratio == 11.7
+    assert "NOT rescaling-invariant (it changes x11.7" in lam.verdict
+    assert report.entry("hessian/trace", "test_loss").invariant is False
+    assert "flips sign" in report.entry("hessian/trace", "test_loss").verdict
+    adaptive = report.entry("sharpness/adaptive", "test_loss")
+    assert adaptive.invariant is True and "invariant" not in adaptive.verdict
+    assert report.entry("sharpness/eps", "test_loss").invariant is None  # not audited
+    text = render_text(report, width=200)
+    assert "invariant" in text and "✗ x11.7" in text and "✓ x1" in text and "✗ sign flips" in text
+    row = next(r for r in report.to_json()["rows"] if r["measure"] == "hessian/trace")
+    assert row["invariance_ratio"] == "inf" and row["invariant"] is False
+    json.dumps(report.to_json(), allow_nan=False)
+    plain = analyze(population, n_boot=N_BOOT)
+    assert all(e.invariant is None for e in plain.entries)
+    assert "invariant" not in render_text(plain)  # no audit, no column
+
+
+def test_an_audit_logged_on_a_run_reads_back_as_its_ratios(planted):
+    client = planted.store.client()
+    run = client.create_run(planted.lr_experiment_id, run_name="audit-roundtrip", tags={"run_kind": "scratch"})
+    audit = InvarianceAudit(
+        rescalings=("conv1x10/conv2",),
+        values={"hessian/lambda_max": (2.0, 23.4), "norm/fisher_rao": (3.0, 3.0), "curvature/random_mean": (-1.0, 1.0)},
+        output_change=(1e-7,),
+    )
+    log_invariance(RunLogger(client, run.info.run_id), audit, source="abc")
+    ratios = load_invariance(client, run.info.run_id)
+    assert ratios["hessian/lambda_max"] == pytest.approx(11.7)
+    assert ratios["norm/fisher_rao"] == 1.0 and math.isinf(ratios["curvature/random_mean"])
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert metrics["invariance/hessian/lambda_max"] == pytest.approx(11.7)
+    assert metrics["invariance/curvature/random_mean"] == -1.0
+    assert load_invariance(client, planted.seeds_parent_id) == {}  # a parent without an audit
