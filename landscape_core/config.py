@@ -194,6 +194,7 @@ class CurvatureConfig:
     directions: int = 3
     fd_step: float = 1e-4  # measured: 1e-3 already crosses ReLU kinks on TinyCNN; 1e-5 loses digits to cancellation
     fd_levels: int = 2
+    fd_check: bool = True  # the invariance audit turns it off: a diagnostic, not a measure
 
     def __post_init__(self) -> None:
         _positive(self, "subset", "directions", "fd_levels")

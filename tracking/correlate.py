@@ -45,15 +45,15 @@ MAX_SCATTER_MEASURES = 8
 #: Measures the scatter grid prefers, in order, when there are more than ``MAX_SCATTER_MEASURES``.
 _SCATTER_PRIORITY = (
     "hessian/lambda_max",
+    "hessian/lambda_max_normalized",  # its rescaling-invariant counterpart
     "hessian/trace",
     "sharpness/eps",
-    "flatness/pac_bayes",
-    "hessian/lambda_max_normalized",
+    "sharpness/adaptive",
     "norm/fisher_rao",
+    "norm/weights",  # a sharpness measure only matters if it beats the norm baselines
+    "flatness/pac_bayes",
     "perturb/train_loss_delta/sigma_0.05",
     "barrier/train_loss",
-    "norm/weights",  # a sharpness measure only matters if it beats the norm baselines
-    "sharpness/adaptive",
     "norm/dist_init",
 )
 

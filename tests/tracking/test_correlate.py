@@ -49,6 +49,8 @@ EXTRA_FIELDS = {
     "missing",
     "min_detectable_rho",
     "verdict",
+    "invariance_ratio",
+    "invariant",
 }
 
 
