@@ -83,9 +83,15 @@ class TrainConfig:
     device: str = "auto"
     model: str = "seed_cnn"  # a name in landscape_core.models.MODELS
     width: float = 1.0  # the architecture's width multiplier (channels and hidden units)
+    #: Stop after the first epoch whose train cross-entropy (over the whole train split, eval mode) is <= this, with
+    #: ``epochs`` as the cap; None: train exactly ``epochs`` (the paper's protocol). Comparing models at one train
+    #: loss removes the train loss's own pull on the test loss (Jiang et al. 2019 stop at 0.01).
+    stop_at_train_loss: float | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "train_size", "test_size", "eval_chunk")
+        stop = self.stop_at_train_loss
+        _check(stop is None or (math.isfinite(stop) and stop > 0), "stop_at_train_loss", "> 0 and finite", stop)
         _non_negative(self, "seed", "data_seed")
         _finite_positive(self, "lr")
         _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)

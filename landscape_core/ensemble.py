@@ -36,7 +36,7 @@ from landscape_core.devices import resolve_device
 from landscape_core.functional import Data, Params, effective_chunk, evaluate, param_dict
 from landscape_core.models import build_model
 from landscape_core.splits import TrialData
-from landscape_core.train import DivergenceError, EpochMetrics, TrainResult, check_data
+from landscape_core.train import DivergenceError, EpochMetrics, TrainResult, check_data, reached, stop_outcome
 
 __all__ = [
     "EnsembleEpochCallback",
@@ -320,6 +320,17 @@ def train_ensemble(
     steps = math.ceil(n / batch_size)
     report_every = max(1, steps // 20)
 
+    def finish(rows: list[int]) -> None:
+        """Members that are done (their stop loss reached, or the last epoch): their results, out of the ensemble."""
+        for row in rows:
+            member = ensemble.members[row]
+            outcome = stop_outcome(protocol, histories[member])
+            results[member] = TrainResult(
+                ensemble.model(row, like), init_params[member], histories[member], data, outcome
+            )
+        if rows and ensemble.size:
+            ensemble.drop(rows)
+
     def diverge(rows_values: list[tuple[int, float]], epoch: int, step: int) -> None:
         for row, value in rows_values:
             results[ensemble.members[row]] = DivergenceError(epoch, step, value)
@@ -371,7 +382,8 @@ def train_ensemble(
             histories[member].append(metrics)
             if on_metrics is not None:
                 on_metrics(member, metrics)
+        done = [row for row in range(ensemble.size) if reached(protocol, float(train_loss[row]))]
+        finish(done)
 
-    for row, member in enumerate(ensemble.members):
-        results[member] = TrainResult(ensemble.model(row, like), init_params[member], histories[member], data)
+    finish(list(range(ensemble.size)))
     return results  # type: ignore[return-value]  # every slot is filled: a result or its DivergenceError

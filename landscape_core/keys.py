@@ -33,6 +33,9 @@ FINAL_TRAIN_LOSS, FINAL_TRAIN_ACC = "final/train_loss", "final/train_acc"
 FINAL_TEST_LOSS, FINAL_TEST_ACC = "final/test_loss", "final/test_acc"
 TEST_ERROR, GAP_LOSS, GAP_ACC = "gen/test_error", "gen/gap_loss", "gen/gap_acc"
 TRAIN_SECONDS = "time/train_s"
+#: Epochs trained, and (with ``--stop-at-train-loss``) 1 when training stopped at that train loss, 0 when the epoch
+#: cap came first: a result, not a failure.
+EPOCHS_RUN, REACHED_STOP_LOSS = "train/epochs_run", "train/reached_stop_loss"
 
 # Geometry of the minimum (landscape_core.measure).
 LAMBDA_MAX, RESIDUAL_MAX, CONVERGED, N_HVP = (

@@ -21,6 +21,8 @@ __all__ = [
     "EpochMetrics",
     "TrainResult",
     "check_data",
+    "reached",
+    "stop_outcome",
     "train",
 ]
 
@@ -54,6 +56,9 @@ class TrainResult:
     init_params: Params
     history: list[EpochMetrics]
     data: TrialData
+    #: True when ``stop_at_train_loss`` was reached (training stopped there), False when the epoch cap came first,
+    #: None when no target was set.
+    reached_stop_loss: bool | None = None
 
     @property
     def final(self) -> EpochMetrics:
@@ -83,6 +88,10 @@ def train(
     on_metrics: Callable[[EpochMetrics], None] | None = None,
 ) -> TrainResult:
     """Train a fresh model as ``config`` says and evaluate it after every epoch.
+
+    With ``config.stop_at_train_loss`` set, training ends after the first epoch whose train loss is at or below it
+    (``reached_stop_loss`` True), or after ``config.epochs`` epochs without reaching it (False): a result, not an
+    error.
 
     Initialization and shuffling draw from generators seeded by ``config.seed``, so the same config gives the same
     weights on CPU.
@@ -137,5 +146,19 @@ def train(
         history.append(EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, seconds, dict(extra)))
         if on_metrics is not None:
             on_metrics(history[-1])
+        if reached(config, train_loss):
+            break
     model.eval()
-    return TrainResult(model, init_params, history, data)
+    return TrainResult(model, init_params, history, data, stop_outcome(config, history))
+
+
+def reached(config: TrainConfig, train_loss: float) -> bool:
+    """True when ``config`` stops at a train loss and ``train_loss`` is at or below it."""
+    return config.stop_at_train_loss is not None and train_loss <= config.stop_at_train_loss
+
+
+def stop_outcome(config: TrainConfig, history: list[EpochMetrics]) -> bool | None:
+    """``TrainResult.reached_stop_loss`` of a finished training: None without a target."""
+    if config.stop_at_train_loss is None:
+        return None
+    return bool(history) and reached(config, history[-1].train_loss)

@@ -27,7 +27,17 @@ from tracking.store import check_tracking_uri
 
 __all__ = ["base_parser", "options_from_args", "parse_widths", "preset_from_args", "preset_line", "run_sweep_cli"]
 
-TRAIN_OVERRIDES = ("epochs", "lr", "momentum", "batch_size", "train_size", "test_size", "data_seed", "device")
+TRAIN_OVERRIDES = (
+    "epochs",
+    "lr",
+    "momentum",
+    "batch_size",
+    "train_size",
+    "test_size",
+    "data_seed",
+    "device",
+    "stop_at_train_loss",
+)
 #: Seconds per trial (training and every analysis), measured on the 2-core CPU reference machine (README, Presets).
 MEASURED_TRIAL_SECONDS = {("paper", "cpu"): 506.0, ("quick", "cpu"): 25.0, ("smoke", "cpu"): 5.0}
 #: Options that go into SweepOptions as they are.
@@ -44,7 +54,13 @@ def base_parser(prog: str, description: str) -> ArgumentParser:
         default="auto",
         help="auto (default: paper on a GPU, quick on a CPU), paper (the paper's protocol), quick or smoke",
     )
-    protocol.add_argument("--epochs", type=int)
+    protocol.add_argument("--epochs", type=int, help="epochs (with --stop-at-train-loss: the cap)")
+    protocol.add_argument(
+        "--stop-at-train-loss",
+        type=float,
+        help="stop at the first epoch whose train cross-entropy is <= this (e.g. 0.1), --epochs being the cap; a "
+        "trial that never reaches it is recorded as such (train/reached_stop_loss = 0)",
+    )
     protocol.add_argument("--lr", type=float, help="learning rate (seeds sweep)")
     protocol.add_argument("--momentum", type=float)
     protocol.add_argument("--batch-size", type=int)

@@ -47,6 +47,8 @@ def final_metrics(result: TrainResult) -> dict[str, float]:
         keys.GAP_LOSS: final.test_loss - final.train_loss,
         keys.GAP_ACC: final.train_acc - final.test_acc,
         keys.TRAIN_SECONDS: sum(m.seconds for m in result.history),
+        keys.EPOCHS_RUN: float(len(result.history)),
+        **({} if result.reached_stop_loss is None else {keys.REACHED_STOP_LOSS: float(result.reached_stop_loss)}),
     }
 
 

@@ -144,3 +144,25 @@ def test_bad_configs_raise_value_error(configs, message: str) -> None:
         check_ensemble_configs(configs)
     with pytest.raises(ValueError, match=message):
         train_ensemble(configs, data=None)  # type: ignore[arg-type]  # validated before the data is touched
+
+
+@pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "loop"])
+def test_members_stop_at_the_train_loss_each_on_its_own_epoch(data, vectorize: bool) -> None:
+    """With a stop loss, each member leaves the ensemble after its own first epoch at or below it, and equals
+    ``train`` of its config with the same stop loss."""
+    configs = [dataclasses.replace(c, epochs=4) for c in CONFIGS[:2]]
+    free = [train(c, data) for c in configs]
+    # a target the faster member (lr 0.05) reaches before the last epoch
+    target = free[1].history[1].train_loss
+    stopping = [dataclasses.replace(c, stop_at_train_loss=target) for c in configs]
+    got = train_ensemble(stopping, data, vectorize=vectorize)
+    for result, config in zip(got, stopping):
+        want = train(config, data)
+        assert len(result.history) == len(want.history) and result.reached_stop_loss == want.reached_stop_loss
+        torch.testing.assert_close(
+            torch.cat([p.flatten() for p in result.model.parameters()]),
+            torch.cat([p.flatten() for p in want.model.parameters()]),
+            rtol=RTOL,
+            atol=ATOL,
+        )
+    assert len(got[1].history) <= 2 < 4 and got[1].reached_stop_loss

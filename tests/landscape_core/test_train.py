@@ -65,3 +65,22 @@ def test_presets_record_the_paper_protocol():
     assert get_preset("smoke").train.train_size < get_preset("quick").train.train_size
     with pytest.raises(ValueError, match="Expected `preset`"):
         get_preset("huge")
+
+
+def test_the_stop_rule_ends_at_the_first_epoch_at_or_below_the_train_loss(fashion):
+    """Train 4 epochs without a target; then with the target set to the 3rd epoch's train loss (above the 4th's and
+    below the first two), training must stop after exactly epoch 3 with the very weights of that run, and say it
+    reached the target. A target below every epoch's loss runs to the cap and says it did not."""
+    config = dataclasses.replace(TINY, epochs=4, lr=0.02)
+    data = TrialData.build(fashion, config)
+    free = train(config, data)
+    losses = [m.train_loss for m in free.history]
+    assert losses[2] < min(losses[:2]) and losses[3] < losses[2], losses  # the setting the test relies on
+    three = train(dataclasses.replace(config, epochs=3), data)
+    stopped = train(dataclasses.replace(config, stop_at_train_loss=losses[2]), data)
+    assert [m.epoch for m in stopped.history] == [1, 2, 3] and stopped.reached_stop_loss is True
+    for (name, p), q in zip(stopped.model.named_parameters(), three.model.parameters()):
+        assert torch.equal(p, q), name
+    capped = train(dataclasses.replace(config, stop_at_train_loss=0.5 * losses[3]), data)
+    assert len(capped.history) == 4 and capped.reached_stop_loss is False
+    assert free.reached_stop_loss is None

@@ -51,6 +51,8 @@ SWEEP_OPTIONS = [
     (["--preset", "huge"], "Expected `preset` in ['paper', 'quick', 'smoke'], got 'huge'"),
     (["--epochs", "0"], "`epochs` >= 1, got 0"),
     (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    (["--stop-at-train-loss", "0"], "`stop_at_train_loss` > 0 and finite, got 0.0"),
+    (["--stop-at-train-loss", "nan"], "`stop_at_train_loss` > 0 and finite, got nan"),
     (["--lr", "nan"], "`lr` > 0 and finite, got nan"),
     (["--lr", "inf"], "`lr` > 0 and finite, got inf"),
     (["--lr=-0.1"], "`lr` > 0 and finite, got -0.1"),
