@@ -45,26 +45,32 @@ PASSED_THROUGH = ("root", "storage", "tracking_uri", "data_dir", "heartbeat", "m
 INTERRUPTED = "the running trial was recorded as failed (its run KILLED); rerun the same command to resume the sweep."
 
 
-def base_parser(prog: str, description: str) -> ArgumentParser:
-    """Options every sweep has: protocol (preset and overrides), analyses, and where results go."""
+def base_parser(prog: str, description: str, *, grid: bool = False) -> ArgumentParser:
+    """Options every sweep has: protocol (preset and overrides), analyses, and where results go. With ``grid``, the
+    options of ``GRID_FIELDS`` take comma-separated lists (``sweeps.grid``): several values make an axis."""
     parser = ArgumentParser(prog=prog, description=description)
     protocol = parser.add_argument_group("protocol")
+    axis = {"type": str, "help": "one value, or a comma-separated list: an axis of the grid"}
     protocol.add_argument(
         "--preset",
         default="auto",
         help="auto (default: paper on a GPU, quick on a CPU), paper (the paper's protocol), quick or smoke",
     )
-    protocol.add_argument("--epochs", type=int, help="epochs (with --stop-at-train-loss: the cap)")
+    protocol.add_argument(
+        "--epochs", **(axis if grid else {"type": int, "help": "epochs (with --stop-at-train-loss: the cap)"})
+    )
     protocol.add_argument(
         "--stop-at-train-loss",
         type=float,
         help="stop at the first epoch whose train cross-entropy is <= this (e.g. 0.1), --epochs being the cap; a "
         "trial that never reaches it is recorded as such (train/reached_stop_loss = 0)",
     )
-    protocol.add_argument("--lr", type=float, help="learning rate (seeds sweep)")
-    protocol.add_argument("--momentum", type=float)
-    protocol.add_argument("--batch-size", type=int)
-    protocol.add_argument("--train-size", type=int, help="training subset size (default: the preset's)")
+    protocol.add_argument("--lr", **(axis if grid else {"type": float, "help": "learning rate (seeds sweep)"}))
+    protocol.add_argument("--momentum", **(axis if grid else {"type": float}))
+    protocol.add_argument("--batch-size", **(axis if grid else {"type": int}))
+    protocol.add_argument(
+        "--train-size", **(axis if grid else {"type": int, "help": "training subset size (default: the preset's)"})
+    )
     protocol.add_argument("--test-size", type=int, help="test subset size (default: the preset's)")
     protocol.add_argument("--data-seed", type=int, help="seed of the fixed data subsets shared by all trials")
     protocol.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")

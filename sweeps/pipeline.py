@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 from torch import nn
 
-from landscape_core.config import Preset
+from landscape_core.config import Preset, TrainConfig
 from landscape_core.devices import resolve_device
 from landscape_core.ensemble import train_ensemble
 from landscape_core.measure import LambdaMaxTracker, audit_invariance, measure
@@ -60,7 +60,8 @@ class TrialContext:
 
     space: SweepSpace
     preset: Preset
-    data: TrialData
+    data: TrialData  # the preset's splits (the reference minimum's, the barrier matrix's)
+    data_for: Callable[[TrainConfig], TrialData]  # a trial's splits (they differ on a train-size axis)
     store: TrackingStore
     experiment_id: str
     parent_run_id: str
@@ -139,7 +140,7 @@ def _train_and_log_group(
         progress.trial_started(f"ensemble of {len(group)} (seeds {seeds})", group[0][1].train.epochs)
     outcomes = train_ensemble(
         [preset.train for _, preset in group],
-        context.data,
+        context.data_for(group[0][1].train),
         on_epoch=lambda member, epoch, model: trackers[member](epoch, model) if trackers[member] else None,
         on_step=(lambda member, *args: progress.step(*args) if member == 0 else None) if progress else None,
     )
@@ -195,7 +196,8 @@ def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | 
     if not (preset.analysis.runs("tracking") and preset.analysis.runs("hessian")):
         return None
     config = preset.train
-    return LambdaMaxTracker(context.data, preset.analysis.hessian, lr=config.lr, momentum=config.momentum)
+    data = context.data_for(config)
+    return LambdaMaxTracker(data, preset.analysis.hessian, lr=config.lr, momentum=config.momentum)
 
 
 def _run_tags(trial: optuna.Trial, preset: Preset, context: TrialContext) -> dict[str, object]:
@@ -212,13 +214,16 @@ def _run_tags(trial: optuna.Trial, preset: Preset, context: TrialContext) -> dic
     }
     if context.space.widths is not None:
         tags["width"] = config.width
+    for name, _ in context.space.grid:
+        tags[name] = getattr(config, name)
     return tags
 
 
 def _run_name(trial: optuna.Trial, preset: Preset, context: TrialContext) -> str:
     config = preset.train
     width = f"-w{config.width:g}" if context.space.widths is not None else ""
-    return f"trial-{trial.number:03d}-seed{config.seed}-lr{config.lr:.3g}{width}"
+    grid = "".join(f"-{name}{getattr(config, name):g}" for name, _ in context.space.grid if name != "lr")
+    return f"trial-{trial.number:03d}-seed{config.seed}-lr{config.lr:.3g}{grid}{width}"
 
 
 def _train_measure_log(
@@ -234,13 +239,13 @@ def _train_measure_log(
     measurements, and the trained network as a LoggedModel linked to the final metrics."""
     config, progress = preset.train, context.progress
     run.params({"preset": preset.name, **flatten_config(config), **flatten_config(preset.analysis, "analysis.")})
-    log_datasets(run, context.data, subsets_used(preset.analysis))
+    log_datasets(run, context.data_for(config), subsets_used(preset.analysis))
     if progress:
         progress.trial_started(f"trial {trial.number} seed {config.seed} lr {config.lr:.3g}", config.epochs)
     if trained is None:
         result = train(
             config,
-            context.data,
+            context.data_for(config),
             on_epoch=tracker,
             on_step=progress.step if progress else None,
             on_metrics=lambda metrics: log_epoch(run, metrics),

@@ -3,6 +3,7 @@ configs."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -13,7 +14,10 @@ from scipy.stats import qmc
 from landscape_core.config import Preset
 from landscape_core.errors import UsageError
 
-__all__ = ["REFERENCE_SEED", "SweepSpace", "configs_from_trial", "lr_grid", "point_key"]
+__all__ = ["GRID_FIELDS", "REFERENCE_SEED", "SweepSpace", "configs_from_trial", "lr_grid", "point_key"]
+
+#: The TrainConfig fields a grid sweep can make axes of (Jiang et al. 2019's kind of hyperparameters).
+GRID_FIELDS = ("lr", "batch_size", "momentum", "epochs", "train_size")
 
 #: The seed of the study's reference minimum for the barriers (``sweeps.reference``): no sweep may draw it.
 REFERENCE_SEED = 1_000_003
@@ -28,7 +32,7 @@ class SweepSpace:
     ``widths`` (either sweep) adds the architecture's width multiplier as an axis: every point is run at each width.
     """
 
-    kind: str  # "seeds" or "lr"
+    kind: str  # "seeds", "lr" or "grid"
     seeds: tuple[int, ...]
     lrs: tuple[float, ...] | None = None
     lr_min: float | None = None
@@ -36,6 +40,9 @@ class SweepSpace:
     sampler: str = "grid"
     adaptive_trials: int = 0  # tpe only: how many trials the sampler proposes
     widths: tuple[float, ...] | None = None
+    #: A grid sweep's hyperparameter axes: ``((field, values), ...)`` over ``GRID_FIELDS`` of TrainConfig, crossed
+    #: with each other (and the widths) and run with every seed.
+    grid: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -44,6 +51,11 @@ class SweepSpace:
             raise UsageError(f"seed {REFERENCE_SEED} is the reference minimum's (sweeps.reference); choose others")
         if self.widths is not None and (not self.widths or min(self.widths) <= 0):
             raise UsageError(f"Expected widths > 0, got {self.widths}")
+        for name, values in self.grid:
+            if name not in GRID_FIELDS:
+                raise UsageError(f"Expected grid axes among {', '.join(GRID_FIELDS)}, got {name!r}")
+            if not values or len(set(values)) != len(values):
+                raise UsageError(f"Expected distinct values of the grid axis {name}, got {values}")
 
     @property
     def n_trials(self) -> int:
@@ -57,14 +69,20 @@ class SweepSpace:
     @property
     def varies_lr(self) -> bool:
         """True when the lr is an axis (an lr list, or chosen by the sampler)."""
-        return self.lrs is not None or not self.planned
+        return self.lrs is not None or not self.planned or "lr" in dict(self.grid)
 
     def points(self) -> list[dict[str, float | int]]:
-        """The enqueued trial params, lr-major, then width, then seed: ``[{"seed": 1}, ...]``,
-        ``[{"lr": 0.01, "seed": 1}, ...]`` or ``[{"lr": 0.01, "width": 0.5, "seed": 1}, ...]``."""
+        """The enqueued trial params, lr-major (or grid-major, in the order of the grid's axes), then width, then
+        seed: ``[{"seed": 1}, ...]``, ``[{"lr": 0.01, "seed": 1}, ...]``, ``[{"lr": 0.01, "width": 0.5, "seed": 1},
+        ...]`` or ``[{"lr": 0.003, "batch_size": 32, "seed": 1}, ...]``."""
         lrs = [{"lr": lr} for lr in self.lrs] if self.lrs is not None else [{}]
+        cells = [
+            dict(zip((n for n, _ in self.grid), values)) for values in itertools.product(*(v for _, v in self.grid))
+        ]
         widths = [{"width": w} for w in self.widths] if self.widths is not None else [{}]
-        return [{**lr, **width, "seed": s} for lr in lrs for width in widths for s in self.seeds]
+        return [
+            {**lr, **cell, **width, "seed": s} for lr in lrs for cell in cells for width in widths for s in self.seeds
+        ]
 
 
 def lr_grid(n: int, lr_min: float, lr_max: float, sampler: str = "grid", seed: int = 0) -> tuple[float, ...]:
@@ -80,21 +98,21 @@ def lr_grid(n: int, lr_min: float, lr_max: float, sampler: str = "grid", seed: i
 
 
 def point_key(params: dict) -> tuple:
-    """A hashable identity of a trial's point: ``(seed, lr, width)``, None for an axis the sweep does not vary."""
-
-    def axis(name: str) -> float | None:
-        return round(float(params[name]), 12) if name in params else None
-
-    return (int(params["seed"]), axis("lr"), axis("width"))
+    """A hashable identity of a trial's point: its seed and every axis it sets (``lr``, ``width``, grid axes)."""
+    axes = tuple(sorted((name, round(float(value), 12)) for name, value in params.items() if name != "seed"))
+    return (int(params["seed"]), axes)
 
 
 def configs_from_trial(trial: optuna.trial.BaseTrial, space: SweepSpace, preset: Preset) -> Preset:
     """The only place that reads trial params: the trial's seed (and lr, width) applied to the preset."""
     seed = trial.suggest_int("seed", min(space.seeds), max(space.seeds))
     lr = preset.train.lr
-    if space.varies_lr:
+    if space.varies_lr and "lr" not in dict(space.grid):
         low = space.lr_min if space.lr_min is not None else min(space.lrs)
         high = space.lr_max if space.lr_max is not None else max(space.lrs)
         lr = trial.suggest_float("lr", low, high, log=True)
+    grid = {name: trial.suggest_categorical(name, values) for name, values in space.grid}
+    if "lr" in grid:
+        lr = grid.pop("lr")
     width = trial.suggest_categorical("width", space.widths) if space.widths is not None else None
-    return preset.replace(seed=seed, lr=lr, width=width)
+    return preset.replace(seed=seed, lr=lr, width=width, **grid)

@@ -10,14 +10,14 @@ public API is used.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from landscape_core.config import Preset
-from landscape_core.data import check_subset_size, load_fashion_mnist
+from landscape_core.config import Preset, TrainConfig
+from landscape_core.data import FashionMNIST, check_subset_size, load_fashion_mnist
 from landscape_core.devices import resolve_device
 from landscape_core.splits import TrialData
 from sweeps.claims import is_orphan
@@ -52,6 +52,18 @@ class OpenSweep:
     created: bool
     experiment_id: str
     parent: RunLogger
+    images: FashionMNIST = field(repr=False)
+    _splits: dict[tuple, TrialData] = field(default_factory=dict, repr=False)
+
+    def data_for(self, config: TrainConfig) -> TrialData:
+        """The trial splits of ``config``: the sweep's own, or (on a train-size axis) those of its train size, each
+        drawn once by the same rule (``TrialData.build``)."""
+        if self.data.matches(config):
+            return self.data
+        key = (config.train_size, config.test_size, config.data_seed)
+        if key not in self._splits:
+            self._splits[key] = TrialData.build(self.images, config)
+        return self._splits[key]
 
 
 def is_done(trial: FrozenTrial) -> bool:
@@ -127,6 +139,7 @@ def study_config(space: SweepSpace, preset: Preset) -> dict[str, Any]:
         axes.append("train.lr")
     if space.widths is not None:
         axes.append("train.width")
+    axes += [f"train.{name}" for name, _ in space.grid if name != "lr"]
     for key in axes:
         config.pop(key)
     return config
@@ -149,6 +162,8 @@ def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
     images = load_fashion_mnist(options.data_dir)
     check_subset_size("--train-size", preset.train.train_size, len(images.train_y), "training images")
     check_subset_size("--test-size", preset.train.test_size, len(images.test_y), "test images")
+    for size in dict(space.grid).get("train_size", ()):
+        check_subset_size("--train-size", size, len(images.train_y), "training images")
     data = TrialData.build(images, preset.train)
     store = TrackingStore.resolve(options.tracking_uri, options.root)
     store.validate()  # writes nothing: the local store is only created once the storage and the study check out
@@ -184,6 +199,7 @@ def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
         created=created,
         experiment_id=experiment_id,
         parent=parent,
+        images=images,
     )
 
 

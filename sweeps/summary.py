@@ -9,14 +9,15 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from sweeps.space import point_key
+from sweeps.space import GRID_FIELDS, point_key
 from sweeps.study import tally
 
 __all__ = ["print_trials"]
 
 
 def print_trials(study: optuna.Study, console: Console) -> None:
-    """A table of the study's trials, one row per point: seed, lr (and width), test acc, test loss, gap, status."""
+    """A table of the study's trials, one row per point: seed, lr (and the other axes), test acc, test loss, gap,
+    status."""
     done = tally(study)
     shown = {t.number for t in done.values()}
     rows = list(done.values()) + [
@@ -24,25 +25,25 @@ def print_trials(study: optuna.Study, console: Console) -> None:
         for t in study.get_trials(deepcopy=False)
         if t.number not in shown and t.params and point_key(t.params) not in done and t.state != TrialState.WAITING
     ]
-    with_width = any("width" in t.params for t in rows)
+    axes = [name for name in ("lr", *GRID_FIELDS, "width") if any(name in t.params for t in rows)]
+    axes = list(dict.fromkeys(["lr", *axes]))  # lr always shows (the preset's when not an axis)
     table = Table(title=f"study {study.study_name}", show_lines=False)
-    columns = ("trial", "seed", "lr") + (("width",) if with_width else ()) + ("test acc", "test loss", "gap", "status")
+    columns = ("trial", "seed", *axes, "test acc", "test loss", "gap", "status")
     for column in columns:
         table.add_column(column, justify="right")
     preset_lr = json.loads(study.user_attrs.get("config", "{}")).get("train.lr")
 
     def order(trial: optuna.trial.FrozenTrial) -> tuple:
-        seed, lr, width = point_key(trial.params)
-        return (lr or 0, width or 0, seed, trial.number)
+        return (*(float(trial.params.get(name, 0)) for name in axes), trial.params.get("seed", 0), trial.number)
 
     for trial in sorted(rows, key=order):
         attrs = trial.user_attrs
         status = "diverged" if attrs.get("failure") == "diverged" else trial.state.name.lower()
         style = {"complete": "green", "diverged": "red"}.get(status, "yellow")
-        lr = trial.params.get("lr", preset_lr)
-        cells = [str(trial.number), str(trial.params.get("seed")), f"{float(lr):.3g}" if lr else "-"]
-        if with_width:
-            cells.append(f"{trial.params['width']:g}" if "width" in trial.params else "-")
+        cells = [str(trial.number), str(trial.params.get("seed"))]
+        for name in axes:
+            value = trial.params.get(name, preset_lr if name == "lr" else None)
+            cells.append(f"{float(value):.3g}" if value else "-")
         cells += [
             f"{attrs['test_acc']:.4f}" if "test_acc" in attrs else "-",
             f"{trial.value:.4f}" if trial.value is not None else "-",

@@ -32,6 +32,7 @@ def trial_context(sweep: OpenSweep, progress: SweepProgress | None) -> TrialCont
         space=options.space,
         preset=options.preset,
         data=sweep.data,
+        data_for=sweep.data_for,
         store=sweep.store,
         experiment_id=sweep.experiment_id,
         parent_run_id=sweep.parent.run_id,

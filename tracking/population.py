@@ -37,7 +37,11 @@ __all__ = [
 ]
 
 #: Experiments read when neither an experiment, a study nor a parent run is given.
-DEFAULT_EXPERIMENTS = ("seeds", "lr")
+DEFAULT_EXPERIMENTS = ("seeds", "lr", "grid")
+#: The axes of a point besides seed and lr, tagged on a trial's run when its sweep varies them.
+POINT_AXES = ("width", "batch_size", "momentum", "epochs", "train_size")
+#: Hyperparameter axes the correlation analysis can granulate over (read from the runs' params).
+HYPERPARAMETERS = ("lr", *POINT_AXES)
 #: Runs per ``search_runs`` page (MLflow's maximum); a module constant so tests can page through small stores.
 PAGE_SIZE = 1000
 
@@ -108,6 +112,19 @@ class Population:
     def lrs(self) -> np.ndarray:
         """Shape (n,) float learning rates per run."""
         return np.array([run.lr for run in self.runs], dtype=float)
+
+    def hyperparameter(self, name: str) -> np.ndarray:
+        """Shape (n,) float values of a training hyperparameter per run (its logged param; NaN when missing)."""
+        return np.array([_float(run.params.get(name)) for run in self.runs], dtype=float)
+
+    def varying_hyperparameters(self) -> list[str]:
+        """The ``HYPERPARAMETERS`` that take more than one value in the population: its axes (seeds are not)."""
+        out = []
+        for name in HYPERPARAMETERS:
+            values = self.hyperparameter(name)
+            if len(set(np.round(values[np.isfinite(values)], 12).tolist())) > 1:
+                out.append(name)
+        return out
 
     def measure_keys(self) -> list[str]:
         """Every key with ``keys.is_measure`` that at least one run has.
@@ -202,12 +219,13 @@ def _recency(run: Run) -> tuple[int, int]:
 
 
 def _dedupe(finished: list[Run]) -> tuple[list[Run], int]:
-    """Keep the latest FINISHED run per (study, trial number), then per (study, seed, lr)."""
+    """Keep the latest FINISHED run per (study, trial number), then per point: (study, every axis tag, seed, lr)."""
     kept = finished
     for identity in (
         lambda r: (r.data.tags.get("study", ""), r.data.tags.get("trial_number", r.info.run_id)),
         lambda r: (
             r.data.tags.get("study", ""),
+            *(r.data.tags.get(axis, "") for axis in POINT_AXES),  # width and the grid's axes, when they are tags
             _int(r.data.tags.get("seed", r.data.params.get("seed"))),
             # lr is compared rounded: the tag is str(float) of the same value, but be robust to formatting.
             round(_float(r.data.tags.get("lr", r.data.params.get("lr"))), 12),
