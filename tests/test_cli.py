@@ -15,6 +15,7 @@ from tests.sweeps.conftest import FAST, REPO, run_cli
 BAD_INPUT = {
     "sweeps.seeds": (["--n", "0"], "Expected `--n` >= 1, got 0"),
     "sweeps.lr": (["--lr-min", "0.1", "--lr-max", "0.01"], "0 < `--lr-min` < `--lr-max`"),
+    "sweeps.grid": (["--batch-size", "32,x"], "`--batch-size` a comma-separated list of ints"),
     "sweeps.slurm": (["--tasks", "0"], "Expected `--tasks` >= 1, got 0"),
     "tracking.correlate": (["--n-boot", "0"], "`--n-boot`"),
     "tracking.export": (["--out", "population.xlsx"], "Expected `--out` ending in .csv or .parquet"),

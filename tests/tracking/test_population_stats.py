@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import warnings
@@ -10,16 +11,21 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tracking import population_stats
 from tracking.population_stats import (
     CorrelationRow,
     bootstrap_spearman_ci,
     correlation_table,
     granulated_kendall,
     holm,
+    holm_power,
     min_detectable_rho,
+    min_detectable_rho_holm,
+    n_needed,
     partial_spearman,
     permutations_for,
     simpson_flag,
+    spearman_critical_value,
     spearman_permutation_p,
     verdict,
     within_group_spearman,
@@ -103,6 +109,7 @@ def test_bca_ci_matches_scipy_bootstrap() -> None:
     ).confidence_interval
     assert (row.ci_low, row.ci_high) == pytest.approx((ref.low, ref.high), abs=1e-12)
     assert row.ci_low < row.spearman < row.ci_high
+    assert row.ci_method == "bca"
 
 
 def test_same_seed_same_numbers_other_seed_other_resamples() -> None:
@@ -282,7 +289,7 @@ def test_bca_ci_coverage_bivariate_normal() -> None:
     hits = 0
     for s in range(sims):
         xy = rng.multivariate_normal([0.0, 0.0], cov, size=n)
-        lo, hi = bootstrap_spearman_ci(xy[:, 0], xy[:, 1], n_boot=300, alpha=0.05, seed=s)
+        lo, hi, _ = bootstrap_spearman_ci(xy[:, 0], xy[:, 1], n_boot=300, alpha=0.05, seed=s)
         hits += lo <= true_spearman <= hi
     assert 0.85 <= hits / sims <= 0.99
 
@@ -295,11 +302,14 @@ def test_cluster_bootstrap_is_wider_for_nested_runs() -> None:
     y = effect + 0.1 * rng.normal(size=30)
     iid = bootstrap_spearman_ci(x, y, n_boot=300, seed=1)
     clustered = bootstrap_spearman_ci(x, y, n_boot=300, seed=1, groups=lrs)
-    assert clustered[1] - clustered[0] > 2 * (iid[1] - iid[0])
+    assert (iid.method, clustered.method) == ("bca", "cluster_percentile")
+    assert clustered.high - clustered.low > 2 * (iid.high - iid.low)
     assert clustered == bootstrap_spearman_ci(x, y, n_boot=300, seed=1, groups=lrs)
     (row,) = correlation_table({"m": x}, {"t": y}, n_boot=300, n_perm=50, seed=1, groups=lrs)
-    assert (row.ci_low, row.ci_high) == clustered
-    assert all(math.isnan(v) for v in bootstrap_spearman_ci(x, y, groups=np.zeros(30)))  # one group
+    assert (row.ci_low, row.ci_high, row.ci_method) == clustered
+    # One group: every resample is the whole population, so there is no spread to resample.
+    rho = stats.spearmanr(x, y).statistic
+    assert bootstrap_spearman_ci(x, y, groups=np.zeros(30)) == pytest.approx((rho, rho, "degenerate"))
 
 
 def test_degenerate_column_gives_nan_without_warnings() -> None:
@@ -309,49 +319,174 @@ def test_degenerate_column_gives_nan_without_warnings() -> None:
         (row,) = correlation_table({"m": x}, {"const": np.ones(20)}, covariate=z, n_boot=50, n_perm=50)
     for name in ("spearman", "kendall", "pearson", "ci_low", "ci_high", "perm_p", "partial_spearman", "holm_p"):
         assert math.isnan(getattr(row, name)), name
+    assert row.ci_method == "undefined"  # rho is NaN, so its interval is NaN too (and says why)
     assert not row.significant
     assert verdict(row).startswith("undefined")
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_perfect_ranks_give_a_finite_flagged_interval(sign: float) -> None:
+    x = np.arange(20.0)
+    y = sign * np.exp(x / 5)  # rho = +-1 exactly: every resample and every jackknife rho is +-1, BCa is 0/0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ci = bootstrap_spearman_ci(x, y, n_boot=200, seed=1)
+        clustered = bootstrap_spearman_ci(x, y, n_boot=200, seed=1, groups=np.repeat(np.arange(5), 4))
+        (row,) = correlation_table({"m": x}, {"t": y}, n_boot=200, n_perm=200)
+    assert ci == (sign, sign, "degenerate")
+    assert clustered == (sign, sign, "degenerate")
+    assert (row.ci_low, row.ci_high, row.ci_method) == (sign, sign, "degenerate")
+    assert row.significant and row.spearman == sign
+    d = json.loads(json.dumps(row.to_dict(), allow_nan=False))
+    assert (d["ci_low"], d["ci_high"], d["ci_method"]) == (sign, sign, "degenerate")
+
+
+@pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning", "ignore::scipy.stats.DegenerateDataWarning")
+def test_small_sample_bca_falls_back_to_the_percentile_interval() -> None:
+    # At n = 5 some resamples draw one run five times (a constant column, rho NaN), which makes BCa NaN.
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    y = np.array([1.0, 3.0, 2.0, 5.0, 4.0])
+    ci = bootstrap_spearman_ci(x, y, n_boot=500, seed=2)
+    assert ci.method == "percentile"
+    ref = stats.bootstrap(
+        (x, y), _spearman_stat, paired=True, vectorized=False, n_resamples=500, rng=np.random.default_rng(2)
+    )
+    assert math.isnan(ref.confidence_interval.low)  # what scipy's BCa gives, and what the row used to carry
+    dist = ref.bootstrap_distribution
+    expected = np.quantile(dist[np.isfinite(dist)], [0.025, 0.975])
+    assert (ci.low, ci.high) == pytest.approx(tuple(expected), abs=1e-12)
+    assert -1.0 <= ci.low < ci.high <= 1.0
+
+
+@pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")
+def test_constant_sample_has_no_rho_and_so_no_interval() -> None:
+    x = np.arange(10.0)
+    assert math.isnan(stats.spearmanr(x, np.ones(10)).statistic)
+    for groups in (None, np.repeat([0, 1], 5)):
+        low, high, method = bootstrap_spearman_ci(x, np.ones(10), groups=groups)
+        assert math.isnan(low) and math.isnan(high) and method == "undefined"
+    low, high, method = bootstrap_spearman_ci([1.0, 2.0], [3.0, 1.0])  # two runs: rho -1, nothing to resample
+    assert (low, high, method) == (-1.0, -1.0, "degenerate")
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Granulated Kendall
+# Granulated Kendall (Jiang et al. 2020, eqs. (4)-(5))
 # ----------------------------------------------------------------------------------------------------------------
+
+# Two hyperparameter axes, lr in {a, b, c} and batch size in {S, L}; the point (c, L) has two seeds.
+HAND = {
+    "lr": ["a", "b", "c", "a", "b", "c", "c"],
+    "bs": ["S", "S", "S", "L", "L", "L", "L"],
+    "seed": [1, 1, 1, 1, 1, 1, 2],
+    "x": [1.0, 2.0, 3.0, 1.0, 1.0, 2.0, 4.0],
+    "y": [1.0, 2.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+}
+# psi_lr, cells bs = S and bs = L, each a tau-a over 3 points (3 unordered pairs):
+#   S: a(1,1) b(2,2) c(3,2): ab +1, ac +1, bc: y tied -> 0                                   tau = 2/3
+#   L: a(1,3) b(1,4) c{(2,5),(4,6)}: ab: x tied -> 0; ac: mean(+1, +1) = 1; bc: mean(+1, +1) = 1  tau = 2/3
+# psi_bs, cells lr = a, b, c, each 2 points (1 pair):
+#   a: S(1,1) L(1,3): x tied -> 0; b: S(2,2) L(1,4): -1; c: S(3,2) L{(2,5),(4,6)}: mean(-1, +1) = 0
+HAND_PSI = {"lr": 2 / 3, "bs": (0 - 1 + 0) / 3}
+
+
+def _jiang_tau(mu: list[float], g: list[float]) -> float:
+    """Jiang et al.'s eq. (4), literally: the sign average over ordered pairs of distinct elements of T."""
+    total = sum(np.sign(mu[i] - mu[j]) * np.sign(g[i] - g[j]) for i in range(len(mu)) for j in range(len(mu)) if i != j)
+    return total / (len(mu) * (len(mu) - 1))
+
+
+def _jiang_psi(x: np.ndarray, y: np.ndarray, grid: dict[str, np.ndarray]) -> dict[str, float]:
+    """Jiang et al.'s eq. (5), literally, for one run per hyperparameter point: loop over Theta_1 x ... x Theta_K."""
+    names = list(grid)
+    point = {tuple(grid[a][r] for a in names): r for r in range(len(x))}
+    out = {}
+    for i, name in enumerate(names):
+        others = [sorted(set(grid[a])) for a in names if a != name]
+        taus = []
+        for fixed in itertools.product(*others):  # the m_i cells
+            runs = [r for key, r in point.items() if tuple(k for j, k in enumerate(key) if j != i) == fixed]
+            taus.append(_jiang_tau([x[r] for r in runs], [y[r] for r in runs]))
+        out[name] = float(np.mean(taus))
+    return out
 
 
 def test_granulated_kendall_hand_computation() -> None:
+    total, by_axis = granulated_kendall(HAND["x"], HAND["y"], {k: HAND[k] for k in ("lr", "bs", "seed")})
+    assert by_axis == pytest.approx(HAND_PSI, abs=1e-12)  # "seed" is a repetition, not an axis
+    assert list(by_axis) == ["lr", "bs"]
+    assert total == pytest.approx((2 / 3 - 1 / 3) / 2, abs=1e-12)
+    # Tau-b (scipy's default) divides by the untied pairs instead and would give 2 / sqrt(3 * 2) in cell S.
+    assert stats.kendalltau([1.0, 2.0, 3.0], [1.0, 2.0, 2.0]).statistic == pytest.approx(2 / math.sqrt(6))
+    (row,) = correlation_table(
+        {"m": HAND["x"]}, {"t": HAND["y"]}, axes={k: HAND[k] for k in ("seed", "lr", "bs")}, n_boot=20, n_perm=20
+    )
+    assert row.granulated_kendall == pytest.approx(total, abs=1e-12)
+    assert row.granulated_by_axis == pytest.approx(HAND_PSI, abs=1e-12)
+
+
+def test_granulated_kendall_matches_jiang_formula_on_a_tied_grid() -> None:
+    rng = np.random.default_rng(SEED)
+    grid_axes = {"lr": [0.1, 0.03, 0.01], "bs": [32, 128, 512], "momentum": [0.0, 0.9]}
+    points = list(itertools.product(*grid_axes.values()))
+    grid = {name: np.array([p[i] for p in points]) for i, name in enumerate(grid_axes)}
+    x = rng.integers(0, 4, size=len(points)).astype(float)  # coarse values: many ties
+    y = rng.integers(0, 4, size=len(points)).astype(float)
+    total, by_axis = granulated_kendall(x, y, grid)
+    expected = _jiang_psi(x, y, grid)
+    assert by_axis == pytest.approx(expected, abs=1e-12)
+    assert total == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
+
+
+def test_repetitions_give_the_expected_tau_over_one_seed_per_point() -> None:
+    # Unbalanced repetitions: enumerate every way to keep one seed per point; each choice is a plain Jiang grid.
+    rng = np.random.default_rng(3)
+    lr = ["a", "a", "a", "b", "c", "c", "a", "b", "b", "c"]
+    bs = [32, 32, 32, 32, 32, 32, 64, 64, 64, 64]
+    seed = [1, 2, 3, 1, 1, 2, 1, 1, 2, 1]
+    x, y = rng.normal(size=10), rng.normal(size=10)
+    _, by_axis = granulated_kendall(x, y, {"lr": lr, "bs": bs, "seed": seed})
+    reps: dict[tuple, list[int]] = {}
+    for r, key in enumerate(zip(lr, bs)):
+        reps.setdefault(key, []).append(r)
+    choices = list(itertools.product(*reps.values()))
+    psis = []
+    for chosen in choices:
+        idx = np.array(chosen)
+        psis.append(_jiang_psi(x[idx], y[idx], {"lr": np.array(lr)[idx], "bs": np.array(bs)[idx]}))
+    expected = {name: np.mean([p[name] for p in psis]) for name in ("lr", "bs")}
+    assert by_axis == pytest.approx(expected, abs=1e-12)
+    # Pooling the seeds as extra points of a cell would compare repetitions of one point and give other numbers.
+    pooled_bs = np.mean(
+        [
+            _jiang_tau(x[[r for r in range(10) if lr[r] == v]], y[[r for r in range(10) if lr[r] == v]])
+            for v in ("a", "b", "c")
+        ]
+    )
+    assert abs(pooled_bs - by_axis["bs"]) > 0.05
+
+
+def test_granulated_kendall_axes_seed_rules_and_missing_runs() -> None:
     lr = [0.1, 0.1, 0.1, 0.01, 0.01, 0.01]
     seed = [1, 2, 3, 1, 2, 3]
-    width = [64] * 6  # does not vary: ignored
     x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     y = [1.0, 3.0, 2.0, 6.0, 5.0, 4.0]
-    # axis seed (groups = fixed lr): lr 0.1 -> pairs (1,2)+ (1,3)+ (2,3)- : tau = 1/3; lr 0.01 -> all -: tau = -1
-    psi_seed = (1 / 3 - 1) / 2
-    # axis lr (groups = fixed seed, two runs each): (1,1)-(4,6), (2,3)-(5,5), (3,2)-(6,4) all concordant: tau = 1
-    psi_lr = 1.0
-    total, by_axis = granulated_kendall(x, y, {"lr": lr, "seed": seed, "width": width})
-    assert by_axis == pytest.approx({"lr": psi_lr, "seed": psi_seed}, abs=1e-12)
-    assert total == pytest.approx((psi_lr + psi_seed) / 2, abs=1e-12)
-    (row,) = correlation_table({"m": x}, {"t": y}, axes={"lr": lr, "seed": seed}, n_boot=20, n_perm=20)
-    assert row.granulated_kendall == pytest.approx(1 / 3, abs=1e-12)
-    assert row.granulated_by_axis == pytest.approx({"lr": psi_lr, "seed": psi_seed}, abs=1e-12)
-
-
-def test_granulated_kendall_skips_nan_groups_and_needs_two_axes() -> None:
-    lr = [0.1, 0.1, 0.1, 0.01, 0.01, 0.01]
-    seed = [1, 2, 3, 1, 2, 3]
-    x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    y = [1.0, 3.0, 2.0, 6.0, 5.0, 3.0]  # seed 3 pair: y 2 -> 3 concordant; lr 0.01 group: 6,5,3 -> tau = -1
-    y_tie = [1.0, 3.0, 2.0, 6.0, 3.0, 2.0]  # seed 2 pair (3,3) and seed 3 pair (2,2): tau NaN, skipped
-    _, by_axis = granulated_kendall(x, y_tie, {"lr": lr, "seed": seed})
-    assert by_axis["lr"] == pytest.approx(1.0)  # only the seed-1 group counts
-    assert granulated_kendall(x, y, {"lr": lr, "seed": [7] * 6}) == (None, {})
-    # A run with a missing measure is dropped: the seed-1 pair loses a run, so no lr group has a finite tau
-    # (psi_lr NaN, left out of the mean); lr 0.1 keeps x 2,3 / y 3,2 (tau -1), lr 0.01 has x 4,5,6 / y 6,3,2 (-1).
+    # One axis (lr) with the seeds as repetitions: one cell, points 0.1 {(1,1),(2,3),(3,2)} and 0.01 {(4,6),(5,5),
+    # (6,4)}; every cross pair is concordant, so psi_lr = 1 (the 3 + 3 within-lr seed pairs do not count).
+    assert granulated_kendall(x, y, {"lr": lr, "seed": seed}) == (pytest.approx(1.0), {"lr": pytest.approx(1.0)})
+    assert granulated_kendall(x, y, {"seed": seed, "width": [64] * 6}) == (None, {})  # no hyperparameter varies
+    # repetitions=() makes the seed an axis again (the pre-issue-12 behaviour, but with tau-a).
+    _, by_axis = granulated_kendall(x, y, {"lr": lr, "seed": seed}, repetitions=())
+    assert set(by_axis) == {"lr", "seed"}
+    # A dropped run empties one point: the cell of seed 1 along lr has one point, so it is left out of psi_lr.
     x_nan = [np.nan, 2.0, 3.0, 4.0, 5.0, 6.0]
-    total, by_axis = granulated_kendall(x_nan, y_tie, {"lr": lr, "seed": seed})
-    assert total == pytest.approx(-1.0)
-    assert math.isnan(by_axis["lr"]) and by_axis["seed"] == pytest.approx(-1.0)
-    (row,) = correlation_table({"m": x}, {"t": y}, axes={"lr": lr}, n_boot=20, n_perm=20)
+    _, by_axis = granulated_kendall(x_nan, y, {"lr": lr, "seed": seed}, repetitions=())
+    assert by_axis["lr"] == pytest.approx(1.0)  # seeds 2 and 3: (2,3)-(5,5) and (3,2)-(6,4) concordant
+    # seed axis: lr 0.1 has points 2,3 with x 2,3 / y 3,2 (tau -1); lr 0.01 has 4,5,6 / 6,5,4 (tau -1)
+    assert by_axis["seed"] == pytest.approx(-1.0)
+    # A tie is a zero in Jiang's sum, not a skipped cell.
+    _, by_axis = granulated_kendall(x, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], {"lr": lr, "seed": seed})
+    assert by_axis == {"lr": 0.0}
+    (row,) = correlation_table({"m": x}, {"t": y}, axes={"seed": seed}, n_boot=20, n_perm=20)
     assert row.granulated_kendall is None and row.granulated_by_axis is None
 
 
@@ -423,6 +558,105 @@ def test_min_detectable_rho_known_values() -> None:
         min_detectable_rho(3)
 
 
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rho of every row pair (untied data): Pearson r of the ranks."""
+    ra = np.argsort(np.argsort(a, axis=1), axis=1).astype(float)
+    rb = np.argsort(np.argsort(b, axis=1), axis=1).astype(float)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    return (ra * rb).sum(axis=1) / np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+
+
+def _monte_carlo_power(rho_s: float, n: int, level: float, draws: int, seed: int) -> float:
+    """Fraction of bivariate normal samples (population Spearman rho_s) that the report's test rejects at ``level``.
+
+    The report's verdict p: below n = 30 the permutation p-value, whose null (rho over random pairings) is the same
+    for every untied sample, so one shared set of pairings serves all draws; from n = 30 spearmanr's t-test p.
+    """
+    rng = np.random.default_rng(seed)
+    r = 2 * math.sin(math.pi * rho_s / 6)  # the Pearson rho of a normal pair with Spearman rho rho_s
+    z = rng.normal(size=(2, draws, n))
+    x, y = z[0], r * z[0] + math.sqrt(1 - r * r) * z[1]
+    rho = _spearman_rows(x, y)
+    for i in range(3):  # the vectorized rho and p are scipy's
+        assert rho[i] == pytest.approx(stats.spearmanr(x[i], y[i]).statistic, abs=1e-12)
+    if n < 30:
+        pairings = 200_000
+        perm = np.argsort(rng.random((pairings, n)), axis=1).astype(float)
+        null = np.sort(np.abs(_spearman_rows(perm, np.broadcast_to(np.arange(n, dtype=float), perm.shape))))
+        exceed = pairings - np.searchsorted(null, np.abs(rho) - 1e-12, side="left")
+        p = (1 + exceed) / (pairings + 1)
+    else:
+        t = rho * np.sqrt((n - 2) / (1 - rho**2))
+        p = 2 * stats.t.sf(np.abs(t), n - 2)
+        assert p[0] == pytest.approx(stats.spearmanr(x[0], y[0]).pvalue, rel=1e-9)
+    return float(np.mean(p < level))  # Holm's first step: m * p < alpha
+
+
+@pytest.mark.parametrize(("n", "family"), [(20, 10), (20, 104), (40, 104)])
+def test_holm_level_power_matches_monte_carlo(n: int, family: int) -> None:
+    alpha, draws = 0.05, 2000  # binomial sd of the estimate at 0.8: 0.009
+    rho = min_detectable_rho_holm(n, family, alpha)
+    assert holm_power(rho, n, family, alpha) == pytest.approx(0.8, abs=1e-9)
+    power = _monte_carlo_power(rho, n, alpha / family, draws, seed=n)
+    assert power == pytest.approx(0.8, abs=0.05)
+    # The uncorrected figure, the one the report's power note used to give, is far from 80% power at Holm's level.
+    uncorrected = _monte_carlo_power(min_detectable_rho(n, alpha), n, alpha / family, draws, seed=n)
+    assert uncorrected < 0.75
+
+
+def test_min_detectable_rho_holm_and_n_needed_values() -> None:
+    assert min_detectable_rho_holm(20, 104) == pytest.approx(0.82, abs=0.005)  # the issue's plain Fisher z: 0.78
+    assert min_detectable_rho_holm(20, 1) == pytest.approx(0.605, abs=0.005)
+    assert min_detectable_rho_holm(20, 1) > min_detectable_rho(20)  # the rank test's larger Fisher-z variance
+    assert min_detectable_rho_holm(40, 104) < min_detectable_rho_holm(20, 104) < min_detectable_rho_holm(20, 500)
+    assert math.isnan(min_detectable_rho_holm(5, 104))  # 5 runs cannot reach p < 0.05 / 104 (2 / 5! = 0.017)
+    for rho, family, n in [(0.3, 104, 202), (0.5, 104, 68), (0.5, 1, 31)]:
+        assert n_needed(rho, family) == n
+        assert min_detectable_rho_holm(n, family) <= rho < min_detectable_rho_holm(n - 1, family)
+    assert n_needed(-0.5, 104) == 68
+    for bad, message in [
+        (lambda: min_detectable_rho_holm(3, 10), r"Expected `n` >= 4, got 3"),
+        (lambda: min_detectable_rho_holm(20, 0), r"Expected `family_size` >= 1, got 0"),
+        (lambda: min_detectable_rho_holm(20, 10, power=1.0), r"Expected 0 < `power` < 1, got 1.0"),
+        (lambda: n_needed(0.0, 10), r"Expected 0 < \|`rho`\| < 1, got 0.0"),
+        (lambda: n_needed(1.0, 10), r"Expected 0 < \|`rho`\| < 1, got 1.0"),
+        (lambda: holm_power(0.5, 20, 2.5), r"Expected `family_size` to be an int, got 2.5"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            bad()
+
+
+@pytest.mark.parametrize("n", [6, 7])
+def test_spearman_null_moments_and_exact_critical_values(n: int) -> None:
+    perms = np.array(list(itertools.permutations(range(n))), dtype=float)
+    rho = 1 - 6 * np.sum((perms - np.arange(n)) ** 2, axis=1) / (n * (n * n - 1))
+    var, mu4 = population_stats._spearman_null_moments(n)
+    assert (np.mean(rho**2), np.mean(rho**4)) == pytest.approx((var, mu4), rel=1e-12)
+    values = np.unique(np.round(np.abs(rho), 12))
+    p_of = {v: np.mean(np.abs(rho) >= v - 1e-9) for v in values}  # the exact two-sided permutation p of |rho| = v
+    for level in (0.05, 0.01):
+        reaching = [v for v in values if p_of[v] <= level and v < 1]
+        expected = min(reaching) if reaching else math.inf  # only perfect ranks reaching it: nothing detectable
+        assert spearman_critical_value(n, level) == pytest.approx(expected, abs=1e-9)
+    assert spearman_critical_value(6, 0.05) == pytest.approx(0.885714, abs=1e-6)  # 31/35, p = 0.033
+    assert spearman_critical_value(4, 0.05) == math.inf  # 2 / 4! > 0.05 even for perfect ranks
+
+
+def test_critical_value_below_30_runs_tracks_the_permutation_null() -> None:
+    # The Pearson type II fit against a Monte Carlo permutation null at a Holm-family level; scipy's t is too liberal.
+    rng = np.random.default_rng(9)
+    n, level = 20, 0.005
+    perm = np.argsort(rng.random((200_000, n)), axis=1).astype(float)
+    null = np.abs(_spearman_rows(perm, np.broadcast_to(np.arange(n, dtype=float), perm.shape)))
+    quantile = np.quantile(null, 1 - level)
+    assert spearman_critical_value(n, level) == pytest.approx(quantile, abs=0.006)
+    t = stats.t.ppf(1 - level / 2, n - 2)
+    assert quantile - t / math.sqrt(n - 2 + t * t) > 0.006
+    t30 = stats.t.ppf(1 - level / 2, 28)
+    assert spearman_critical_value(30, level) == pytest.approx(t30 / math.sqrt(28 + t30**2), rel=1e-12)
+
+
 def test_simpson_flag_on_planted_paradox() -> None:
     rng = np.random.default_rng(5)
     groups = np.repeat(["a", "b", "c"], 10)
@@ -458,6 +692,7 @@ def test_row_to_dict_is_json_safe() -> None:
     assert isinstance(row, CorrelationRow)
     d = row.to_dict()
     assert d["partial_spearman"] is None  # no covariate
+    assert d["ci_method"] in population_stats.CI_METHODS
     assert set(d["granulated_by_axis"]) == {"a", "b"}
     assert json.loads(json.dumps(d, allow_nan=False))["n"] == 12
 
