@@ -54,6 +54,8 @@ LAMBDA_MAX_NORMALIZED, TRACE_NORMALIZED = "hessian/lambda_max_normalized", "hess
 NORMALIZED_CONVERGED, TRACE_NORMALIZED_STDERR = "hessian/normalized_converged", "hessian/trace_normalized_stderr"
 FISHER_RAO = "norm/fisher_rao"
 PAC_BAYES, PAC_BAYES_MAG = "flatness/pac_bayes", "flatness/pac_bayes_mag"
+#: 1 when the bisection bracketed sigma* inside its search interval, 0 when sigma* sits on an end of it.
+PAC_BAYES_BRACKETED, PAC_BAYES_MAG_BRACKETED = "flatness/pac_bayes_bracketed", "flatness/pac_bayes_mag_bracketed"
 #: v^T H v along unit directions (one HVP each), and the largest relative difference of the float64 Richardson
 #: finite-difference check from it (a diagnostic, not a measure).
 CURVATURE_RANDOM, CURVATURE_TOP = "curvature/random_mean", "curvature/top_eigenvector"
@@ -123,6 +125,14 @@ MEASURES = (
 #: test barriers are the paper's figures, not predictors.
 MEASURE_PREFIXES = ("perturb/train_loss_delta/", "barrier/train_")
 NORM_BASELINES = (WEIGHT_NORM, DIST_INIT)
+#: Measures whose estimate can fail to converge, with the 0/1 metric that says it did: a run whose flag is 0 is
+#: counted (and can be excluded) by the correlation report.
+RELIABILITY = {
+    LAMBDA_MAX: CONVERGED,
+    LAMBDA_MAX_NORMALIZED: NORMALIZED_CONVERGED,
+    PAC_BAYES: PAC_BAYES_BRACKETED,
+    PAC_BAYES_MAG: PAC_BAYES_MAG_BRACKETED,
+}
 #: The covariate of the partial correlations: the final train loss.
 CONTROL = FINAL_TRAIN_LOSS
 

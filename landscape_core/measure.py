@@ -171,6 +171,7 @@ def measure(
                 )
             out.scalars[measure_key] = result.measure
             out.scalars[f"{measure_key}_sigma"] = result.sigma
+            out.scalars[keys.RELIABILITY[measure_key]] = float(result.bracketed)
             results[key] = {"sigma": result.sigma, "measure": result.measure, "drop": result.drop_at_sigma}
         out.arrays["flatness"] = results
 

@@ -213,6 +213,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
     p.add_argument("--log-to-parent", action="store_true", help="log JSON, figure and table to the parent run")
+    p.add_argument(
+        "--exclude-flagged",
+        action="store_true",
+        help="leave out runs whose estimate did not converge (lambda_max) or was not bracketed (PAC-Bayes sigma*)",
+    )
     return p
 
 
@@ -239,6 +244,7 @@ def _correlate(args: argparse.Namespace, console: Console) -> int:
         alpha=args.alpha,
         seed=args.seed,
         invariance=population_invariance(store, population),
+        exclude_flagged=args.exclude_flagged,
     )
     parent = None
     if args.log_to_parent and report.status == "ok":

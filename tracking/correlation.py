@@ -69,6 +69,8 @@ class CorrelationEntry:
         verdict: One line in plain words.
         invariance_ratio: max / min of the measure over function-preserving rescalings of one minimum of the sweep
             (the parent run's audit, ``landscape_core.invariance``); inf for a sign flip, NaN when not audited.
+        flagged: Runs whose estimate of this measure did not converge (Lanczos) or was not bracketed (PAC-Bayes
+            bisection), by ``keys.RELIABILITY``; excluded from the row when the report says ``exclude_flagged``.
     """
 
     row: CorrelationRow
@@ -84,6 +86,7 @@ class CorrelationEntry:
     min_detectable_rho: float
     verdict: str
     invariance_ratio: float = _NAN
+    flagged: int = 0
 
     @property
     def invariant(self) -> bool | None:
@@ -117,6 +120,7 @@ class CorrelationEntry:
             verdict=self.verdict,
             invariance_ratio="inf" if math.isinf(self.invariance_ratio) else _finite_or_none(self.invariance_ratio),
             invariant=self.invariant,
+            flagged=self.flagged,
         )
         return out
 
@@ -139,6 +143,8 @@ class CorrelationReport:
         seed: Seed of the resampling.
         status: ``"ok"`` or ``"too_few_runs"``.
         message: Why the report is empty (status ``"too_few_runs"``), else "".
+        flagged: Measure key -> runs whose estimate did not converge or was not bracketed (``keys.RELIABILITY``).
+        exclude_flagged: Whether those runs were left out of their measure's rows.
     """
 
     entries: tuple[CorrelationEntry, ...]
@@ -154,6 +160,8 @@ class CorrelationReport:
     seed: int = 0
     status: str = "ok"
     message: str = ""
+    flagged: dict[str, int] = field(default_factory=dict)
+    exclude_flagged: bool = False
 
     @property
     def n_runs(self) -> int:
@@ -193,6 +201,8 @@ class CorrelationReport:
             "measures": list(self.measures),
             "targets": dict(self.targets),
             "missing": dict(self.missing),
+            "flagged": dict(self.flagged),
+            "exclude_flagged": self.exclude_flagged,
             "lr_varies": self.lr_varies,
             "seed_varies": self.seed_varies,
             "power": {
@@ -295,6 +305,7 @@ def analyze(
     alpha: float = 0.05,
     seed: int = 0,
     invariance: Mapping[str, float] | None = None,
+    exclude_flagged: bool = False,
 ) -> CorrelationReport:
     """Test every measure against every generalization target over the population, with its confounds.
 
@@ -317,6 +328,8 @@ def analyze(
         seed: Seed of the resampling.
         invariance: Per measure key, its ratio in the sweep's invariance audit (``tracking.invariance``); a
             measure that is not invariant says so in its verdict. None or a missing key: not audited.
+        exclude_flagged: Leave out of a measure's rows the runs whose estimate of it did not converge or was not
+            bracketed (``keys.RELIABILITY``); they are counted either way.
 
     Returns:
         The report; with fewer than ``MIN_RUNS`` runs, an empty one with status ``"too_few_runs"``.
@@ -333,8 +346,11 @@ def analyze(
     lrs, seeds = population.lrs, population.seeds
     lr_varies = len({_lr_label(v) for v in lrs[np.isfinite(lrs)]}) > 1
     seed_varies = len(set(seeds.tolist())) > 1
+    flags = {k: _flagged(population, k) for k in measure_keys}
     empty = CorrelationReport(
         entries=(),
+        flagged={k: int(v.sum()) for k, v in flags.items()},
+        exclude_flagged=exclude_flagged,
         measures=tuple(measure_keys),
         targets=target_map,
         population=population.counts(),
@@ -356,6 +372,8 @@ def analyze(
     train_loss = population.column(keys.CONTROL)
     covariate = train_loss if np.isfinite(train_loss).any() else None
     measure_cols = {k: population.column(k) for k in measure_keys}
+    if exclude_flagged:
+        measure_cols = {k: np.where(flags[k], np.nan, v) for k, v in measure_cols.items()}
     target_cols = {name: population.column(key) for name, key in target_map.items()}
     rows = correlation_table(
         measure_cols,
@@ -402,11 +420,28 @@ def analyze(
                 simpson_axes=simpson_axes,
                 missing=empty.missing[row.measure],
                 min_detectable_rho=min_detectable_rho(row.n, alpha) if row.n >= MIN_RUNS else _NAN,
-                verdict=text + _invariance_note(ratio),
+                verdict=text + _invariance_note(ratio) + _flag_note(empty.flagged[row.measure], exclude_flagged),
                 invariance_ratio=ratio,
+                flagged=empty.flagged[row.measure],
             )
         )
     return dataclasses.replace(empty, entries=tuple(entries))
+
+
+def _flagged(population: Population, measure: str) -> np.ndarray:
+    """Shape (n,) bool: runs whose estimate of ``measure`` did not converge or was not bracketed (its flag is 0)."""
+    flag = keys.RELIABILITY.get(measure)
+    if flag is None:
+        return np.zeros(len(population.runs), dtype=bool)
+    return population.column(flag) == 0
+
+
+def _flag_note(flagged: int, excluded: bool) -> str:
+    if not flagged:
+        return ""
+    if excluded:
+        return f"; {flagged} unconverged/unbracketed estimate{'s' if flagged != 1 else ''} excluded"
+    return f"; {flagged} run{'s' if flagged != 1 else ''} with an unconverged/unbracketed estimate (flagged, included)"
 
 
 def _invariance_note(ratio: float) -> str:

@@ -64,6 +64,8 @@ def _n(entry: CorrelationEntry) -> Text:
     text = Text(str(entry.row.n))
     if entry.missing:
         text.append(f" ({entry.missing} miss)", style="yellow")
+    if entry.flagged:
+        text.append(f" ({entry.flagged} flag)", style="yellow")
     return text
 
 
@@ -165,6 +167,9 @@ def _legend(report: CorrelationReport) -> Text:
             f"(✓ <= {INVARIANT_RATIO:g}; the parent run's invariance audit)"
         )
     parts.append(f"{SIMPSON_MARK}: pooled sign disagrees with the within-group sign (Simpson)")
+    if any(report.flagged.values()):
+        how = "excluded" if report.exclude_flagged else "included; --exclude-flagged drops them"
+        parts.append(f"flag: runs whose estimate did not converge or was not bracketed ({how})")
     return Text("; ".join(parts), style="dim")
 
 

@@ -111,6 +111,7 @@ CORRELATE_OPTIONS = [
     (["--alpha", "nan"], "`--alpha` in (0, 1), got nan"),
     (["--seed=-1"], "`--seed` >= 0, got -1"),
     (["--log-to-parent=yes"], "argument --log-to-parent: ignored explicit argument 'yes'"),
+    (["--exclude-flagged=yes"], "argument --exclude-flagged: ignored explicit argument 'yes'"),
 ]
 DATA_OPTIONS = [(["--download=yes"], "argument --download: ignored explicit argument 'yes'")]
 BENCHMARK_OPTIONS = [

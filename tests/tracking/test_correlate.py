@@ -24,7 +24,7 @@ from tracking import correlate
 from tracking.correlate import main, report_sweep, scatter_measures
 from tracking.correlation import CorrelationReport, analyze, power_note
 from tracking.invariance import load_invariance, log_invariance
-from tracking.population import Population, load_population
+from tracking.population import Population, PopulationRun, load_population
 from tracking.population_stats import (
     CorrelationRow,
     correlation_table,
@@ -439,3 +439,35 @@ def test_an_audit_logged_on_a_run_reads_back_as_its_ratios(planted):
     assert metrics["invariance/hessian/lambda_max"] == pytest.approx(11.7)
     assert metrics["invariance/curvature/random_mean"] == -1.0
     assert load_invariance(client, planted.seeds_parent_id) == {}  # a parent without an audit
+
+
+def test_unconverged_and_unbracketed_estimates_are_counted_flagged_and_can_be_excluded():
+    rng = np.random.default_rng(4)
+    runs = []
+    for i in range(10):
+        test_loss = 0.3 + 0.01 * i
+        metrics = {
+            keys.FINAL_TEST_LOSS: test_loss,
+            keys.TEST_ERROR: 0.1 + 0.001 * i,
+            keys.GAP_LOSS: 0.05 * rng.random(),
+            keys.GAP_ACC: 0.05 * rng.random(),
+            keys.CONTROL: 0.1 * rng.random(),
+            keys.LAMBDA_MAX: 10 + i + rng.random(),
+            keys.CONVERGED: 0.0 if i in (3, 7) else 1.0,
+            keys.PAC_BAYES: 100 * rng.random(),
+            keys.PAC_BAYES_BRACKETED: 0.0 if i == 5 else 1.0,
+        }
+        runs.append(PopulationRun(run_id=f"r{i}", study="s", trial_number=i, seed=i + 1, lr=0.01, metrics=metrics))
+    population = Population(runs=runs, source="hand-made")
+    kept = analyze(population, measures=["lambda_max", "pac_bayes"], targets=["test_loss"], n_boot=50, n_perm=200)
+    lam = kept.entry(keys.LAMBDA_MAX, "test_loss")
+    assert lam.flagged == 2 and lam.row.n == 10 and "2 runs with an unconverged/unbracketed estimate" in lam.verdict
+    assert kept.entry(keys.PAC_BAYES, "test_loss").flagged == 1 and kept.flagged == {
+        keys.LAMBDA_MAX: 2,
+        keys.PAC_BAYES: 1,
+    }
+    assert "(2 flag)" in render_text(kept)
+    dropped = analyze(
+        population, measures=["lambda_max"], targets=["test_loss"], n_boot=50, n_perm=200, exclude_flagged=True
+    )
+    assert dropped.entry(keys.LAMBDA_MAX, "test_loss").row.n == 8 and dropped.to_json()["exclude_flagged"] is True
