@@ -139,3 +139,21 @@ def test_the_measure_audit_covers_every_predictor_and_flags_the_raw_ones(trained
     assert {k: v[0] for k, v in audit.values.items()} == pytest.approx({k: scalars[k] for k in audit.values})
     assert set(ANALYSES) >= {"invariance"}
     assert AnalysisConfig().invariance.factors == FACTORS
+
+
+def test_measure_finds_the_normalized_top_eigenvalue_at_the_presets_tolerance(trained_tiny, learnable_data) -> None:
+    """The normalized spectrum is ~w^2 times smaller than the raw one, far below the absolute floor of the Lanczos
+    stopping rule (tol * max(|lambda|, 1)): stopping on it returned the Rayleigh quotient of the random start (7.5e-8
+    instead of 0.022 on the smoke trial). measure runs all max_iter steps and must land on the exact value."""
+    n = learnable_data[0].shape[0]
+    config = AnalysisConfig(
+        hessian=HessianConfig(subset=n, chunk_size=n, top_k=1, max_iter=30, tol=1e-3),
+        skip=frozenset(ANALYSES) - {"hessian"},
+    )
+    data = TrialData(train=learnable_data, test=learnable_data)
+    scalars = measure(trained_tiny, init_params=None, data=data, config=config).scalars
+    exact = hs.top_eigenvalues(
+        invariant.normalized_hessian(hs.HessianOperator(trained_tiny, learnable_data)), k=1, max_iter=300, tol=1e-12
+    )
+    assert scalars["hessian/lambda_max_normalized"] == pytest.approx(float(exact.eigenvalues[0]), rel=1e-3)
+    assert scalars["hessian/normalized_converged"] == 1.0
