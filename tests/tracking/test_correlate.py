@@ -114,7 +114,7 @@ def test_confound_columns_match_the_stats_functions(population, report):
     assert {k: v for k, v in entry.within_seed.items()} == {str(k): v for k, v in by_seed.items()}
     mean = sum(r * n for r, n in by_seed.values()) / sum(n for _, n in by_seed.values())
     assert entry.within_seed_mean == pytest.approx(mean)
-    assert entry.row.granulated_kendall is not None and set(entry.row.granulated_by_axis) == {"lr"}  # seed: a repetition
+    assert entry.row.granulated_kendall is not None and set(entry.row.granulated_by_axis) == {"lr"}  # seed repeats
 
 
 def test_train_loss_control_has_no_partial_with_itself(report):
