@@ -26,12 +26,15 @@ import numpy as np
 from landscape_core import keys
 from landscape_core.errors import UsageError
 from landscape_core.invariance import INVARIANT_RATIO
+from tracking.pairs import PairAgreement, SignError, claim_sentence, pair_agreement, sign_error
 from tracking.population import Population
 from tracking.population_stats import (
     MIN_N,
     CorrelationRow,
     correlation_table,
     min_detectable_rho,
+    min_detectable_rho_holm,
+    n_needed,
     partial_spearman,
     permutations_for,
     simpson_flag,
@@ -39,7 +42,15 @@ from tracking.population_stats import (
     within_group_spearman,
 )
 
-__all__ = ["MIN_RUNS", "CorrelationEntry", "CorrelationReport", "analyze", "power_note", "resolve_targets"]
+__all__ = [
+    "MIN_RUNS",
+    "CorrelationEntry",
+    "CorrelationReport",
+    "PairQuestion",
+    "analyze",
+    "power_note",
+    "resolve_targets",
+]
 
 #: Fewer finished runs than this give an empty report (status "too_few_runs"): no statistic means anything.
 MIN_RUNS = MIN_N
@@ -65,7 +76,8 @@ class CorrelationEntry:
             (``population_stats.simpson_flag``).
         simpson_axes: The axes ("lr", "seed") on which it disagrees.
         missing: Runs of the population without a finite value of this measure.
-        min_detectable_rho: Smallest |rho| detectable at this row's n, alpha and 80% power; NaN when n < 4.
+        min_detectable_rho: Smallest |rho| detectable at this row's n at Holm's first step over the report's rows,
+            with 80% power; NaN when n < 4 or when nothing is detectable.
         verdict: One line in plain words.
         invariance_ratio: max / min of the measure over function-preserving rescalings of one minimum of the sweep
             (the parent run's audit, ``landscape_core.invariance``); inf for a sign flip, NaN when not audited.
@@ -126,6 +138,33 @@ class CorrelationEntry:
 
 
 @dataclass(frozen=True)
+class PairQuestion:
+    """The paper's A-versus-B question asked of one measure over every pair of the population's runs.
+
+    Attributes:
+        measure: The measure key (larger = sharper).
+        agreement: How often the flatter of two runs has the lower test loss, with its cluster-bootstrap CI
+            (``tracking.pairs.pair_agreement``).
+        sign_error: Dziugaite et al. 2020's sign-error over environments (``tracking.pairs.sign_error``).
+        sentence: What the population says about the paper's claim, in one sentence.
+    """
+
+    measure: str
+    agreement: PairAgreement
+    sign_error: SignError
+    sentence: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "measure": self.measure,
+            "agreement": self.agreement.to_dict(),
+            "sign_error": {k: _finite_or_none(getattr(self.sign_error, k)) for k in ("mean", "worst", "quantile")}
+            | {"n_environments": self.sign_error.n_environments},
+            "sentence": self.sentence,
+        }
+
+
+@dataclass(frozen=True)
 class CorrelationReport:
     """The whole report: one entry per (measure, target), measure-major, and the population's bookkeeping.
 
@@ -145,6 +184,7 @@ class CorrelationReport:
         message: Why the report is empty (status ``"too_few_runs"``), else "".
         flagged: Measure key -> runs whose estimate did not converge or was not bracketed (``keys.RELIABILITY``).
         exclude_flagged: Whether those runs were left out of their measure's rows.
+        pairs: The paper's A-versus-B question per measure, against the test loss (``PairQuestion``).
     """
 
     entries: tuple[CorrelationEntry, ...]
@@ -162,6 +202,7 @@ class CorrelationReport:
     message: str = ""
     flagged: dict[str, int] = field(default_factory=dict)
     exclude_flagged: bool = False
+    pairs: tuple[PairQuestion, ...] = ()
 
     @property
     def n_runs(self) -> int:
@@ -169,8 +210,9 @@ class CorrelationReport:
 
     @property
     def power_note(self) -> str:
-        """``"n = 20 detects only |rho| >= 0.59 at alpha 0.05 with 80% power"`` for the population's n."""
-        return power_note(self.n_runs, self.alpha)
+        """What the population's n detects at Holm's first step over the report's rows, and the n |rho| = 0.3 and 0.5
+        need."""
+        return power_note(self.n_runs, self.alpha, max(len(self.entries), 1))
 
     def for_target(self, target: str) -> list[CorrelationEntry]:
         """The entries of one target, in measure order."""
@@ -210,9 +252,16 @@ class CorrelationReport:
                 "alpha": self.alpha,
                 "power": 0.8,
                 "min_detectable_rho": min_detectable_rho(n, self.alpha) if n >= MIN_RUNS else None,
+                "family_size": len(self.entries),
+                "min_detectable_rho_holm": (
+                    _finite_or_none(min_detectable_rho_holm(n, max(len(self.entries), 1), self.alpha))
+                    if n >= MIN_RUNS
+                    else None
+                ),
                 "note": self.power_note,
             },
             "rows": [e.to_dict() for e in self.entries],
+            "pairs": [q.to_dict() for q in self.pairs],
         }
 
 
@@ -220,11 +269,20 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def power_note(n: int, alpha: float = 0.05) -> str:
-    """The smallest |rho| detectable at n runs, in words (Fisher z, 80% power)."""
+def power_note(n: int, alpha: float = 0.05, family_size: int = 1) -> str:
+    """What n runs can detect at the correction the report uses (Holm's first step over ``family_size`` rows, 80%
+    power), and how many runs |rho| = 0.3 and 0.5 would need (``population_stats.min_detectable_rho_holm``)."""
     if n < MIN_RUNS:
         return f"n = {n}: too few runs for any test (need n >= {MIN_RUNS})"
-    return f"n = {n} detects only |rho| >= {min_detectable_rho(n, alpha):.2f} at alpha {alpha:g} with 80% power"
+    limit = min_detectable_rho_holm(n, family_size, alpha)
+    level = (
+        f"at Holm's first step over {family_size} rows (alpha {alpha:g}/{family_size})"
+        if family_size > 1
+        else (f"at alpha {alpha:g}")
+    )
+    can = f"detects only |rho| >= {limit:.2f}" if math.isfinite(limit) else "cannot detect any |rho|"
+    needed = ", ".join(f"|rho| = {rho:g} needs n = {n_needed(rho, family_size, alpha)}" for rho in (0.3, 0.5))
+    return f"n = {n} {can} {level} with 80% power; {needed}"
 
 
 def resolve_targets(targets: Sequence[str] | None) -> dict[str, str]:
@@ -369,6 +427,10 @@ def analyze(
         )
         return dataclasses.replace(empty, status="too_few_runs", message=message)
 
+    # granulated Kendall over every hyperparameter that varies (seed: repetitions inside a cell, not an axis)
+    hyper_axes = {
+        name: population.hyperparameter(name) for name in population.varying_hyperparameters() if name != "lr"
+    }
     train_loss = population.column(keys.CONTROL)
     covariate = train_loss if np.isfinite(train_loss).any() else None
     measure_cols = {k: population.column(k) for k in measure_keys}
@@ -379,7 +441,7 @@ def analyze(
         measure_cols,
         target_cols,
         covariate=covariate,
-        axes={"seed": seeds, "lr": np.array([_lr_label(v) for v in lrs])},
+        axes={"seed": seeds, "lr": np.array([_lr_label(v) for v in lrs]), **hyper_axes},
         groups=np.array([_lr_label(v) for v in lrs]) if lr_varies else None,
         n_boot=n_boot,
         n_perm=empty.n_perm,
@@ -406,7 +468,7 @@ def analyze(
         )
         within_lr_mean, within_seed_mean = _weighted_mean(within_lr), _weighted_mean(within_seed)
         ratio = float((invariance or {}).get(row.measure, _NAN))
-        text = _verdict(row, partial_lr, simpson_axes, within_lr_mean, within_seed_mean, alpha)
+        text = _verdict(row, partial_lr, simpson_axes, within_lr_mean, within_seed_mean, alpha, len(rows))
         entries.append(
             CorrelationEntry(
                 row=row,
@@ -419,13 +481,29 @@ def analyze(
                 simpson=bool(simpson_axes),
                 simpson_axes=simpson_axes,
                 missing=empty.missing[row.measure],
-                min_detectable_rho=min_detectable_rho(row.n, alpha) if row.n >= MIN_RUNS else _NAN,
+                min_detectable_rho=min_detectable_rho_holm(row.n, len(rows), alpha) if row.n >= MIN_RUNS else _NAN,
                 verdict=text + _invariance_note(ratio) + _flag_note(empty.flagged[row.measure], exclude_flagged),
                 invariance_ratio=ratio,
                 flagged=empty.flagged[row.measure],
             )
         )
-    return dataclasses.replace(empty, entries=tuple(entries))
+    pairs = ()
+    if "test_loss" in target_cols:
+        axes = {"seed": seeds, **({"lr": lrs} if lr_varies else {}), **hyper_axes}
+        pairs = tuple(
+            _pair_question(key, measure_cols[key], target_cols["test_loss"], axes, n_boot, alpha, seed)
+            for key in measure_keys
+            if key != keys.CONTROL and np.sum(np.isfinite(measure_cols[key])) >= 2
+        )
+    return dataclasses.replace(empty, entries=tuple(entries), pairs=pairs)
+
+
+def _pair_question(
+    measure: str, x: np.ndarray, y: np.ndarray, axes: dict[str, np.ndarray], n_boot: int, alpha: float, seed: int
+) -> PairQuestion:
+    agreement = pair_agreement(x, y, n_boot=n_boot, alpha=alpha, seed=seed)
+    errors = sign_error(x, y, axes)
+    return PairQuestion(measure, agreement, errors, claim_sentence(agreement, measure=measure))
 
 
 def _flagged(population: Population, measure: str) -> np.ndarray:
@@ -462,9 +540,10 @@ def _verdict(
     within_lr_mean: float,
     within_seed_mean: float,
     alpha: float,
+    family_size: int,
 ) -> str:
     """``population_stats.verdict`` with its covariate named, plus what log(lr) and Simpson's paradox change."""
-    text = verdict(row, alpha).replace("the covariate", "train loss")
+    text = verdict(row, alpha, family_size).replace("the covariate", "train loss")
     rho_lr, p_lr = partial_lr
     if row.significant and math.isfinite(rho_lr) and math.isfinite(p_lr):
         how = "holds" if p_lr < alpha else "vanishes"

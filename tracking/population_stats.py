@@ -1052,7 +1052,7 @@ def _fmt_p(p: float) -> str:
     return f"{p:.2g}"
 
 
-def verdict(row: CorrelationRow, alpha: float = 0.05) -> str:
+def verdict(row: CorrelationRow, alpha: float = 0.05, family_size: int | None = None) -> str:
     """One line in plain words on what a row shows.
 
     Examples: ``"significant positive (rho=+0.72, Holm p=0.003): larger lambda_max goes with larger test_loss"``,
@@ -1062,6 +1062,8 @@ def verdict(row: CorrelationRow, alpha: float = 0.05) -> str:
     Args:
         row: A row of :func:`correlation_table`.
         alpha: Significance level for the Holm-adjusted p-value.
+        family_size: The Holm family's size: the detectable |rho| is then the one at Holm's first step
+            (:func:`min_detectable_rho_holm`); None: at alpha, uncorrected.
 
     Returns:
         The verdict sentence.
@@ -1085,7 +1087,16 @@ def verdict(row: CorrelationRow, alpha: float = 0.05) -> str:
             else:
                 text += f"; holds given the covariate ({partial_txt})"
         return text
-    text = f"no evidence ({stats_txt}; n={row.n} detects only |rho| >= {min_detectable_rho(row.n, alpha):.2f})"
+    if family_size is None:
+        detect = f"n={row.n} detects only |rho| >= {min_detectable_rho(row.n, alpha):.2f}"
+    else:
+        limit = min_detectable_rho_holm(row.n, family_size, alpha)
+        detect = (
+            f"n={row.n} detects only |rho| >= {limit:.2f} at Holm's first step"
+            if math.isfinite(limit)
+            else (f"n={row.n} cannot detect any |rho| at Holm's first step over {family_size} rows")
+        )
+    text = f"no evidence ({stats_txt}; {detect})"
     if has_partial:
         text += f"; given the covariate: {partial_txt}"
     return text

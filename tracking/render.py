@@ -173,6 +173,28 @@ def _legend(report: CorrelationReport) -> Text:
     return Text("; ".join(parts), style="dim")
 
 
+def _pairs_table(report: CorrelationReport) -> Table:
+    """The paper's A-versus-B question per measure: in what fraction of pairs the flatter model has the lower test
+    loss (cluster-bootstrap CI over runs), and Dziugaite et al.'s sign-error over environments."""
+    level = round(100 * (1 - report.alpha))
+    table = Table(
+        title="The paper's A-versus-B question: is the flatter of two minima the better one?", header_style="bold"
+    )
+    for name, justify in (("measure", "left"), ("pairs", "right"), (f"flatter wins [{level}% CI]", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    table.add_column("sign-error mean / worst (environments)", justify="right", no_wrap=True)
+    for q in report.pairs:
+        a, e = q.agreement, q.sign_error
+        if math.isfinite(a.fraction):
+            wins = Text(f"{a.fraction:.0%}", style="bold" if a.ci_low > 0.5 or a.ci_high < 0.5 else "")
+            wins.append(f" [{a.ci_low:.0%},{a.ci_high:.0%}]", style="dim")
+        else:
+            wins = Text("–", style="dim")
+        errors = f"{e.mean:.2f} / {e.worst:.2f} ({e.n_environments})" if math.isfinite(e.mean) else "–"
+        table.add_row(q.measure, str(a.n_pairs), wins, errors)
+    return table
+
+
 def _verdict_line(entry: CorrelationEntry) -> Text:
     style = "bold" if entry.row.significant else ""
     text = Text("  • ")
@@ -198,6 +220,11 @@ def render(report: CorrelationReport, console: Console) -> None:
         console.print(_table(report, target, entries))
         for entry in entries:
             console.print(_verdict_line(entry))
+    if report.pairs:
+        console.print()
+        console.print(_pairs_table(report))
+        for question in report.pairs:
+            console.print(Text(f"  • {question.sentence}"))
     console.print()
     console.print(_legend(report))
     note = Text("Power: ", style="bold")

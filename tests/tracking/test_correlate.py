@@ -29,6 +29,7 @@ from tracking.population_stats import (
     CorrelationRow,
     correlation_table,
     min_detectable_rho,
+    min_detectable_rho_holm,
     partial_spearman,
     within_group_spearman,
 )
@@ -51,6 +52,7 @@ EXTRA_FIELDS = {
     "verdict",
     "invariance_ratio",
     "invariant",
+    "flagged",
 }
 
 
@@ -91,7 +93,9 @@ def test_confound_of_train_loss_vanishes_in_the_partial(report):
 def test_independent_measure_is_not_significant(report):
     entry = report.entry("sharpness/eps", "test_loss")
     assert not entry.row.significant and entry.verdict.startswith("no evidence")
-    assert f"detects only |rho| >= {min_detectable_rho(16):.2f}" in entry.verdict
+    family = len(report.entries)  # the verdict's detectable |rho| is the one at Holm's first step over the report
+    assert f"detects only |rho| >= {min_detectable_rho_holm(16, family):.2f} at Holm's first step" in entry.verdict
+    assert entry.min_detectable_rho == pytest.approx(min_detectable_rho_holm(16, family))
 
 
 def test_simpson_pattern_is_flagged(planted, report):
@@ -141,6 +145,7 @@ def test_json_has_every_field_and_is_strict_json(planted, report):
     assert data["population"]["n_not_finished"] == {"FAILED": 1, "KILLED": 1}
     assert data["population"]["n_duplicates"] == 1 and data["population"]["n_runs"] == 16
     assert data["power"]["min_detectable_rho"] == pytest.approx(min_detectable_rho(16))
+    assert data["power"]["min_detectable_rho_holm"] == pytest.approx(min_detectable_rho_holm(16, len(data["rows"])))
     control = next(r for r in data["rows"] if r["measure"] == keys.CONTROL)
     assert control["partial_spearman"] is None and control["partial_lr_spearman"] is None
 
@@ -176,8 +181,11 @@ def test_too_few_runs_give_an_empty_valid_report(planted):
 
 
 def test_power_note_wording():
-    assert power_note(20) == "n = 20 detects only |rho| >= 0.59 at alpha 0.05 with 80% power"
-    assert power_note(200).startswith("n = 200 detects only |rho| >= 0.20")
+    assert power_note(20, family_size=104) == (
+        "n = 20 detects only |rho| >= 0.82 at Holm's first step over 104 rows (alpha 0.05/104) with 80% power; "
+        "|rho| = 0.3 needs n = 202, |rho| = 0.5 needs n = 68"
+    )
+    assert power_note(200).startswith("n = 200 detects only |rho| >= 0.20 at alpha 0.05 with 80% power")
 
 
 def test_rendered_text_shows_every_target_table_verdicts_and_power(report):
@@ -186,7 +194,10 @@ def test_rendered_text_shows_every_target_table_verdicts_and_power(report):
         assert f"{target} ({key}) vs each measure" in text
     assert text.count("• hessian/lambda_max:") == len(keys.TARGETS)
     assert "14 (2 miss)" in text and SIMPSON_MARK + " lr" in text
-    assert "Power: n = 16 detects only |rho| >= 0.65 at alpha 0.05 with 80% power" in text
+    holm = min_detectable_rho_holm(16, len(report.entries))
+    assert (
+        f"Power: n = 16 detects only |rho| >= {holm:.2f} at Holm's first step over {len(report.entries)} rows" in text
+    )
     assert "FAILED 1, KILLED 1" in text and "1 duplicate retry dropped" in text
     assert max(len(line) for line in text.splitlines()) <= 160
 
@@ -471,3 +482,17 @@ def test_unconverged_and_unbracketed_estimates_are_counted_flagged_and_can_be_ex
         population, measures=["lambda_max"], targets=["test_loss"], n_boot=50, n_perm=200, exclude_flagged=True
     )
     assert dropped.entry(keys.LAMBDA_MAX, "test_loss").row.n == 8 and dropped.to_json()["exclude_flagged"] is True
+
+
+def test_the_report_asks_the_papers_a_versus_b_question_of_every_measure(planted, report, population):
+    asked = [q.measure for q in report.pairs]
+    assert asked == [m for m in report.measures if m != keys.CONTROL]
+    lam = next(q for q in report.pairs if q.measure == "hessian/lambda_max")
+    x, y = population.column("hessian/lambda_max"), population.column(keys.FINAL_TEST_LOSS)
+    i, j = np.triu_indices(len(x), 1)
+    concordant = np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
+    assert lam.agreement.fraction == pytest.approx(float(np.mean(concordant > 0)))  # untied planted data
+    assert lam.agreement.ci_low > 0.5 and "supports" in lam.sentence
+    text = render_text(report)
+    assert "A-versus-B" in text and lam.sentence.split(":")[0][:40] in text
+    assert json.loads(json.dumps(report.to_json(), allow_nan=False))["pairs"][0]["measure"] == asked[0]
