@@ -8,10 +8,16 @@ N      ?= 20
 PYTEST_ARGS ?=
 DATA   := $(PY) -c "import sys; from landscape_core.data import main; sys.exit(main(sys.argv[1:]))"
 
-.PHONY: sweep test install data slurm chromium ui lint bench clean-store
+.PHONY: sweep grid test install data slurm chromium ui lint bench clean-store
 
 sweep: install data
 	$(PY) -m sweeps.seeds --n $(N) --preset $(PRESET)
+
+# A small 2-axis hyperparameter grid (issue 12): lr x batch size, 2 seeds per point, every model trained to the same
+# train loss (0.35, at most 10 epochs), quick preset: about 12 min on the 2-core CPU reference machine.
+GRID_ARGS ?= --lr 0.01,0.03 --batch-size 64,256 --seeds-per-point 2 --stop-at-train-loss 0.35 --epochs 10
+grid: install data
+	$(PY) -m sweeps.grid $(GRID_ARGS) --preset $(PRESET)
 
 test: install data slurm chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
