@@ -185,6 +185,7 @@ class CorrelationReport:
         flagged: Measure key -> runs whose estimate did not converge or was not bracketed (``keys.RELIABILITY``).
         exclude_flagged: Whether those runs were left out of their measure's rows.
         pairs: The paper's A-versus-B question per measure, against the test loss (``PairQuestion``).
+        axes: The hyperparameters that vary in the population (``Population.varying_hyperparameters``).
     """
 
     entries: tuple[CorrelationEntry, ...]
@@ -203,6 +204,7 @@ class CorrelationReport:
     flagged: dict[str, int] = field(default_factory=dict)
     exclude_flagged: bool = False
     pairs: tuple[PairQuestion, ...] = ()
+    axes: tuple[str, ...] = ()
 
     @property
     def n_runs(self) -> int:
@@ -245,6 +247,7 @@ class CorrelationReport:
             "missing": dict(self.missing),
             "flagged": dict(self.flagged),
             "exclude_flagged": self.exclude_flagged,
+            "axes": list(self.axes),
             "lr_varies": self.lr_varies,
             "seed_varies": self.seed_varies,
             "power": {
@@ -407,6 +410,7 @@ def analyze(
     flags = {k: _flagged(population, k) for k in measure_keys}
     empty = CorrelationReport(
         entries=(),
+        axes=tuple(population.varying_hyperparameters()),
         flagged={k: int(v.sum()) for k, v in flags.items()},
         exclude_flagged=exclude_flagged,
         measures=tuple(measure_keys),

@@ -87,7 +87,7 @@ def _population_line(report: CorrelationReport) -> Text:
         text.append("; not finished: " + ", ".join(f"{k} {v}" for k, v in not_finished.items()), style="yellow")
     if pop.get("n_duplicates"):
         text.append(f"; {pop['n_duplicates']} duplicate retr{'ies' if pop['n_duplicates'] != 1 else 'y'} dropped")
-    axes = [a for a, varies in (("seed", report.seed_varies), ("lr", report.lr_varies)) if varies]
+    axes = (["seed"] if report.seed_varies else []) + list(report.axes or (["lr"] if report.lr_varies else []))
     text.append(f"; varying: {', '.join(axes) or 'nothing'}")
     return text
 
