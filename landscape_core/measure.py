@@ -91,9 +91,10 @@ def measure(
         out.scalars[keys.FISHER_RAO] = invariant.fisher_rao_norm(model, hessian_data, chunk_size=h.chunk_size)
 
     top = None
-    hessian_op = None  # one operator over the Hessian subset, shared by top-k, trace and density
+    hessian_op = normalized_op = None  # one operator over the Hessian subset, shared by every estimator
     if any(config.runs(name) for name in ("hessian", "trace", "density")):
         hessian_op = hessian.HessianOperator(model, hessian_data, chunk_size=h.chunk_size)
+        normalized_op = invariant.normalized_hessian(hessian_op)  # diag|w| H diag|w|: the same HVPs, rescaled
     if config.runs("hessian"):
         with out.timed("hessian", stage):
             top = hessian.top_eigenvalues(hessian_op, k=h.top_k, max_iter=h.max_iter, tol=h.tol, seed=seed, v0=v0)
@@ -115,19 +116,16 @@ def measure(
         with out.timed("hessian_normalized", stage):
             # All max_iter Lanczos steps: the normalized spectrum is ~w^2 ~ 1e-4 of the raw one, far below the
             # absolute floor of top_eigenvalues' stopping rule (tol * max(|lambda|, 1)), which would stop it at once.
-            normalized = hessian.top_eigenvalues(
-                invariant.normalized_hessian(hessian_op), k=1, max_iter=h.max_iter, tol=1e-12, seed=seed
-            )
+            normalized = hessian.top_eigenvalues(normalized_op, k=1, max_iter=h.max_iter, tol=1e-12, seed=seed)
         lam_n, residual_n = float(normalized.eigenvalues[0]), float(normalized.residuals[0])
         out.scalars[keys.LAMBDA_MAX_NORMALIZED] = lam_n
         out.scalars[keys.NORMALIZED_CONVERGED] = float(residual_n <= h.tol * abs(lam_n))
     if config.runs("trace"):
         for name, op, estimate_key, stderr_key in (
             ("trace", hessian_op, keys.TRACE, keys.TRACE_STDERR),
-            ("trace_normalized", None, keys.TRACE_NORMALIZED, keys.TRACE_NORMALIZED_STDERR),
+            ("trace_normalized", normalized_op, keys.TRACE_NORMALIZED, keys.TRACE_NORMALIZED_STDERR),
         ):
             with out.timed(name, stage):
-                op = op or invariant.normalized_hessian(hessian_op)
                 trace = hessian.hessian_trace(op, n_probes=h.trace_probes, seed=seed)
             out.scalars.update({estimate_key: trace.estimate, stderr_key: trace.stderr})
             out.arrays[name] = {
@@ -270,10 +268,10 @@ def _measure_curvature(
     ]
     if top is not None:
         named.append(("top_eigenvector", top.eigenvectors[0]))
-    exact, check = {}, {}
+    check = {}
     with out.timed("curvature", stage):
-        for name, direction in named:
-            exact[name] = slices.directional_curvature(model, data, direction)
+        values = slices.directional_curvatures(model, data, [direction for _, direction in named])
+    exact = {name: value for (name, _), value in zip(named, values)}
     randoms = [exact[name] for name, _ in named if name.startswith("random_")]
     out.scalars[keys.CURVATURE_RANDOM] = sum(randoms) / len(randoms)
     if top is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "Slice2DResult",
     "SliceResult",
     "directional_curvature",
+    "directional_curvatures",
     "finite_difference_curvature",
     "slice_1d",
     "slice_2d",
@@ -191,9 +192,25 @@ def directional_curvature(
     Returns:
         The curvature as a Python float.
     """
-    v = _unit(model, direction)
+    return directional_curvatures(model, data, [direction], chunk_size=chunk_size, loss_fn=loss_fn)[0]
+
+
+def directional_curvatures(
+    model: nn.Module,
+    data: Data,
+    directions: Sequence[Tensor | Params],
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    loss_fn: LossFn | None = None,
+) -> list[float]:
+    """:func:`directional_curvature` along each of several directions, through one Hessian operator (the parameters
+    copied and the data chunked once; one HVP per direction)."""
     op = HessianOperator(model, data, chunk_size=chunk_size, loss_fn=loss_fn)
-    return float(torch.dot(op.matvec(v).double(), v.double()))
+    out = []
+    for direction in directions:
+        v = _unit(model, direction)
+        out.append(float(torch.dot(op.matvec(v).double(), v.double())))
+    return out
 
 
 def finite_difference_curvature(
