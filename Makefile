@@ -76,5 +76,7 @@ ui: install
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# PyHessian 0.1 is a benchmark-only baseline (unmaintained): installed without its pinned dependencies.
 bench: install data
+	$(PY) -m pip install --quiet --no-deps pyhessian==0.1
 	$(PY) -m benchmarks.run --quick

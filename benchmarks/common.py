@@ -128,8 +128,11 @@ _RSS_WRAPPER = (
 )
 
 
-def run_process(command: list[str], *, log_path: Path, timeout: float, env: dict[str, str] | None = None) -> ProcessRun:
-    """Run ``command`` from the repository root; its wall time and peak RSS (it and the descendants it waited for).
+def run_process(
+    command: list[str], *, log_path: Path, timeout: float, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> ProcessRun:
+    """Run ``command`` in ``cwd`` (the repository root); its wall time and peak RSS (it and the descendants it waited
+    for).
 
     The peak comes from ``getrusage(RUSAGE_CHILDREN)`` inside a tiny wrapper process (see ``_RSS_WRAPPER``): the
     largest single process of the tree, not a sum.
@@ -139,7 +142,7 @@ def run_process(command: list[str], *, log_path: Path, timeout: float, env: dict
     with open(log_path, "wb") as out:
         start = time.perf_counter()
         process = subprocess.Popen(
-            wrapped, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            wrapped, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         try:
             returncode = process.wait(timeout=timeout)

@@ -26,10 +26,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.analysis import paper_trial_analysis_vs_training
 from benchmarks.common import Context, Result, machine_info
 from benchmarks.curvature import lambda_max_vs_power_double_backward
 from benchmarks.sweep_runs import memory_4n_vs_n, workers2_vs_1
 from benchmarks.training import batched_vs_sequential, eval_throughput, flops_vs_peak, train_vs_dataloader
+from benchmarks.versus_pyhessian import lambda_max_vs_pyhessian, trace_vs_pyhessian
 from landscape_core.cli import ArgumentParser, require_writable, run_command
 from landscape_core.data import find_data_dir
 from landscape_core.devices import resolve_device
@@ -46,6 +48,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "eval_throughput": eval_throughput,
     "batched_vs_sequential": batched_vs_sequential,
     "lambda_max_vs_power_double_backward": lambda_max_vs_power_double_backward,
+    # one paper-protocol trial (trained once per run, --quick: one epoch) serves these three
+    "paper_trial_analysis_vs_training": paper_trial_analysis_vs_training,
+    "lambda_max_vs_pyhessian": lambda_max_vs_pyhessian,
+    "trace_vs_pyhessian": trace_vs_pyhessian,
     "workers2_vs_1": workers2_vs_1,
     "memory_4n_vs_n": memory_4n_vs_n,
 }

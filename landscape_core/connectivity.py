@@ -110,6 +110,7 @@ def interpolate(
     *,
     chunk_size: int = DEFAULT_CHUNK,
     loss_fn: LossFn | None = None,
+    dtype: torch.dtype | None = None,
 ) -> InterpolationResult:
     """Loss and accuracy along the straight line between two models' parameters.
 
@@ -123,6 +124,7 @@ def interpolate(
         alphas: the ``K`` values of ``a`` (any reals; include 0 and 1 to compute barriers).
         chunk_size: examples per forward chunk.
         loss_fn: ``loss_fn(logits, targets) -> scalar``; mean cross-entropy by default.
+        dtype: the forward passes' arithmetic (``functional.evaluate``); None: the models' own.
 
     Returns:
         ``InterpolationResult`` with ``[K]`` losses and accuracies.
@@ -135,7 +137,7 @@ def interpolate(
     losses, accs = [], []
     for a in values:
         params = {k: (1.0 - a) * params_a[k] + a * params_b[k] for k in params_a}
-        loss, acc = evaluate(model_a, data, params=params, chunk_size=chunk_size, loss_fn=loss_fn)
+        loss, acc = evaluate(model_a, data, params=params, chunk_size=chunk_size, loss_fn=loss_fn, dtype=dtype)
         losses.append(loss)
         accs.append(acc)
     return InterpolationResult(alphas=tuple(values), loss=tuple(losses), accuracy=tuple(accs))

@@ -7,10 +7,40 @@ import torch
 
 from landscape_core.errors import UsageError
 
-__all__ = ["DEVICES", "resolve_device"]
+__all__ = ["DEVICES", "FORWARD_DTYPES", "forward_dtype", "resolve_device"]
 
 #: How a device may be named (``--device``).
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+#: The arithmetic of forward-only evaluations (``AnalysisConfig.forward_dtype``).
+FORWARD_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def forward_dtype(name: str, device: torch.device | str) -> torch.dtype | None:
+    """The dtype forward-only evaluations run in on ``device`` (None: the model's own, float32).
+
+    ``auto`` is bfloat16 where the hardware computes it natively: a CUDA GPU that supports it, or a CPU whose oneDNN
+    has bf16 kernels (AVX512-BF16 or AMX; there SeedCNN's forward pass runs ~3.5x faster than in float32, measured
+    on this project's 2-core reference machine); float32 elsewhere, where bf16 is emulated and slower.
+    """
+    if name not in FORWARD_DTYPES:
+        raise UsageError(f"Expected `forward_dtype` in {FORWARD_DTYPES}, got {name!r}")
+    if name == "float32":
+        return None
+    if name == "bfloat16":
+        return torch.bfloat16
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if _native_cpu_bf16() else None
+    return None
+
+
+def _native_cpu_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX), as torch's own CPU probes say."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

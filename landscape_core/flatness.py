@@ -67,6 +67,7 @@ def pac_bayes_sigma(
     chunk_size: int = DEFAULT_CHUNK,
     sigma_max: float = 1.0,
     loss_fn: LossFn | None = None,
+    dtype: torch.dtype | None = None,
 ) -> PacBayesResult:
     """Jiang et al. (2019) PAC-Bayes flatness: the largest sigma with expected accuracy drop <= ``target_drop``.
 
@@ -93,6 +94,7 @@ def pac_bayes_sigma(
         chunk_size: examples per forward chunk.
         sigma_max: upper end of the search (> 1e-5).
         loss_fn: ``loss_fn(logits, targets) -> scalar``; only used for the loss, accuracy is argmax-based.
+        dtype: the forward passes' arithmetic (``functional.evaluate``); None: the model's own.
 
     Returns:
         ``PacBayesResult``.
@@ -102,13 +104,13 @@ def pac_bayes_sigma(
     check_count("steps", steps, minimum=0)
     check(sigma_max > SIGMA_MIN, "sigma_max", f"> {SIGMA_MIN}", sigma_max)
     like, theta = flat_params(model)
-    base_acc = evaluate(model, data, params=like, chunk_size=chunk_size, loss_fn=loss_fn)[1]
+    base_acc = evaluate(model, data, params=like, chunk_size=chunk_size, loss_fn=loss_fn, dtype=dtype)[1]
     magnitude = theta.square() if magnitude_aware else None
 
     def drop(sigma: float) -> float:
         std = torch.sqrt(sigma**2 * magnitude + MAGNITUDE_EPS**2) if magnitude is not None else sigma
         accs = perturbed_metrics(
-            model, like, theta, data, std, draws=draws, seed=seed, chunk_size=chunk_size, loss_fn=loss_fn
+            model, like, theta, data, std, draws=draws, seed=seed, chunk_size=chunk_size, loss_fn=loss_fn, dtype=dtype
         )[1]
         return base_acc - sum(accs) / len(accs)
 

@@ -26,9 +26,10 @@ cast to the operator's dtype and moved to its device), so the same seed gives th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -56,6 +57,7 @@ __all__ = [
     "DensityResult",
     "EigenResult",
     "HessianOperator",
+    "Krylov",
     "LinearOperator",
     "ScaledOperator",
     "TraceResult",
@@ -68,6 +70,7 @@ __all__ = [
 ]
 
 METHODS = ("lanczos", "power")
+MIN_PROBES = 4  # hessian_trace(stderr_goal=...) trusts no standard error of fewer probes
 KINDS = ("gaussian", "rademacher")
 
 
@@ -147,11 +150,12 @@ class HessianOperator:
             tangents). On a CPU passes are capped at ``functional.CPU_CHUNK`` examples, which keeps activations in
             cache and makes an HVP ~2x faster than one pass over 1024 (the result changes only by summation order).
         loss_fn: ``loss_fn(logits, targets) -> scalar`` mean loss of a chunk; cross-entropy when ``None``.
-        vectorize: ``matmat`` vmaps the JVP over its vectors so each chunk's primal forward and backward pass is
-            computed once for all of them. If vmap raises (an op without a batching rule), the operator warns once
-            and falls back to a Python loop over the vectors (same numbers, one forward pass per vector).
-            ``False`` forces the loop: on CPU, vmapped conv tangents go through grouped convolutions and were
-            measured ~1.7x slower than the loop for SeedCNN (8 vectors, 256 examples, one thread).
+        vectorize: ``True``: ``matmat`` vmaps the JVP over its vectors so each chunk's primal forward and backward
+            pass is computed once for all of them. If vmap raises (an op without a batching rule), the operator
+            warns once and falls back to a Python loop over the vectors (same numbers, one forward pass per vector).
+            ``False``: the loop. ``None`` (default): vmap on accelerators, the loop on a CPU, where vmapped conv
+            tangents go through grouped convolutions: measured ~1.7x slower than the loop for SeedCNN (8 vectors,
+            256 examples, one thread), 1.1x (4 vectors) to 1.7x (10 vectors) over the paper's 2,048 images.
     """
 
     def __init__(
@@ -161,14 +165,14 @@ class HessianOperator:
         *,
         chunk_size: int = DEFAULT_CHUNK,
         loss_fn: LossFn | None = None,
-        vectorize: bool = True,
+        vectorize: bool | None = None,
     ) -> None:
         self.model = model
         self.params: Params = param_dict(model)
         self.buffers: Params = {name: b.detach() for name, b in model.named_buffers()}
         self.batches = list(chunks(data, effective_chunk(chunk_size, data[0].device)))
         self.loss_fn = loss_fn
-        self.vectorize = vectorize
+        self.vectorize = data[0].device.type != "cpu" if vectorize is None else vectorize
         self.n_hvp = 0
         first = next(iter(self.params.values()), None)
         if first is None:
@@ -334,7 +338,7 @@ def hvp_batch(
     chunk_size: int = DEFAULT_CHUNK,
     loss_fn: LossFn | None = None,
     block_size: int | None = None,
-    vectorize: bool = True,
+    vectorize: bool | None = None,
 ) -> Tensor:
     """Hessian products with many vectors at once, vmapping the JVP so each chunk's forward pass is shared.
 
@@ -348,7 +352,7 @@ def hvp_batch(
         chunk_size: Examples per forward pass.
         loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
         block_size: At most this many vectors per vmapped pass (memory); all at once when ``None``.
-        vectorize: Use vmap (default) or a plain loop.
+        vectorize: vmap, a plain loop, or (None) vmap on accelerators and the loop on a CPU.
 
     Returns:
         ``[m, P]`` with row ``i`` equal to ``H V[i]``.
@@ -360,6 +364,45 @@ def hvp_batch(
 # ----------------------------------------------------------------------------------------------------------------------
 # Top eigenvalues
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Krylov:
+    """What a Lanczos run leaves behind besides its Ritz pairs: the orthonormal Krylov basis, the operator's products
+    with it, and the tridiagonal matrix ``T = Q A Q^T``.
+
+    Two estimators reuse it at no extra product: :func:`hessian_trace` deflates Hutchinson by the basis
+    (``tr(Q A Q^T) = sum(alphas)`` exactly, probes only on the complement), and :func:`spectral_density` takes a run
+    from a random start as one of its quadrature probes (``random_start``).
+
+    Attributes:
+        basis: ``Q``, ``[m, P]`` orthonormal rows, in the operator's dtype and device.
+        images: ``A Q^T`` as rows, ``[m, P]`` (row ``j`` is ``A q_j``).
+        alphas: ``T``'s diagonal, ``[m]`` floats (``alphas[j] = q_j^T A q_j``).
+        betas: ``T``'s off-diagonal, ``[m - 1]`` floats (0 where the run restarted after a breakdown).
+        random_start: whether ``q_0`` was drawn at random (not a warm start): only then is the run an unbiased
+            quadrature probe.
+    """
+
+    basis: Tensor
+    images: Tensor
+    alphas: tuple[float, ...]
+    betas: tuple[float, ...]
+    random_start: bool
+
+    @property
+    def steps(self) -> int:
+        return len(self.alphas)
+
+    @property
+    def trace(self) -> float:
+        """``tr(Q A Q^T) = sum_j q_j^T A q_j``: the operator's trace on the span of the basis."""
+        return float(sum(self.alphas))
+
+    def quadrature(self) -> tuple[Tensor, Tensor]:
+        """Gauss quadrature of ``q_0^T f(A) q_0``: nodes (Ritz values, ascending) and weights (squared first
+        components of the Ritz vectors), both ``[m]`` float64 on CPU."""
+        return _gauss_quadrature(list(self.alphas), list(self.betas))
 
 
 @dataclass(frozen=True)
@@ -376,6 +419,8 @@ class EigenResult:
         n_hvp: Operator products (HVPs) this call spent.
         method: ``"lanczos"`` or ``"power"``.
         tol: The tolerance the result was computed (and judged) with.
+        tol_floor: The floor of the tolerance's scale (``residual <= tol * max(|lambda|, tol_floor)``).
+        krylov: Lanczos's basis, its products and tridiagonal matrix (:class:`Krylov`); None for power iteration.
     """
 
     eigenvalues: Tensor
@@ -385,15 +430,17 @@ class EigenResult:
     n_hvp: int
     method: str
     tol: float
+    tol_floor: float = 1.0
+    krylov: Krylov | None = None
 
     @property
     def converged_mask(self) -> Tensor:
         """Per-eigenpair convergence, ``[k]`` bool."""
-        return _converged_mask(self.eigenvalues, self.residuals, self.tol)
+        return _converged_mask(self.eigenvalues, self.residuals, self.tol, self.tol_floor)
 
 
-def _converged_mask(eigenvalues: Tensor, residuals: Tensor, tol: float) -> Tensor:
-    return residuals <= tol * eigenvalues.abs().clamp(min=1.0)
+def _converged_mask(eigenvalues: Tensor, residuals: Tensor, tol: float, floor: float = 1.0) -> Tensor:
+    return residuals <= tol * eigenvalues.abs().clamp(min=floor)
 
 
 def top_eigenvalues(
@@ -405,6 +452,8 @@ def top_eigenvalues(
     tol: float = 1e-4,
     seed: int = 0,
     v0: Tensor | Params | None = None,
+    min_iter: int = 1,
+    tol_floor: float = 1.0,
 ) -> EigenResult:
     """The ``k`` largest (algebraic) eigenvalues of a symmetric operator, with eigenvectors and residuals (for a
     :class:`HessianOperator`: of the Hessian of the mean loss; "HVP" below is one product with the operator).
@@ -438,6 +487,12 @@ def top_eigenvalues(
         seed: Seeds the start vector(s).
         v0: Warm start, flat ``[P]`` or (for a :class:`HessianOperator`) a parameter dict (e.g. the previous epoch's
             top eigenvector).
+        min_iter: Lanczos only: at least this many steps before the tolerance may stop the run (at most
+            ``max_iter``), e.g. so that a run from a random start doubles as a spectral-density probe of that many
+            steps (:func:`spectral_density`'s ``runs``).
+        tol_floor: The tests read ``tol * max(|lambda|, tol_floor)``: the default 1 keeps a near-zero eigenvalue from
+            demanding an impossibly small residual; an operator whose whole spectrum lies far below 1 (the
+            normalized Hessian, ~1e-4 of the raw one) needs a floor below its own scale, or the test passes at once.
 
     Returns:
         An :class:`EigenResult`.
@@ -448,23 +503,31 @@ def top_eigenvalues(
     check_count("max_iter", max_iter)
     check_positive("tol", tol)
     check(k <= op.size, "k", f"<= {op.size} (the number of parameters)", k)
+    check_count("min_iter", min_iter)
+    check(tol_floor >= 0, "tol_floor", ">= 0", tol_floor)
     if method == "lanczos":
         check(max_iter >= k, "max_iter", f">= `k` ({k}) for Lanczos", max_iter)
     n_before = op.n_hvp
     generator = rng.generator(seed)
     start = _start_vector(op, v0, generator)
+    krylov = None
     if method == "lanczos":
-        values, vectors, residuals = _lanczos_top(op, start, k=k, max_iter=max_iter, tol=tol, generator=generator)
+        values, vectors, residuals, krylov = _lanczos_top(
+            op, start, k=k, max_iter=max_iter, min_iter=min_iter, tol=tol, floor=tol_floor, generator=generator
+        )
+        krylov = dataclasses.replace(krylov, random_start=v0 is None)
     else:
         values, vectors, residuals = _power_top(op, start, k=k, max_iter=max_iter, tol=tol, generator=generator)
     return EigenResult(
         eigenvalues=values,
         eigenvectors=vectors,
         residuals=residuals,
-        converged=bool(_converged_mask(values, residuals, tol).all()),
+        converged=bool(_converged_mask(values, residuals, tol, tol_floor).all()),
         n_hvp=op.n_hvp - n_before,
         method=method,
         tol=float(tol),
+        tol_floor=float(tol_floor),
+        krylov=krylov,
     )
 
 
@@ -501,14 +564,29 @@ def _tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
     return T
 
 
+def _gauss_quadrature(alphas: list[float], betas: list[float]) -> tuple[Tensor, Tensor]:
+    """Nodes (ascending Ritz values) and weights (squared first components of the Ritz vectors) of the Gauss
+    quadrature that a Lanczos tridiagonal matrix defines for its start vector, both ``[m]`` float64 on CPU."""
+    theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas))
+    return theta, S[0] ** 2
+
+
 def _breakdown_tol(alphas: list[float], betas: list[float]) -> float:
     scale = max([abs(a) for a in alphas] + [abs(b) for b in betas] + [1.0])
     return 1e3 * torch.finfo(torch.float64).eps * scale
 
 
 def _lanczos_top(
-    op: LinearOperator, q: Tensor, *, k: int, max_iter: int, tol: float, generator: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor]:
+    op: LinearOperator,
+    q: Tensor,
+    *,
+    k: int,
+    max_iter: int,
+    min_iter: int,
+    tol: float,
+    floor: float,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor, Krylov]:
     steps = min(max_iter, op.size)
     # Uninitialized: row j is written at step j before any read, and untouched rows cost no memory traffic (zeroing
     # 2 x max_iter x P floats up front took ~0.1 s per call on a CPU, half an HVP of SeedCNN over 256 images).
@@ -526,9 +604,9 @@ def _lanczos_top(
         beta = float(torch.linalg.vector_norm(w))
         theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas))
         m = j + 1
-        if m >= k:
+        if m >= max(k, min_iter):
             estimates = (beta * S[-1, -k:]).abs()
-            if bool((estimates <= tol * theta[-k:].abs().clamp(min=1.0)).all()):
+            if bool((estimates <= tol * theta[-k:].abs().clamp(min=floor)).all()):
                 break
         if m == steps:
             break
@@ -554,7 +632,8 @@ def _lanczos_top(
     norms = torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
     vectors, Hv = vectors / norms, Hv / norms
     residuals = torch.linalg.vector_norm(Hv - values.to(device=op.device, dtype=op.dtype)[:, None] * vectors, dim=1)
-    return values, vectors, residuals.double().cpu()
+    krylov = Krylov(Q[:m], HQ[:m], tuple(alphas), tuple(betas[: m - 1]), random_start=False)
+    return values, vectors, residuals.double().cpu(), krylov
 
 
 def _power_top(
@@ -598,33 +677,54 @@ def _power_top(
 
 @dataclass(frozen=True)
 class TraceResult:
-    """Hutchinson's estimate of ``tr(H)``.
+    """Hutchinson's estimate of ``tr(H)``, plain or deflated.
 
     Attributes:
-        estimate: Mean of the per-probe ``z^T H z``.
-        stderr: Sample standard deviation of the per-probe values over ``sqrt(n_probes)`` (NaN for one probe).
+        estimate: Mean of the per-probe samples.
+        stderr: Sample standard deviation of the per-probe samples over ``sqrt(n_probes)`` (NaN for one probe).
         n_hvp: Operator products (HVPs) this call spent (``n_probes``).
-        samples: Per-probe ``z^T H z``, ``[n_probes]`` float64 on CPU.
+        samples: Per-probe ``z^T H z`` (deflated: ``tr(Q H Q^T) + z'^T H z'``), ``[n_probes]`` float64 on CPU.
+        deflated: The dimension of the subspace whose trace was computed exactly (0: plain Hutchinson).
     """
 
     estimate: float
     stderr: float
     n_hvp: int
     samples: Tensor
+    deflated: int = 0
 
 
-def hessian_trace(op: LinearOperator, *, n_probes: int = 20, seed: int = 0, block_size: int = 10) -> TraceResult:
-    """Hutchinson's trace estimator with Rademacher probes, ``tr(H) ~ mean_i z_i^T H z_i``.
+def hessian_trace(
+    op: LinearOperator,
+    *,
+    n_probes: int = 20,
+    seed: int = 0,
+    block_size: int = 10,
+    deflate: Krylov | None = None,
+    stderr_goal: float | None = None,
+) -> TraceResult:
+    """Hutchinson's trace estimator with Rademacher probes, ``tr(H) ~ mean_i z_i^T H z_i``; deflated by a subspace
+    when ``deflate`` is given.
 
-    Probes are drawn block by block from one generator and pushed through the operator's ``matmat``, so for a
-    :class:`HessianOperator` each chunk's forward pass is shared by ``block_size`` probes (its ``vectorize`` flag
-    chooses vmap or a loop).
+    Deflated (Gambhir, Stathopoulos & Orginos 2017; the Krylov variant of Hutch++, Meyer et al. 2021, Chen & Hallman
+    2023): with ``Q`` the orthonormal basis of a Lanczos run and ``P = Q^T Q``, ``tr(H) = tr(Q H Q^T) + tr((I - P) H
+    (I - P))`` exactly (the cross terms vanish), the first term is ``sum(alphas)`` of the run at no product, and the
+    probes estimate only the second: ``z' = (I - P) z``. Unbiased for any basis independent of the probes; its
+    variance ``2 (||M||_F^2 - sum_i M_ii^2)`` with ``M = (I - P) H (I - P)`` loses the spectrum's head, which
+    dominates a trained network's Hessian (measured on the paper's CNN: ``benchmarks`` row
+    ``paper_trial_analysis_vs_training``).
+
+    Probes are drawn block by block from one generator and pushed through the operator's ``matmat`` (for a
+    :class:`HessianOperator`, its ``vectorize`` flag chooses vmap or a loop).
 
     Args:
         op: The operator, e.g. ``HessianOperator(model, data, chunk_size=...)`` (the model is not mutated).
         n_probes: Number of Rademacher probes (>= 1).
         seed: Seeds the probes.
         block_size: Probes per ``matmat`` (memory grows with it).
+        deflate: A Lanczos run on the same operator (``top_eigenvalues(...).krylov``); None: plain Hutchinson.
+        stderr_goal: Stop once the standard error is at most this, after at least ``MIN_PROBES`` probes and
+            checking after every block (``n_probes`` is then the most it draws); None: exactly ``n_probes``.
 
     Returns:
         A :class:`TraceResult`.
@@ -632,15 +732,31 @@ def hessian_trace(op: LinearOperator, *, n_probes: int = 20, seed: int = 0, bloc
     _check_operator(op)
     check_count("n_probes", n_probes)
     check_count("block_size", block_size)
+    check(stderr_goal is None or stderr_goal > 0, "stderr_goal", "> 0", stderr_goal)
+    exact, basis = 0.0, None
+    if deflate is not None:
+        check(deflate.basis.shape[-1] == op.size, "deflate", f"a basis of vectors of size {op.size}", "another size")
+        exact, basis = deflate.trace, deflate.basis.to(device=op.device, dtype=op.dtype)
     n_before = op.n_hvp
     generator = rng.generator(seed)
     samples = []
     for start in range(0, n_probes, block_size):
         Z = random_vectors(op, min(block_size, n_probes - start), generator, kind="rademacher")
-        samples.append((op.matmat(Z) * Z).sum(dim=1).double().cpu())
+        if basis is not None:
+            Z = Z - (Z @ basis.T) @ basis
+        samples.append(exact + (op.matmat(Z) * Z).sum(dim=1).double().cpu())
+        if stderr_goal is not None and _stderr(torch.cat(samples), MIN_PROBES) <= stderr_goal:
+            break
     values = torch.cat(samples)
-    stderr = float(values.std(unbiased=True) / math.sqrt(n_probes)) if n_probes > 1 else math.nan
-    return TraceResult(estimate=float(values.mean()), stderr=stderr, n_hvp=op.n_hvp - n_before, samples=values)
+    stderr = _stderr(values, 2)
+    deflated = 0 if basis is None else basis.shape[0]
+    return TraceResult(float(values.mean()), stderr, op.n_hvp - n_before, values, deflated)
+
+
+def _stderr(samples: Tensor, minimum: int) -> float:
+    """The standard error of the mean of ``samples``; NaN below ``minimum`` samples."""
+    n = samples.numel()
+    return float(samples.std(unbiased=True) / math.sqrt(n)) if n >= max(minimum, 2) else math.nan
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -683,7 +799,9 @@ class DensityResult:
         return (self.weights * self.nodes**power).sum(dim=1)
 
 
-def spectral_density(op: LinearOperator, *, n_probes: int, n_steps: int, seed: int = 0) -> DensityResult:
+def spectral_density(
+    op: LinearOperator, *, n_probes: int, n_steps: int, seed: int = 0, runs: Sequence[Krylov] = ()
+) -> DensityResult:
     """Stochastic Lanczos quadrature: the spectral density as Gauss quadrature nodes and weights per probe.
 
     Each probe is a normalized Rademacher vector ``v``; ``n_steps`` Lanczos steps with full reorthogonalization give a
@@ -693,11 +811,17 @@ def spectral_density(op: LinearOperator, *, n_probes: int, n_steps: int, seed: i
     whose Krylov space becomes invariant before ``n_steps`` (exact quadrature already) stops there; its remaining
     entries are padded with its largest node and weight 0.
 
+    ``runs``: Lanczos runs already made on ``op`` from random starts (``top_eigenvalues(..., min_iter=n_steps)
+    .krylov``), each taken as one of the ``n_probes`` probes, so only the rest cost products (a unit Gaussian start
+    is as unbiased a probe as a unit Rademacher one: ``E[v v^T] = I / P`` for both). A run's quadrature uses its
+    first ``n_steps`` steps (Lanczos' tridiagonal matrix after ``n`` steps is the leading block of the longer one).
+
     Args:
         op: The operator, e.g. ``HessianOperator(model, data, chunk_size=...)`` (the model is not mutated).
-        n_probes: Number of probes (>= 1).
+        n_probes: Number of probes (>= 1), ``runs`` included.
         n_steps: Lanczos steps per probe, ``1 <= n_steps <= P``.
         seed: Seeds the probes.
+        runs: Lanczos runs to reuse as probes (random starts, at least ``n_steps`` steps or an exact breakdown).
 
     Returns:
         A :class:`DensityResult`.
@@ -706,6 +830,17 @@ def spectral_density(op: LinearOperator, *, n_probes: int, n_steps: int, seed: i
     check_count("n_probes", n_probes)
     check_count("n_steps", n_steps)
     check(n_steps <= op.size, "n_steps", f"<= {op.size} (the number of parameters)", n_steps)
+    check(len(runs) <= n_probes, "runs", f"at most n_probes ({n_probes}) Lanczos runs", len(runs))
+    for run in runs:
+        check(run.random_start, "runs", "Lanczos runs from random starts (a warm start is no probe)", "a warm start")
+        check(run.steps >= n_steps, "runs", f"Lanczos runs of >= n_steps ({n_steps}) steps", run.steps)
+    reused = [
+        dataclasses.replace(run, alphas=run.alphas[:n_steps], betas=run.betas[: n_steps - 1]).quadrature()
+        for run in runs
+    ]
+    n_probes -= len(reused)
+    if n_probes == 0:
+        return _density_result(reused, n_steps, n_hvp=0)
     n_before = op.n_hvp
     V = random_vectors(op, n_probes, rng.generator(seed), kind="rademacher") / math.sqrt(op.size)
     bases = torch.zeros(n_probes, n_steps, op.size, dtype=op.dtype, device=op.device)
@@ -731,11 +866,16 @@ def spectral_density(op: LinearOperator, *, n_probes: int, n_steps: int, seed: i
         active = still
         if not active:
             break
-    nodes = torch.zeros(n_probes, n_steps, dtype=torch.float64)
+    fresh = [_gauss_quadrature(alphas[p], betas[p]) for p in range(n_probes)]
+    return _density_result(reused + fresh, n_steps, n_hvp=op.n_hvp - n_before)
+
+
+def _density_result(quadratures: list[tuple[Tensor, Tensor]], n_steps: int, *, n_hvp: int) -> DensityResult:
+    """Per-probe (nodes, weights) padded to ``n_steps`` (a probe that broke down early: its largest node, weight 0)."""
+    nodes = torch.zeros(len(quadratures), n_steps, dtype=torch.float64)
     weights = torch.zeros_like(nodes)
-    for p in range(n_probes):
-        theta, S = torch.linalg.eigh(_tridiagonal(alphas[p], betas[p]))
+    for p, (theta, weight) in enumerate(quadratures):
         m = theta.numel()
-        nodes[p, :m], weights[p, :m] = theta, S[0] ** 2
+        nodes[p, :m], weights[p, :m] = theta, weight
         nodes[p, m:] = theta[-1]
-    return DensityResult(nodes=nodes, weights=weights, n_hvp=op.n_hvp - n_before)
+    return DensityResult(nodes=nodes, weights=weights, n_hvp=n_hvp)

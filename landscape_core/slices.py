@@ -93,6 +93,7 @@ def slice_1d(
     chunk_size: int = DEFAULT_CHUNK,
     loss_fn: LossFn | None = None,
     progress: Progress | None = None,
+    dtype: torch.dtype | None = None,
 ) -> SliceResult:
     """Loss and accuracy along ``theta + alpha d`` for each ``alpha``.
 
@@ -106,6 +107,7 @@ def slice_1d(
         chunk_size: Examples per forward pass.
         loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
         progress: Called as ``progress(done, total)`` after each point.
+        dtype: The forward passes' arithmetic (``functional.evaluate``); None: the model's own.
 
     Returns:
         A :class:`SliceResult` with ``[n]`` tensors.
@@ -116,7 +118,7 @@ def slice_1d(
     loss, acc = torch.empty_like(grid), torch.empty_like(grid)
     for i, alpha in enumerate(grid.tolist()):
         loss[i], acc[i] = evaluate(
-            model, data, params=_shifted(theta, [(alpha, d)]), chunk_size=chunk_size, loss_fn=loss_fn
+            model, data, params=_shifted(theta, [(alpha, d)]), chunk_size=chunk_size, loss_fn=loss_fn, dtype=dtype
         )
         if progress is not None:
             progress(i + 1, grid.numel())
@@ -134,6 +136,7 @@ def slice_2d(
     chunk_size: int = DEFAULT_CHUNK,
     loss_fn: LossFn | None = None,
     progress: Progress | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Slice2DResult:
     """Loss and accuracy on the plane ``theta + alpha d1 + beta d2``.
 
@@ -147,6 +150,7 @@ def slice_2d(
         chunk_size: Examples per forward pass.
         loss_fn: Mean loss of a chunk; cross-entropy when ``None``.
         progress: Called as ``progress(done, total)`` after each of the ``n * m`` points.
+        dtype: The forward passes' arithmetic (``functional.evaluate``); None: the model's own.
 
     Returns:
         A :class:`Slice2DResult` with ``[n, m]`` loss and accuracy.
@@ -161,7 +165,9 @@ def slice_2d(
     for i, alpha in enumerate(a_grid.tolist()):
         for j, beta in enumerate(b_grid.tolist()):
             params = _shifted(theta, [(alpha, u), (beta, v)])
-            loss[i, j], acc[i, j] = evaluate(model, data, params=params, chunk_size=chunk_size, loss_fn=loss_fn)
+            loss[i, j], acc[i, j] = evaluate(
+                model, data, params=params, chunk_size=chunk_size, loss_fn=loss_fn, dtype=dtype
+            )
             done += 1
             if progress is not None:
                 progress(done, total)

@@ -66,6 +66,8 @@ DIRECTION_SEEDS: dict[str, int] = {
     "slice_1d": 0,
     "slice_2d": 7,
     "curvature": 100,
+    "trace": 200,  # Hutchinson probes: drawn apart from the Lanczos start whose Krylov basis deflates them
+    "density": 300,  # SLQ probes beyond the one the top-k Lanczos run provides
 }
 
 

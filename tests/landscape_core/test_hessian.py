@@ -100,7 +100,8 @@ def test_chunked_hvp_equals_single_chunk(tiny_model, tiny_data):
 def test_hvp_batch_equals_stacked_hvp(tiny_model, tiny_data):
     V = _random(flatten(param_dict(tiny_model)).numel(), 4, seed=5)
     stacked = torch.stack([hs.hvp(tiny_model, tiny_data, v, chunk_size=100) for v in V])
-    torch.testing.assert_close(hs.hvp_batch(tiny_model, tiny_data, V, chunk_size=100), stacked, atol=1e-10, rtol=0)
+    vmapped = hs.hvp_batch(tiny_model, tiny_data, V, chunk_size=100, vectorize=True)
+    torch.testing.assert_close(vmapped, stacked, atol=1e-10, rtol=0)
     looped = hs.hvp_batch(tiny_model, tiny_data, V, chunk_size=100, vectorize=False, block_size=3)
     torch.testing.assert_close(looped, stacked, atol=1e-10, rtol=0)
 
@@ -110,7 +111,7 @@ def test_matmat_falls_back_to_a_loop_when_vmap_fails(quadratic, monkeypatch):
         raise RuntimeError("no batching rule")
 
     monkeypatch.setattr(hs.HessianOperator, "_matmat_vmap", broken)
-    op = hs.HessianOperator(quadratic.model, quadratic.data, loss_fn=quadratic.loss_fn)
+    op = hs.HessianOperator(quadratic.model, quadratic.data, loss_fn=quadratic.loss_fn, vectorize=True)
     V = _random(quadratic.size, 3)
     with pytest.warns(RuntimeWarning, match="falling back to a loop"):
         HV = op.matmat(V)
@@ -323,7 +324,7 @@ def test_eigen_bad_arguments(quadratic):
 
 
 def test_trace_of_quadratic_within_three_stderr(quadratic):
-    result = hs.hessian_trace(_op(quadratic), n_probes=50, block_size=16)
+    result = hs.hessian_trace(_op(quadratic, vectorize=True), n_probes=50, block_size=16)
     exact = float(torch.trace(quadratic.A))
     assert result.stderr > 0
     assert abs(result.estimate - exact) <= 3 * result.stderr
@@ -468,3 +469,106 @@ def test_everything_is_evaluated_in_eval_mode():
     slq = hs.spectral_density(_op(q), n_probes=1, n_steps=q.size)
     torch.testing.assert_close(slq.nodes[0], q.eigenvalues.flip(0), atol=1e-8, rtol=0)
     assert q.model.training
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 16: the Lanczos run's Krylov basis deflates the trace and seeds the density
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _head_heavy(p: int = 40, seed: int = 8) -> torch.Tensor:
+    """A symmetric matrix whose spectrum has a large head (like a trained network's Hessian) and a small bulk."""
+    spectrum = torch.cat([torch.tensor([40.0, 25.0, 12.0, 6.0], dtype=torch.float64), 0.3 * _random(p - 4, seed=1)])
+    return _dense_symmetric(p, spectrum, seed=seed)
+
+
+def test_deflated_trace_is_exact_when_the_krylov_basis_spans_everything():
+    A = _head_heavy()
+    op = DenseOperator(A)
+    run = hs.top_eigenvalues(op, k=1, max_iter=A.shape[0], min_iter=A.shape[0], tol=1e-12, seed=0)
+    assert run.krylov is not None and run.krylov.steps == A.shape[0] and run.krylov.random_start
+    trace = hs.hessian_trace(op, n_probes=3, seed=1, deflate=run.krylov)
+    assert trace.estimate == pytest.approx(float(torch.trace(A)), abs=1e-9) and trace.stderr < 1e-9
+    assert trace.deflated == A.shape[0] and trace.n_hvp == 3
+
+
+def test_deflated_trace_is_unbiased_and_its_variance_is_the_complements_closed_form():
+    """Over many probes the deflated estimate meets the exact trace within 4 standard errors, its per-probe variance
+    is Rademacher's 2 (||M||_F^2 - sum M_ii^2) for the deflated M = (I - P) A (I - P), and that is far below plain
+    Hutchinson's; a deflation that forgot tr(Q A Q^T) would be off by sum(alphas) >> 4 standard errors."""
+    A = _head_heavy()
+    op = DenseOperator(A)
+    run = hs.top_eigenvalues(op, k=2, max_iter=8, min_iter=8, tol=1e-12, seed=0)
+    Q = run.krylov.basis
+    torch.testing.assert_close(Q @ Q.T, torch.eye(8, dtype=torch.float64), atol=1e-10, rtol=0)
+    assert run.krylov.trace == pytest.approx(float(torch.trace(Q @ A @ Q.T)), abs=1e-10)
+    deflated = hs.hessian_trace(op, n_probes=4000, seed=2, block_size=500, deflate=run.krylov)
+    plain = hs.hessian_trace(op, n_probes=4000, seed=2, block_size=500)
+    exact = float(torch.trace(A))
+    assert abs(deflated.estimate - exact) <= 4 * deflated.stderr
+    P = torch.eye(A.shape[0], dtype=torch.float64) - Q.T @ Q
+    M = P @ A @ P
+    closed = 2 * (float((M * M).sum()) - float((torch.diagonal(M) ** 2).sum()))
+    assert float(deflated.samples.var()) == pytest.approx(closed, rel=0.15)
+    assert deflated.stderr < 0.2 * plain.stderr
+    assert run.krylov.trace > 10 * deflated.stderr  # the exact part is no rounding error
+
+
+def test_trace_stops_at_its_standard_error_goal():
+    op = DenseOperator(_head_heavy())
+    full = hs.hessian_trace(op, n_probes=200, seed=3, block_size=2)
+    goal = 1.5 * full.stderr
+    early = hs.hessian_trace(op, n_probes=200, seed=3, block_size=2, stderr_goal=goal)
+    assert hs.MIN_PROBES <= early.n_hvp < 200 and early.stderr <= goal
+    torch.testing.assert_close(early.samples, full.samples[: early.n_hvp])  # the same probes, fewer of them
+    never = hs.hessian_trace(op, n_probes=6, seed=3, block_size=2, stderr_goal=1e-12)
+    assert never.n_hvp == 6
+
+
+def test_a_random_start_lanczos_run_is_a_density_probe_like_a_fresh_one():
+    """The density with the top-k run as probe 1 has that run's quadrature for its first row (nodes and weights of
+    its first n_steps steps) and a fresh probe for the second; n_steps = P recovers the whole spectrum in both."""
+    A = _head_heavy(p=24)
+    op = DenseOperator(A)
+    run = hs.top_eigenvalues(op, k=3, max_iter=24, min_iter=24, tol=1e-3, seed=6)
+    assert run.krylov.steps == 24  # min_iter held the tolerance off
+    before = op.n_hvp
+    density = hs.spectral_density(op, n_probes=2, n_steps=24, seed=7, runs=[run.krylov])
+    assert density.n_hvp == op.n_hvp - before == 24  # one fresh probe only
+    exact = torch.linalg.eigvalsh(A)
+    for row in density.nodes:
+        torch.testing.assert_close(row, exact, atol=1e-8, rtol=0)
+    # the first row's weights are the squared components of the run's start vector on the eigenvectors
+    start = run.krylov.basis[0]
+    _, vectors = torch.linalg.eigh(A)
+    torch.testing.assert_close(density.weights[0], (vectors.T @ start) ** 2, atol=1e-8, rtol=0)
+    short = hs.spectral_density(op, n_probes=1, n_steps=5, runs=[run.krylov])
+    nodes, weights = hs.Krylov(
+        run.krylov.basis[:5], run.krylov.images[:5], run.krylov.alphas[:5], run.krylov.betas[:4], True
+    ).quadrature()
+    torch.testing.assert_close(short.nodes[0], nodes)
+    torch.testing.assert_close(short.weights[0], weights)
+    warm = hs.top_eigenvalues(op, k=1, max_iter=24, min_iter=24, v0=start)
+    with pytest.raises(ValueError, match="random starts"):
+        hs.spectral_density(op, n_probes=2, n_steps=24, runs=[warm.krylov])
+    with pytest.raises(ValueError, match="n_steps"):
+        hs.spectral_density(op, n_probes=2, n_steps=24, runs=[run_of(op, 5)])
+
+
+def run_of(op, steps: int) -> hs.Krylov:
+    """The Krylov record of a ``steps``-step Lanczos run from a random start."""
+    return hs.top_eigenvalues(op, k=1, max_iter=steps, min_iter=steps, tol=1e-3, seed=1).krylov
+
+
+def test_a_relative_tolerance_converges_a_spectrum_far_below_one():
+    """With the default floor of 1 a spectrum of ~1e-4 passes the residual test at the first step; tol_floor 0 makes
+    the test relative, and the run continues until lambda_max is right (the normalized Hessian's case)."""
+    A = 1e-4 * _head_heavy()
+    op = DenseOperator(A)
+    floored = hs.top_eigenvalues(op, k=1, max_iter=40, tol=1e-3, seed=0)
+    relative = hs.top_eigenvalues(op, k=1, max_iter=40, tol=1e-3, seed=0, tol_floor=0.0)
+    exact = float(torch.linalg.eigvalsh(A)[-1])
+    assert floored.n_hvp == 1 and floored.converged
+    assert relative.n_hvp > 1 and relative.converged
+    assert float(relative.eigenvalues[0]) == pytest.approx(exact, rel=1e-4)
+    assert float(relative.residuals[0]) <= 1e-3 * exact
