@@ -215,7 +215,7 @@ def paper_trial_analysis_vs_training(ctx: Context) -> list[Result]:
     note = (
         f"training {train_s:.0f} s{scaled}; analysis {seconds:.0f} s here"
         + (f", {base['total']:.0f} s on main {BASELINE_COMMIT[:7]}" if base else "; no baseline (no git history)")
-        + f"; forward passes in {out.arrays.get('forward_dtype', 'float32')}"
+        + f"; forward passes in {out.arrays['precision']['forward_dtype']}"
     )
     return [
         Result(

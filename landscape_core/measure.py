@@ -97,7 +97,8 @@ def measure(
     out = Measurements()
     seed = data.direction_seed("probes")
     dtype = devices.forward_dtype(config.forward_dtype, next(model.parameters()).device)
-    out.arrays["forward_dtype"] = str(dtype or torch.float32).removeprefix("torch.")
+    # what the forward-only evaluations ran in (slices, barrier paths, PAC-Bayes); everything else is float32
+    out.arrays["precision"] = {"forward_dtype": str(dtype or torch.float32).removeprefix("torch.")}
     h = config.hessian
     hessian_data = data.subset("hessian", h.subset)
     with out.timed("norms", stage):
