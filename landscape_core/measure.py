@@ -116,17 +116,19 @@ def measure(
     # it is then also the density's first quadrature probe (one Lanczos run instead of two); otherwise it starts
     # from the tracker's warm start v0 and stops at its tolerance.
     seeds_density = config.runs("density") and config.runs("hessian")
-    top_steps = {"max_iter": max(h.max_iter, h.density_steps), "min_iter": h.density_steps} if seeds_density else {}
+    top_max_iter = max(h.max_iter, h.density_steps) if seeds_density else h.max_iter
+    top_min_iter = h.density_steps if seeds_density else 1
     normalized = None
     if config.runs("hessian"):
         with out.timed("hessian", stage):
             top = hessian.top_eigenvalues(
                 hessian_op,
                 k=h.top_k,
+                max_iter=top_max_iter,
+                min_iter=top_min_iter,
                 tol=h.tol,
                 seed=seed,
                 v0=None if seeds_density else v0,
-                **{"max_iter": h.max_iter, **top_steps},
             )
         out.scalars.update(
             {
