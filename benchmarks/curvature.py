@@ -111,8 +111,9 @@ def lambda_max_vs_power_double_backward(ctx: Context) -> list[Result]:
     The baseline gets the data in batches of ``chunk`` (the whole Hessian subset, as HessianConfig passes it to us);
     our operator passes at most ``functional.CPU_CHUNK`` examples at once on a CPU, which is part of our speed.
 
-    Rows: the main comparison is what a trial runs (``sweeps.pipeline.run_trial`` hands ``measure`` the eigenvector
-    that ``LambdaMaxTracker`` followed during training as Lanczos' start vector) against the data-loader-mode baseline;
+    Rows: the main comparison is what a trial without the spectral density runs (``quick``: ``measure`` gets the
+    eigenvector that ``LambdaMaxTracker`` followed during training as Lanczos' start vector; with the density, as in
+    ``paper``, the run starts at random and doubles as its probe) against the data-loader-mode baseline;
     then Lanczos from a random start (what a model without tracking gets); the baseline's single-batch mode (graph
     kept, so each HVP skips the forward pass); on a CPU, the baseline in batches as small as our passes.
     """
