@@ -26,7 +26,6 @@ cast to the operator's dtype and moved to its device), so the same seed gives th
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -513,9 +512,16 @@ def top_eigenvalues(
     krylov = None
     if method == "lanczos":
         values, vectors, residuals, krylov = _lanczos_top(
-            op, start, k=k, max_iter=max_iter, min_iter=min_iter, tol=tol, floor=tol_floor, generator=generator
+            op,
+            start,
+            k=k,
+            max_iter=max_iter,
+            min_iter=min_iter,
+            tol=tol,
+            floor=tol_floor,
+            generator=generator,
+            random_start=v0 is None,
         )
-        krylov = dataclasses.replace(krylov, random_start=v0 is None)
     else:
         values, vectors, residuals = _power_top(op, start, k=k, max_iter=max_iter, tol=tol, generator=generator)
     return EigenResult(
@@ -586,6 +592,7 @@ def _lanczos_top(
     tol: float,
     floor: float,
     generator: torch.Generator,
+    random_start: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Krylov]:
     steps = min(max_iter, op.size)
     # Uninitialized: row j is written at step j before any read, and untouched rows cost no memory traffic (zeroing
@@ -632,7 +639,7 @@ def _lanczos_top(
     norms = torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
     vectors, Hv = vectors / norms, Hv / norms
     residuals = torch.linalg.vector_norm(Hv - values.to(device=op.device, dtype=op.dtype)[:, None] * vectors, dim=1)
-    krylov = Krylov(Q[:m], HQ[:m], tuple(alphas), tuple(betas[: m - 1]), random_start=False)
+    krylov = Krylov(Q[:m], HQ[:m], tuple(alphas), tuple(betas[: m - 1]), random_start=random_start)
     return values, vectors, residuals.double().cpu(), krylov
 
 
@@ -834,10 +841,7 @@ def spectral_density(
     for run in runs:
         check(run.random_start, "runs", "Lanczos runs from random starts (a warm start is no probe)", "a warm start")
         check(run.steps >= n_steps, "runs", f"Lanczos runs of >= n_steps ({n_steps}) steps", run.steps)
-    reused = [
-        dataclasses.replace(run, alphas=run.alphas[:n_steps], betas=run.betas[: n_steps - 1]).quadrature()
-        for run in runs
-    ]
+    reused = [_gauss_quadrature(list(run.alphas[:n_steps]), list(run.betas[: n_steps - 1])) for run in runs]
     n_probes -= len(reused)
     if n_probes == 0:
         return _density_result(reused, n_steps, n_hvp=0)

@@ -14,6 +14,7 @@ the model's device in its dtype: float64 CPU models get the same numbers as then
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,7 +147,7 @@ def allocate(
     plain = Allocation(total, reference_draws, tuple(between), tuple(within))
     if any(b <= 0 for b in between):
         return plain
-    candidates = [n for n in (smallest * 2**j for j in range(32)) if n < total][:32] + [total]
+    candidates = [n for n in (smallest * 2**j for j in range(32)) if n < total] + [total]
     best, best_cost = plain, reference_draws * (total + draw_cost)
     for n in candidates:
         inflation = max(1 + w * (1 / n - 1 / total) / b for b, w in zip(between, within))
@@ -175,15 +176,10 @@ def variance_components(
         d = len(values)
         check(d >= 2, "pilot draws", ">= 2", d)
         w = sum(spreads) / len(spreads)
-        lower = _sample_variance(values) * (d - 1) / float(chi2.ppf(confidence, d - 1))
+        lower = statistics.variance(values) * (d - 1) / float(chi2.ppf(confidence, d - 1))
         out_between.append(max(0.0, lower - w / images * (1 - images / total)))
         out_within.append(w)
     return tuple(out_between), tuple(out_within)
-
-
-def _sample_variance(values: Sequence[float]) -> float:
-    mean = sum(values) / len(values)
-    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
 @dataclass(frozen=True)

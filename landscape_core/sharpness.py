@@ -438,8 +438,12 @@ def weight_noise_robustness(
     if pilot is not None and not pilot.pays(data[0].shape[0], draws):
         pilot = None
     like, theta = flat_params(model)
-    base_loss, base_acc = evaluate(model, data, params=like, chunk_size=chunk_size, loss_fn=loss_fn, dtype=dtype)
-    base = evaluate_examples(model, data, params=like, chunk_size=chunk_size) if pilot is not None else None
+    base = None
+    if pilot is not None:  # the per-example values the paired differences need give the base values too
+        base = evaluate_examples(model, data, params=like, chunk_size=chunk_size)
+        base_loss, base_acc = float(base[0].mean()), float(base[1].mean())
+    else:
+        base_loss, base_acc = evaluate(model, data, params=like, chunk_size=chunk_size, loss_fn=loss_fn, dtype=dtype)
     losses, accs, allocations = [], [], []
     for sigma in sigmas:
         if pilot is not None and base is not None:
