@@ -12,12 +12,16 @@ from rich.table import Table
 from sweeps.space import GRID_FIELDS, point_key
 from sweeps.study import tally
 
-__all__ = ["print_trials"]
+__all__ = ["MAX_TABLE_ROWS", "print_trials"]
+
+#: Above this many trials the end of a sweep prints two lines instead of the per-trial table (which is in
+#: ``population.csv`` on the parent run and in the MLflow UI): the answer must fit on one screen.
+MAX_TABLE_ROWS = 10
 
 
-def print_trials(study: optuna.Study, console: Console) -> None:
+def print_trials(study: optuna.Study, console: Console, *, full: bool = False) -> None:
     """A table of the study's trials, one row per point: seed, lr (and the other axes), test acc, test loss, gap,
-    status."""
+    status. Above ``MAX_TABLE_ROWS`` trials (unless ``full``): two lines with the counts by status and the ranges."""
     done = tally(study)
     shown = {t.number for t in done.values()}
     rows = list(done.values()) + [
@@ -25,6 +29,9 @@ def print_trials(study: optuna.Study, console: Console) -> None:
         for t in study.get_trials(deepcopy=False)
         if t.number not in shown and t.params and point_key(t.params) not in done and t.state != TrialState.WAITING
     ]
+    if len(rows) > MAX_TABLE_ROWS and not full:
+        _print_counts(study.study_name, rows, console)
+        return
     axes = [name for name in ("lr", *GRID_FIELDS, "width") if any(name in t.params for t in rows)]
     axes = list(dict.fromkeys(["lr", *axes]))  # lr always shows (the preset's when not an axis)
     table = Table(title=f"study {study.study_name}", show_lines=False)
@@ -38,7 +45,7 @@ def print_trials(study: optuna.Study, console: Console) -> None:
 
     for trial in sorted(rows, key=order):
         attrs = trial.user_attrs
-        status = "diverged" if attrs.get("failure") == "diverged" else trial.state.name.lower()
+        status = _status(trial)
         style = {"complete": "green", "diverged": "red"}.get(status, "yellow")
         cells = [str(trial.number), str(trial.params.get("seed"))]
         for name in axes:
@@ -52,3 +59,24 @@ def print_trials(study: optuna.Study, console: Console) -> None:
         ]
         table.add_row(*cells)
     console.print(table)
+
+
+def _status(trial: optuna.trial.FrozenTrial) -> str:
+    return "diverged" if trial.user_attrs.get("failure") == "diverged" else trial.state.name.lower()
+
+
+def _print_counts(name: str, rows: list[optuna.trial.FrozenTrial], console: Console) -> None:
+    """``study X: 20 trials: 20 complete`` and the ranges of test accuracy and test loss over the complete ones."""
+    counts: dict[str, int] = {}
+    for trial in rows:
+        counts[_status(trial)] = counts.get(_status(trial), 0) + 1
+    tally_text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    console.print(f"[bold]study {name}[/]: {len(rows)} trials: {tally_text}", highlight=False)
+    acc = sorted(t.user_attrs["test_acc"] for t in rows if "test_acc" in t.user_attrs)
+    loss = sorted(t.value for t in rows if t.value is not None)
+    if acc and loss:
+        console.print(
+            f"  test acc {acc[0]:.4f} to {acc[-1]:.4f} (median {acc[len(acc) // 2]:.4f}); test loss {loss[0]:.4f} to "
+            f"{loss[-1]:.4f}; per-trial table: population.csv on the parent run",
+            highlight=False,
+        )

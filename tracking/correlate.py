@@ -23,6 +23,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -33,12 +34,22 @@ from landscape_core.plots.correlation import scatter_grid
 from tracking.correlation import CorrelationReport, analyze, resolve_targets
 from tracking.headline import log_headline
 from tracking.invariance import population_invariance
+from tracking.plan import read_plan
 from tracking.population import Population, add_selection_options, load_population, select_population
+from tracking.reliability import reliabilities
 from tracking.render import render, render_text
 from tracking.runs import RunLogger
 from tracking.store import TrackingStore
 
-__all__ = ["MAX_SCATTER_MEASURES", "log_report", "main", "parser", "report_sweep", "scatter_measures"]
+__all__ = [
+    "MAX_SCATTER_MEASURES",
+    "analyze_population",
+    "log_report",
+    "main",
+    "parser",
+    "report_sweep",
+    "scatter_measures",
+]
 
 #: The scatter grid logged to the parent run shows at most this many measures (and every target).
 MAX_SCATTER_MEASURES = 8
@@ -79,8 +90,32 @@ def scatter_measures(report: CorrelationReport, cap: int = MAX_SCATTER_MEASURES)
     return [m for m in measures if m in chosen] + control
 
 
+def analyze_population(
+    store: TrackingStore, population: Population, parent_run_id: str | None, **options: Any
+) -> CorrelationReport:
+    """``tracking.correlation.analyze`` with what the sweep left on its parent run and trial runs: the analysis
+    plan declared on the parent (``tracking.plan``; none: the default plan, post hoc), the invariance audit and the
+    reliability audit's re-measurements (``tracking.reliability``). ``options`` go to ``analyze``."""
+    return analyze(
+        population,
+        plan=read_plan(store.client(), parent_run_id),
+        invariance=population_invariance(store, population),
+        reliability=reliabilities(population, population.measure_keys()),
+        **options,
+    )
+
+
+def full_tables_hint(parent_run_id: str | None) -> str:
+    """Where the full tables of a report are, for the end of its summary."""
+    if parent_run_id is None:
+        return "python -m tracking.correlate ... --full"
+    return f"python -m tracking.correlate --parent-run {parent_run_id} --full; report.html on that parent run"
+
+
 def log_report(store: TrackingStore, parent_run_id: str, report: CorrelationReport, population: Population) -> None:
-    """Log ``data/correlation.json``, ``figures/correlation_scatter.png`` and ``correlation.txt`` to a run.
+    """Log ``data/correlation.json``, ``figures/correlation_scatter.png`` and ``correlation.txt`` to a run, and the
+    measures' reliabilities as ``reliability/<measure>`` (test-retest Spearman) and
+    ``reliability_ratio/<measure>`` (within / between variance).
 
     The scatter grid (``scatter_measures`` x all targets, coloured by lr) is skipped for an empty report. The run's
     description and headline metrics are ``tracking.headline.log_headline``.
@@ -88,6 +123,12 @@ def log_report(store: TrackingStore, parent_run_id: str, report: CorrelationRepo
     run = RunLogger(store.client(), parent_run_id)
     run.json(report.to_json(), "correlation")
     run.text(render_text(report), "correlation.txt")
+    if report.reliability:
+        run.json({k: r.to_dict() for k, r in report.reliability.items()}, "reliability")
+        run.metrics(
+            {f"reliability/{k}": r.spearman for k, r in report.reliability.items()}
+            | {f"reliability_ratio/{k}": r.variance_ratio for k, r in report.reliability.items()}
+        )
     if report.entries:
         chosen = scatter_measures(report)
         figure = scatter_grid(
@@ -111,6 +152,7 @@ def report_sweep(
     measures: Sequence[str] | None = None,
     n_boot: int = 2000,
     n_perm: int | None = None,
+    full: bool = False,
 ) -> CorrelationReport | None:
     """End-of-sweep report: analyze the study's runs, print the table and log it to the study's parent run.
 
@@ -129,6 +171,7 @@ def report_sweep(
         measures: Measures to report (default: every measure the runs logged).
         n_boot: Bootstrap resamples per row.
         n_perm: Permutation resamples per row (None: as many as the Holm family needs, see ``analyze``).
+        full: Print every table (``render(full=True)``) instead of the one-screen summary.
 
     Returns:
         The report, or None when there was nothing to report or it failed.
@@ -145,18 +188,12 @@ def report_sweep(
         if not population.runs:
             console.print(f"[yellow]correlation report skipped:[/] no finished trial runs in {population.source}")
             return None
-        report = analyze(
-            population,
-            measures=measures,
-            n_boot=n_boot,
-            n_perm=n_perm,
-            invariance=population_invariance(store, population),
-        )
+        parent = parent_run_id or _find_parent(store, population, study)
+        report = analyze_population(store, population, parent, measures=measures, n_boot=n_boot, n_perm=n_perm)
         if report.status != "ok":
             console.print(f"[yellow]correlation report skipped:[/] {report.message}", highlight=False)
             return None
-        render(report, console)
-        parent = parent_run_id or _find_parent(store, population, study)
+        render(report, console, full=full, where=full_tables_hint(parent))
         if parent is None:
             console.print("[yellow]correlation report not logged:[/] no parent run found", highlight=False)
         else:
@@ -214,6 +251,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
     p.add_argument("--log-to-parent", action="store_true", help="log JSON, figure and table to the parent run")
     p.add_argument(
+        "--full",
+        action="store_true",
+        help="print every table (one per target, every verdict, the A-versus-B table) instead of the summary",
+    )
+    p.add_argument(
         "--exclude-flagged",
         action="store_true",
         help="leave out runs whose estimate did not converge (lambda_max) or was not bracketed (PAC-Bayes sigma*)",
@@ -235,25 +277,27 @@ def _correlate(args: argparse.Namespace, console: Console) -> int:
     """Check, load, analyze; then (only when all of that succeeded) print, write and log. Exit status 0."""
     _check_args(args)
     store, population = select_population(args)
-    report = analyze(
+    found = args.parent_run or (_find_parent(store, population, args.study) if population.runs else None)
+    report = analyze_population(
+        store,
         population,
+        found,
         measures=args.measures,
         targets=args.targets,
         n_boot=args.n_boot,
         n_perm=args.n_perm,
         alpha=args.alpha,
         seed=args.seed,
-        invariance=population_invariance(store, population),
         exclude_flagged=args.exclude_flagged,
     )
     parent = None
     if args.log_to_parent and report.status == "ok":
-        parent = args.parent_run or _find_parent(store, population, args.study)
+        parent = found
         if parent is None:
             raise UsageError("--log-to-parent needs one parent run: give --study or --parent-run")
 
     if report.status == "ok":
-        render(report, console)
+        render(report, console, full=args.full, where=full_tables_hint(found))
     else:
         console.print(f"[yellow]{report.message}[/]", highlight=False)
     if args.json is not None:

@@ -27,26 +27,30 @@ from landscape_core import keys
 from landscape_core.errors import UsageError
 from landscape_core.invariance import INVARIANT_RATIO
 from tracking.pairs import PairAgreement, SignError, claim_sentence, pair_agreement, sign_error
+from tracking.plan import AnalysisPlan, Hypothesis, PrimaryTest
 from tracking.population import Population
 from tracking.population_stats import (
     MIN_N,
     CorrelationRow,
+    benjamini_hochberg,
     correlation_table,
+    holm,
     min_detectable_rho,
     min_detectable_rho_holm,
     n_needed,
     partial_spearman,
     permutations_for,
     simpson_flag,
-    verdict,
     within_group_spearman,
 )
+from tracking.reliability import LOW_RELIABILITY, Reliability, disattenuate
 
 __all__ = [
     "MIN_RUNS",
     "CorrelationEntry",
     "CorrelationReport",
     "PairQuestion",
+    "PrimaryResult",
     "analyze",
     "power_note",
     "resolve_targets",
@@ -62,7 +66,8 @@ class CorrelationEntry:
     """Everything the report says about one (measure, target) pair.
 
     Attributes:
-        row: The pooled row of ``correlation_table`` (partial correlation given train loss; Holm over the report).
+        row: The pooled row of ``correlation_table`` (partial correlation given train loss; its ``holm_p`` is Holm over
+            every row of the report, kept for ``--full``; the verdict rests on ``adjusted_p``).
         partial_lr_spearman: Spearman partial correlation given train loss and log(lr); NaN when lr does not vary,
             for the train-loss control itself, or when undefined.
         partial_lr_p: Its p-value.
@@ -83,6 +88,12 @@ class CorrelationEntry:
             (the parent run's audit, ``landscape_core.invariance``); inf for a sign flip, NaN when not audited.
         flagged: Runs whose estimate of this measure did not converge (Lanczos) or was not bracketed (PAC-Bayes
             bisection), by ``keys.RELIABILITY``; excluded from the row when the report says ``exclude_flagged``.
+        primary: The (measure, target) pair is a primary hypothesis of the analysis plan.
+        adjusted_p: Primary: Holm-adjusted p of the raw test over the plan's primary tests. Exploratory: the
+            Benjamini-Hochberg q-value over every exploratory row.
+        reliability: The measure's test-retest Spearman from the sweep's reliability audit (NaN: not audited).
+        disattenuated: ``rho / sqrt(reliability)`` (``tracking.reliability.disattenuate``).
+        alpha: The level ``adjusted_p`` is read at.
     """
 
     row: CorrelationRow
@@ -99,6 +110,21 @@ class CorrelationEntry:
     verdict: str
     invariance_ratio: float = _NAN
     flagged: int = 0
+    primary: bool = False
+    adjusted_p: float = _NAN
+    reliability: float = _NAN
+    disattenuated: float = _NAN
+    alpha: float = 0.05
+
+    @property
+    def significant(self) -> bool:
+        """Significant in its own family: Holm over the primary tests (primary rows), Benjamini-Hochberg q below
+        alpha (exploratory rows)."""
+        return math.isfinite(self.adjusted_p) and self.adjusted_p < self.alpha
+
+    @property
+    def family(self) -> str:
+        return "primary" if self.primary else "exploratory"
 
     @property
     def invariant(self) -> bool | None:
@@ -133,6 +159,12 @@ class CorrelationEntry:
             invariance_ratio="inf" if math.isinf(self.invariance_ratio) else _finite_or_none(self.invariance_ratio),
             invariant=self.invariant,
             flagged=self.flagged,
+            family=self.family,
+            adjusted_p=_finite_or_none(self.adjusted_p),
+            adjustment="holm over the primary tests" if self.primary else "benjamini-hochberg q (exploratory)",
+            significant_in_family=self.significant,
+            reliability=_finite_or_none(self.reliability),
+            disattenuated_spearman=_finite_or_none(self.disattenuated),
         )
         return out
 
@@ -165,6 +197,58 @@ class PairQuestion:
 
 
 @dataclass(frozen=True)
+class PrimaryResult:
+    """The verdict on one primary hypothesis of the plan: its raw test and its test given train loss, each
+    Holm-adjusted over the plan's primary tests.
+
+    Attributes:
+        hypothesis: The declared hypothesis.
+        entry: Its row of the report (rho, CI, reliability, ...).
+        p_raw, p_partial: Two-sided p-values of the raw and the partial (given train loss) Spearman rho.
+        adjusted_raw, adjusted_partial: Their Holm-adjusted p over the primary tests.
+        verdict: ``supported``, ``supported, but not beyond train loss``, ``contradicted`` (significant in the
+            opposite direction) or ``undecided``.
+        n_to_decide: Runs a fixed design would need to detect the observed |rho| with 80% power at Holm's first step
+            over the primary tests (None when the observed rho is 0 or undefined; 0 when already decided).
+    """
+
+    hypothesis: Hypothesis
+    entry: CorrelationEntry
+    p_raw: float
+    p_partial: float
+    adjusted_raw: float
+    adjusted_partial: float
+    verdict: str
+    n_to_decide: int | None
+
+    @property
+    def rho(self) -> float:
+        return self.entry.row.spearman
+
+    @property
+    def partial_rho(self) -> float:
+        return self.entry.row.partial_spearman
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hypothesis": self.hypothesis.name,
+            "claim": self.hypothesis.claim,
+            "direction": self.hypothesis.direction,
+            "rho": _finite_or_none(self.rho),
+            "ci": [_finite_or_none(self.entry.row.ci_low), _finite_or_none(self.entry.row.ci_high)],
+            "partial_rho_given_train_loss": _finite_or_none(self.partial_rho),
+            "p_raw": _finite_or_none(self.p_raw),
+            "p_partial": _finite_or_none(self.p_partial),
+            "holm_raw": _finite_or_none(self.adjusted_raw),
+            "holm_partial": _finite_or_none(self.adjusted_partial),
+            "reliability": _finite_or_none(self.entry.reliability),
+            "disattenuated_rho": _finite_or_none(self.entry.disattenuated),
+            "verdict": self.verdict,
+            "n_to_decide": self.n_to_decide,
+        }
+
+
+@dataclass(frozen=True)
 class CorrelationReport:
     """The whole report: one entry per (measure, target), measure-major, and the population's bookkeeping.
 
@@ -186,6 +270,9 @@ class CorrelationReport:
         exclude_flagged: Whether those runs were left out of their measure's rows.
         pairs: The paper's A-versus-B question per measure, against the test loss (``PairQuestion``).
         axes: The hyperparameters that vary in the population (``Population.varying_hyperparameters``).
+        plan: The analysis plan the verdicts read (``tracking.plan``): which rows are primary.
+        primary: The verdict on each primary hypothesis (``PrimaryResult``), in plan order.
+        reliability: Per measure, its test-retest reliability from the sweep's audit (``tracking.reliability``).
     """
 
     entries: tuple[CorrelationEntry, ...]
@@ -205,6 +292,9 @@ class CorrelationReport:
     exclude_flagged: bool = False
     pairs: tuple[PairQuestion, ...] = ()
     axes: tuple[str, ...] = ()
+    plan: AnalysisPlan = field(default_factory=lambda: AnalysisPlan().post_hoc())
+    primary: tuple[PrimaryResult, ...] = ()
+    reliability: dict[str, Reliability] = field(default_factory=dict)
 
     @property
     def n_runs(self) -> int:
@@ -212,9 +302,15 @@ class CorrelationReport:
 
     @property
     def power_note(self) -> str:
-        """What the population's n detects at Holm's first step over the report's rows, and the n |rho| = 0.3 and 0.5
-        need."""
-        return power_note(self.n_runs, self.alpha, max(len(self.entries), 1))
+        """What the population's n detects at Holm's first step over the plan's primary tests, and the n |rho| = 0.3
+        and 0.5 need."""
+        return power_note(self.n_runs, self.alpha, len(self.plan.tests))
+
+    @property
+    def exploratory(self) -> list[CorrelationEntry]:
+        """The exploratory rows (every row that is not a primary hypothesis), by q-value."""
+        rows = [e for e in self.entries if not e.primary and e.measure != keys.CONTROL]
+        return sorted(rows, key=lambda e: e.adjusted_p if math.isfinite(e.adjusted_p) else 2.0)
 
     def for_target(self, target: str) -> list[CorrelationEntry]:
         """The entries of one target, in measure order."""
@@ -255,14 +351,17 @@ class CorrelationReport:
                 "alpha": self.alpha,
                 "power": 0.8,
                 "min_detectable_rho": min_detectable_rho(n, self.alpha) if n >= MIN_RUNS else None,
-                "family_size": len(self.entries),
+                "family_size": len(self.plan.tests),
                 "min_detectable_rho_holm": (
-                    _finite_or_none(min_detectable_rho_holm(n, max(len(self.entries), 1), self.alpha))
+                    _finite_or_none(min_detectable_rho_holm(n, len(self.plan.tests), self.alpha))
                     if n >= MIN_RUNS
                     else None
                 ),
                 "note": self.power_note,
             },
+            "plan": self.plan.to_json(),
+            "primary": [p.to_dict() for p in self.primary],
+            "reliability": {k: r.to_dict() for k, r in self.reliability.items()},
             "rows": [e.to_dict() for e in self.entries],
             "pairs": [q.to_dict() for q in self.pairs],
         }
@@ -273,13 +372,14 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def power_note(n: int, alpha: float = 0.05, family_size: int = 1) -> str:
-    """What n runs can detect at the correction the report uses (Holm's first step over ``family_size`` rows, 80%
-    power), and how many runs |rho| = 0.3 and 0.5 would need (``population_stats.min_detectable_rho_holm``)."""
+    """What n runs can detect at the correction the primary verdicts use (Holm's first step over ``family_size``
+    primary tests, 80% power), and how many runs |rho| = 0.3 and 0.5 would need
+    (``population_stats.min_detectable_rho_holm``)."""
     if n < MIN_RUNS:
         return f"n = {n}: too few runs for any test (need n >= {MIN_RUNS})"
     limit = min_detectable_rho_holm(n, family_size, alpha)
     level = (
-        f"at Holm's first step over {family_size} rows (alpha {alpha:g}/{family_size})"
+        f"at Holm's first step over the {family_size} primary tests (alpha {alpha:g}/{family_size})"
         if family_size > 1
         else (f"at alpha {alpha:g}")
     )
@@ -367,6 +467,8 @@ def analyze(
     seed: int = 0,
     invariance: Mapping[str, float] | None = None,
     exclude_flagged: bool = False,
+    plan: AnalysisPlan | None = None,
+    reliability: Mapping[str, Reliability] | None = None,
 ) -> CorrelationReport:
     """Test every measure against every generalization target over the population, with its confounds.
 
@@ -391,6 +493,9 @@ def analyze(
             measure that is not invariant says so in its verdict. None or a missing key: not audited.
         exclude_flagged: Leave out of a measure's rows the runs whose estimate of it did not converge or was not
             bracketed (``keys.RELIABILITY``); they are counted either way.
+        plan: The analysis plan (``tracking.plan``): its primary hypotheses are tested with Holm over the primary
+            tests only, every other row is exploratory (Benjamini-Hochberg q). None: the default plan, post hoc.
+        reliability: Per measure, its test-retest reliability (``tracking.reliability.reliabilities``).
 
     Returns:
         The report; with fewer than ``MIN_RUNS`` runs, an empty one with status ``"too_few_runs"``.
@@ -408,7 +513,11 @@ def analyze(
     lr_varies = len({_lr_label(v) for v in lrs[np.isfinite(lrs)]}) > 1
     seed_varies = len(set(seeds.tolist())) > 1
     flags = {k: _flagged(population, k) for k in measure_keys}
+    plan = plan if plan is not None else AnalysisPlan().post_hoc()
+    reliability = dict(reliability or {})
     empty = CorrelationReport(
+        plan=plan,
+        reliability=reliability,
         entries=(),
         axes=tuple(population.varying_hyperparameters()),
         flagged={k: int(v.sum()) for k, v in flags.items()},
@@ -454,6 +563,7 @@ def analyze(
     )
 
     log_lr = np.log(np.where(lrs > 0, lrs, np.nan))
+    adjusted = _family_adjusted(rows, plan)
     entries = []
     for row in rows:
         x, y = measure_cols[row.measure], target_cols[row.target]
@@ -472,25 +582,34 @@ def analyze(
         )
         within_lr_mean, within_seed_mean = _weighted_mean(within_lr), _weighted_mean(within_seed)
         ratio = float((invariance or {}).get(row.measure, _NAN))
-        text = _verdict(row, partial_lr, simpson_axes, within_lr_mean, within_seed_mean, alpha, len(rows))
-        entries.append(
-            CorrelationEntry(
-                row=row,
-                partial_lr_spearman=float(partial_lr[0]),
-                partial_lr_p=float(partial_lr[1]),
-                within_lr=within_lr,
-                within_seed=within_seed,
-                within_lr_mean=within_lr_mean,
-                within_seed_mean=within_seed_mean,
-                simpson=bool(simpson_axes),
-                simpson_axes=simpson_axes,
-                missing=empty.missing[row.measure],
-                min_detectable_rho=min_detectable_rho_holm(row.n, len(rows), alpha) if row.n >= MIN_RUNS else _NAN,
-                verdict=text + _invariance_note(ratio) + _flag_note(empty.flagged[row.measure], exclude_flagged),
-                invariance_ratio=ratio,
-                flagged=empty.flagged[row.measure],
-            )
+        primary = plan.is_primary(row.measure, row.target)
+        retest = reliability.get(row.measure)
+        r = retest.spearman if retest is not None else _NAN
+        entry = CorrelationEntry(
+            row=row,
+            partial_lr_spearman=float(partial_lr[0]),
+            partial_lr_p=float(partial_lr[1]),
+            within_lr=within_lr,
+            within_seed=within_seed,
+            within_lr_mean=within_lr_mean,
+            within_seed_mean=within_seed_mean,
+            simpson=bool(simpson_axes),
+            simpson_axes=simpson_axes,
+            missing=empty.missing[row.measure],
+            min_detectable_rho=(min_detectable_rho_holm(row.n, len(plan.tests), alpha) if row.n >= MIN_RUNS else _NAN),
+            verdict="",
+            invariance_ratio=ratio,
+            flagged=empty.flagged[row.measure],
+            primary=primary,
+            adjusted_p=adjusted[(row.measure, row.target)],
+            reliability=r,
+            disattenuated=disattenuate(row.spearman, r),
+            alpha=alpha,
         )
+        text = _verdict(entry, partial_lr, alpha, len(plan.tests))
+        notes = _invariance_note(ratio) + _reliability_note(entry) + _flag_note(entry.flagged, exclude_flagged)
+        entries.append(dataclasses.replace(entry, verdict=text + notes))
+    primary_results = tuple(_primary_result(h, entries, rows, plan, alpha) for h in plan.hypotheses)
     pairs = ()
     if "test_loss" in target_cols:
         axes = {"seed": seeds, **({"lr": lrs} if lr_varies else {}), **hyper_axes}
@@ -499,7 +618,96 @@ def analyze(
             for key in measure_keys
             if key != keys.CONTROL and np.sum(np.isfinite(measure_cols[key])) >= 2
         )
-    return dataclasses.replace(empty, entries=tuple(entries), pairs=pairs)
+    return dataclasses.replace(empty, entries=tuple(entries), pairs=pairs, primary=primary_results)
+
+
+def _primary_p(row: CorrelationRow | None, test: PrimaryTest) -> float:
+    """The two-sided p of one primary test (1 when it cannot be computed: the test stays in the family)."""
+    if row is None:
+        return 1.0
+    p = row.verdict_p if test.adjustment == "raw" else row.partial_p
+    return float(p) if math.isfinite(p) else 1.0
+
+
+def _family_adjusted(rows: Sequence[CorrelationRow], plan: AnalysisPlan) -> dict[tuple[str, str], float]:
+    """Per (measure, target): the Holm-adjusted p of its raw test over the plan's primary tests (primary rows), or
+    its Benjamini-Hochberg q-value over the exploratory rows (every other row)."""
+    by_pair = {(r.measure, r.target): r for r in rows}
+    tests = plan.tests
+    holm_p = holm([_primary_p(by_pair.get((t.hypothesis.measure, t.hypothesis.target)), t) for t in tests])
+    out = {
+        (t.hypothesis.measure, t.hypothesis.target): float(p)
+        for t, p in zip(tests, holm_p, strict=True)
+        if t.adjustment == "raw"
+    }
+    exploratory = [r for r in rows if not plan.is_primary(r.measure, r.target)]
+    q = benjamini_hochberg([r.verdict_p for r in exploratory]) if exploratory else []
+    out.update({(r.measure, r.target): float(v) for r, v in zip(exploratory, q, strict=True)})
+    return out
+
+
+def _primary_result(
+    hypothesis: Hypothesis,
+    entries: Sequence[CorrelationEntry],
+    rows: Sequence[CorrelationRow],
+    plan: AnalysisPlan,
+    alpha: float,
+) -> PrimaryResult:
+    """The verdict on one primary hypothesis: its raw and its given-train-loss test, Holm over the primary tests."""
+    row = next((r for r in rows if (r.measure, r.target) == (hypothesis.measure, hypothesis.target)), None)
+    entry = next((e for e in entries if (e.measure, e.target) == (hypothesis.measure, hypothesis.target)), None)
+    tests = plan.tests
+    by_pair = {(r.measure, r.target): r for r in rows}
+    adjusted = holm([_primary_p(by_pair.get((t.hypothesis.measure, t.hypothesis.target)), t) for t in tests])
+    mine = {t.adjustment: float(p) for t, p in zip(tests, adjusted, strict=True) if t.hypothesis == hypothesis}
+    if entry is None or row is None:
+        missing = _missing_entry(hypothesis)
+        return PrimaryResult(hypothesis, missing, _NAN, _NAN, _NAN, _NAN, "not measured", None)
+    signed = hypothesis.direction * row.spearman
+    signed_partial = hypothesis.direction * row.partial_spearman
+    raw_sig = mine["raw"] < alpha and math.isfinite(signed) and signed != 0
+    partial_sig = mine["train_loss"] < alpha and math.isfinite(signed_partial) and signed_partial > 0
+    if raw_sig and signed < 0:
+        verdict = "contradicted"
+    elif raw_sig and partial_sig:
+        verdict = "supported"
+    elif raw_sig:
+        verdict = "supported, but not beyond train loss"
+    elif partial_sig:
+        verdict = "supported given train loss only"
+    else:
+        verdict = "undecided"
+    rho = row.spearman
+    if verdict != "undecided":
+        needed: int | None = 0
+    elif math.isfinite(rho) and 0 < abs(rho) < 1:
+        needed = n_needed(abs(rho), len(tests), alpha)
+    else:
+        needed = None
+    return PrimaryResult(
+        hypothesis, entry, _primary_p(row, tests[0]), row.partial_p, mine["raw"], mine["train_loss"], verdict, needed
+    )
+
+
+def _missing_entry(hypothesis: Hypothesis) -> CorrelationEntry:
+    """A placeholder row for a primary hypothesis whose measure the population lacks."""
+    nan_row = CorrelationRow(
+        hypothesis.measure,
+        hypothesis.target,
+        0,
+        0,
+        *([_NAN] * 8),
+        "undefined",
+        _NAN,
+        _NAN,
+        _NAN,
+        _NAN,
+        None,
+        None,
+        _NAN,
+        False,
+    )
+    return CorrelationEntry(nan_row, _NAN, _NAN, {}, {}, _NAN, _NAN, False, (), 0, _NAN, "not measured", primary=True)
 
 
 def _pair_question(
@@ -537,22 +745,47 @@ def _invariance_note(ratio: float) -> str:
     )
 
 
-def _verdict(
-    row: CorrelationRow,
-    partial_lr: tuple[float, float],
-    simpson_axes: tuple[str, ...],
-    within_lr_mean: float,
-    within_seed_mean: float,
-    alpha: float,
-    family_size: int,
-) -> str:
-    """``population_stats.verdict`` with its covariate named, plus what log(lr) and Simpson's paradox change."""
-    text = verdict(row, alpha, family_size).replace("the covariate", "train loss")
-    rho_lr, p_lr = partial_lr
-    if row.significant and math.isfinite(rho_lr) and math.isfinite(p_lr):
-        how = "holds" if p_lr < alpha else "vanishes"
-        text += f"; {how} given train loss + log lr (partial rho={rho_lr:+.2f}, p={p_lr:.2g})"
-    for axis in simpson_axes:
-        mean = within_lr_mean if axis == "lr" else within_seed_mean
+def _reliability_note(entry: CorrelationEntry) -> str:
+    if not (math.isfinite(entry.reliability) and entry.reliability < LOW_RELIABILITY):
+        return ""
+    return (
+        f"; LOW RELIABILITY (test-retest rho {entry.reliability:.2f} < {LOW_RELIABILITY:g}): its rho is attenuated"
+        + (f", disattenuated {entry.disattenuated:+.2f}" if math.isfinite(entry.disattenuated) else "")
+    )
+
+
+def _verdict(entry: CorrelationEntry, partial_lr: tuple[float, float], alpha: float, primary_tests: int) -> str:
+    """One line: the row's family, what it shows at its family's correction, and what the confounds change."""
+    row = entry.row
+    if row.n < MIN_N or not math.isfinite(row.spearman) or not math.isfinite(entry.adjusted_p):
+        why = f"n={row.n}" + (f" after dropping {row.n_dropped} runs with missing values" if row.n_dropped else "")
+        if row.n < MIN_N:
+            return f"{entry.family}: not enough data ({why}; need n >= {MIN_N})"
+        return f"{entry.family}: undefined ({why}; a column is constant)"
+    label = "Holm p" if entry.primary else "q"
+    stats_txt = f"rho={row.spearman:+.2f}, {label}={entry.adjusted_p:.2g}"
+    has_partial = math.isfinite(row.partial_spearman) and math.isfinite(row.partial_p)
+    partial_txt = f"partial rho={row.partial_spearman:+.2f}, p={row.partial_p:.2g}"
+    if entry.significant and row.spearman != 0:
+        direction = "positive" if row.spearman > 0 else "negative"
+        more_less = "larger" if row.spearman > 0 else "smaller"
+        text = f"{entry.family}: significant {direction} ({stats_txt}): larger {row.measure} goes with {more_less} "
+        text += row.target
+        if has_partial:
+            how = "but not beyond" if row.partial_p >= alpha else "holds given"
+            text += f"; {how} train loss ({partial_txt})"
+        rho_lr, p_lr = partial_lr
+        if math.isfinite(rho_lr) and math.isfinite(p_lr):
+            how = "holds" if p_lr < alpha else "vanishes"
+            text += f"; {how} given train loss + log lr (partial rho={rho_lr:+.2f}, p={p_lr:.2g})"
+    else:
+        text = f"{entry.family}: no evidence ({stats_txt}"
+        if entry.primary and math.isfinite(entry.min_detectable_rho):
+            text += f"; n={row.n} detects only |rho| >= {entry.min_detectable_rho:.2f} over {primary_tests} tests"
+        text += ")"
+        if has_partial:
+            text += f"; given train loss: {partial_txt}"
+    for axis in entry.simpson_axes:
+        mean = entry.within_lr_mean if axis == "lr" else entry.within_seed_mean
         text += f"; SIMPSON: within each {axis} the sign flips (mean rho={mean:+.2f})"
     return text

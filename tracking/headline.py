@@ -68,14 +68,17 @@ def headline_metrics(report: CorrelationReport) -> dict[str, float]:
 
 
 def strongest(report: CorrelationReport, limit: int = MAX_VERDICTS) -> list[CorrelationEntry]:
-    """The measures' entries on test loss with the most evidence: smallest Holm p, then largest |rho|.
+    """The exploratory entries on test loss with the most evidence: smallest q-value, then largest |rho|.
 
-    The train-loss control and entries without a finite rho are left out (they say nothing about a measure).
+    The primary hypotheses (listed on their own), the train-loss control and entries without a finite rho are left
+    out.
     """
     entries = [
-        e for e in report.for_target(HEADLINE_TARGET) if e.measure != keys.CONTROL and math.isfinite(e.row.spearman)
+        e
+        for e in report.for_target(HEADLINE_TARGET)
+        if e.measure != keys.CONTROL and not e.primary and math.isfinite(e.row.spearman)
     ]
-    entries.sort(key=lambda e: (e.row.holm_p if math.isfinite(e.row.holm_p) else math.inf, -abs(e.row.spearman)))
+    entries.sort(key=lambda e: (e.adjusted_p if math.isfinite(e.adjusted_p) else math.inf, -abs(e.row.spearman)))
     return entries[:limit]
 
 
@@ -83,12 +86,18 @@ def description(report: CorrelationReport, report_link: str | None = None) -> st
     """The parent run's description (markdown): n, the strongest verdicts on test loss, where the report is."""
     studies = report.population.get("studies") or []
     name = f"Sweep `{', '.join(map(str, studies))}`" if studies else "Sweep"
-    significant = sum(1 for e in report.entries if e.row.holm_p < report.alpha)
-    lines = [
-        f"**{name}: {report.n_runs} finished trials.** {report.power_note}.",
+    exploratory = report.exploratory
+    significant = sum(1 for e in exploratory if e.significant)
+    lines = [f"**{name}: {report.n_runs} finished trials.** Plan {report.plan.summary()}.", ""]
+    lines += [
+        f"- **{p.hypothesis.name}: {p.verdict}** (rho={p.rho:+.2f}, Holm p={p.adjusted_raw:.2g}; given train loss "
+        f"rho={p.partial_rho:+.2f}, Holm p={p.adjusted_partial:.2g})"
+        for p in report.primary
+    ]
+    lines += [
         "",
-        f"{significant} of {len(report.entries)} measure-target pairs are significant after Holm "
-        f"(alpha {report.alpha:g}). Strongest on {HEADLINE_TARGET}:",
+        f"{report.power_note}. Exploratory: {significant} of {len(exploratory)} rows with Benjamini-Hochberg "
+        f"q < {report.alpha:g}. Strongest on {HEADLINE_TARGET}:",
         "",
     ]
     lines += [f"- `{e.measure}`: {e.verdict}" for e in strongest(report)] or ["- (no measure has a defined rho)"]

@@ -41,6 +41,7 @@ from landscape_core.common import check, check_count, json_safe
 
 __all__ = [
     "BootstrapCI",
+    "benjamini_hochberg",
     "CorrelationRow",
     "REPETITION_AXES",
     "bootstrap_spearman_ci",
@@ -271,6 +272,42 @@ def holm(pvalues: ArrayLike) -> np.ndarray:
     adjusted = np.minimum(np.maximum.accumulate((m - np.arange(m)) * pf[order]), 1.0)
     res = np.empty(m)
     res[order] = adjusted
+    out[present] = res
+    return out
+
+
+def benjamini_hochberg(pvalues: ArrayLike) -> np.ndarray:
+    """Benjamini-Hochberg (1995) q-values of a family of p-values (the step-up FDR adjustment).
+
+    With the m p-values sorted ascending, ``q_(i) = min_{j >= i} min(1, m p_(j) / j)`` (1-based), returned in the
+    input order. Rejecting every row with ``q < alpha`` controls the false discovery rate at ``alpha`` for
+    independent or positively dependent tests. NaN entries are not part of the family (they stay NaN).
+
+    Args:
+        pvalues: Shape (m,), values in [0, 1] or NaN.
+
+    Returns:
+        Shape (m,) q-values, monotone in the raw p-values and capped at 1.
+
+    Raises:
+        ValueError: If ``pvalues`` is not 1-D or holds values outside [0, 1].
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1:
+        raise ValueError(f"Expected `pvalues` to be 1-D, got shape {p.shape}")
+    present = ~np.isnan(p)
+    if np.any((p[present] < 0.0) | (p[present] > 1.0)):
+        raise ValueError(f"Expected `pvalues` in [0, 1], got {p[present][(p[present] < 0) | (p[present] > 1)][:3]}")
+    out = np.full(p.shape, _NAN)
+    pf = p[present]
+    m = pf.size
+    if m == 0:
+        return out
+    order = np.argsort(pf, kind="stable")
+    scaled = pf[order] * m / np.arange(1, m + 1)
+    q = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    res = np.empty(m)
+    res[order] = q
     out[present] = res
     return out
 

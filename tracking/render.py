@@ -1,13 +1,19 @@
-"""The rich rendering of a correlation report: one table per target, verdicts, the power note.
+"""The rich rendering of a correlation report: the one-screen summary, and the full tables.
 
-Layout: a header line with the population's bookkeeping; then, per generalization target, one table with the
-measures as rows (rho with its CI, tau, raw and Holm p, the partial rhos, granulated Kendall, within-lr and
-within-seed mean rho, n and missing, a Simpson marker) followed by one plain-words verdict line per measure; then
-the power note. One table per target keeps each table narrow enough to read; a target column group would make a
-table four times as wide.
+:func:`render_summary` is what a sweep prints at its end (at most about 40 lines at 120 columns): the population, the
+analysis plan, the verdict on each primary hypothesis (rho, CI, reliability, the disattenuated rho, and the n that
+would decide it), the five strongest exploratory rows by q-value, the train-loss confound in one line, the power of
+the primary tests, and where the full tables are.
 
-Colours: a coefficient is magenta when positive and cyan when negative, bold when significant (Holm-adjusted for
-the pooled rho, raw for the partial ones) and dim when not. A Holm p below alpha is bold green.
+:func:`render` with ``full`` is everything (``python -m tracking.correlate --full``). Layout: a header line with
+the population's bookkeeping and the plan, the primary verdicts; then, per generalization target, one table with
+the measures as rows (rho with its CI, tau, raw p and the p adjusted in its family, the partial rhos, granulated
+Kendall, within-lr and within-seed mean rho, reliability, n and missing, a Simpson marker) followed by one
+plain-words verdict line per measure; then the power note. One table per target keeps each table narrow enough to
+read; a target column group would make a table four times as wide.
+
+Colours: a coefficient is magenta when positive and cyan when negative, bold when significant (adjusted in its
+family for the pooled rho, raw for the partial ones) and dim when not. An adjusted p below alpha is bold green.
 """
 
 from __future__ import annotations
@@ -15,17 +21,31 @@ from __future__ import annotations
 import io
 import math
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from landscape_core import keys
 from landscape_core.invariance import INVARIANT_RATIO
-from tracking.correlation import CorrelationEntry, CorrelationReport
+from tracking.correlation import CorrelationEntry, CorrelationReport, PrimaryResult
 from tracking.invariance import format_ratio
+from tracking.reliability import LOW_RELIABILITY
 
-__all__ = ["SIMPSON_MARK", "render", "render_text"]
+__all__ = ["PRIMARY_MARK", "SIMPSON_MARK", "TOP_EXPLORATORY", "render", "render_summary", "render_text"]
 
 SIMPSON_MARK = "⚠"
+PRIMARY_MARK = "★"
+#: The summary lists this many exploratory rows (smallest q first).
+TOP_EXPLORATORY = 5
+_VERDICT_STYLE = {
+    "supported": "bold green",
+    "supported, but not beyond train loss": "yellow",
+    "supported given train loss only": "yellow",
+    "contradicted": "bold red",
+    "undecided": "bold yellow",
+    "not supported": "bold red",
+}
 
 
 def _coef_style(value: float, significant: bool) -> str:
@@ -50,11 +70,17 @@ def _p(value: float, alpha: float, holm: bool = False) -> Text:
     return Text(text, style="dim")
 
 
+def _reliability(value: float) -> Text:
+    if not math.isfinite(value):
+        return Text("–", style="dim")
+    return Text(f"{value:.2f}", style="bold red" if value < LOW_RELIABILITY else "green")
+
+
 def _rho_ci(entry: CorrelationEntry) -> Text:
     row = entry.row
     if not math.isfinite(row.spearman):
         return Text("–", style="dim")
-    text = Text(f"{row.spearman:+.2f}", style=_coef_style(row.spearman, row.significant))
+    text = Text(f"{row.spearman:+.2f}", style=_coef_style(row.spearman, entry.significant))
     if math.isfinite(row.ci_low) and math.isfinite(row.ci_high):
         text.append(f" [{row.ci_low:+.2f},{row.ci_high:+.2f}]", style="dim")
     return text
@@ -103,7 +129,7 @@ def _table(report: CorrelationReport, target: str, entries: list[CorrelationEntr
     table.add_column("ρ [CI]", justify="right", no_wrap=True)
     table.add_column("τ", justify="right")
     table.add_column("p", justify="right")
-    table.add_column("Holm p", justify="right")
+    table.add_column("adj p", justify="right")
     table.add_column("ρ|TL", justify="right")
     if show_lr:
         table.add_column("ρ|TL+lr", justify="right", no_wrap=True)
@@ -115,16 +141,20 @@ def _table(report: CorrelationReport, target: str, entries: list[CorrelationEntr
         table.add_column("in seed", justify="right", no_wrap=True)
     if show_inv:
         table.add_column("invariant", justify="right", no_wrap=True)
+    show_rel = any(math.isfinite(e.reliability) for e in entries)
+    if show_rel:
+        table.add_column("r", justify="right", no_wrap=True)
+        table.add_column("ρ/√r", justify="right", no_wrap=True)
     table.add_column(SIMPSON_MARK, justify="center")
     for entry in entries:
         row = entry.row
         cells: list[Text] = [
-            Text(entry.measure),
+            Text(f"{PRIMARY_MARK} {entry.measure}" if entry.primary else entry.measure, style="bold" * entry.primary),
             _n(entry),
             _rho_ci(entry),
             _coef(row.kendall),
             _p(row.verdict_p, report.alpha),
-            _p(row.holm_p, report.alpha, holm=True),
+            _p(entry.adjusted_p, report.alpha, holm=True),
             _coef(row.partial_spearman, math.isfinite(row.partial_p) and row.partial_p < report.alpha),
         ]
         if show_lr:
@@ -138,6 +168,8 @@ def _table(report: CorrelationReport, target: str, entries: list[CorrelationEntr
             cells.append(_coef(entry.within_seed_mean))
         if show_inv:
             cells.append(_invariance(entry))
+        if show_rel:
+            cells += [_reliability(entry.reliability), _coef(entry.disattenuated)]
         cells.append(
             Text(SIMPSON_MARK + " " + "+".join(entry.simpson_axes), style="bold yellow") if entry.simpson else Text("")
         )
@@ -152,7 +184,8 @@ def _legend(report: CorrelationReport) -> Text:
         f"ρ: Spearman [{level}% CI, {ci_kind}]",
         "τ: Kendall",
         "p: permutation p when n < 30, else Spearman's",
-        f"Holm over all {len(report.entries)} rows",
+        f"adj p: {PRIMARY_MARK} primary rows Holm over the plan's {len(report.plan.tests)} primary tests, every "
+        "other row exploratory: Benjamini-Hochberg q",
         "ρ|TL: partial ρ given final train loss",
     ]
     if report.lr_varies:
@@ -165,6 +198,11 @@ def _legend(report: CorrelationReport) -> Text:
         parts.append(
             f"invariant: max/min of the measure over function-preserving rescalings of one minimum "
             f"(✓ <= {INVARIANT_RATIO:g}; the parent run's invariance audit)"
+        )
+    if report.reliability:
+        parts.append(
+            f"r: test-retest Spearman of the measure (reliability audit; red below {LOW_RELIABILITY:g}); ρ/√r: the "
+            "rho disattenuated for the measure's noise"
         )
     parts.append(f"{SIMPSON_MARK}: pooled sign disagrees with the within-group sign (Simpson)")
     if any(report.flagged.values()):
@@ -196,7 +234,7 @@ def _pairs_table(report: CorrelationReport) -> Table:
 
 
 def _verdict_line(entry: CorrelationEntry) -> Text:
-    style = "bold" if entry.row.significant else ""
+    style = "bold" if entry.significant else ""
     text = Text("  • ")
     text.append(entry.measure, style=style)
     text.append(": ")
@@ -204,16 +242,23 @@ def _verdict_line(entry: CorrelationEntry) -> Text:
     return text
 
 
-def render(report: CorrelationReport, console: Console) -> None:
-    """Print the report: population line, one table and its verdict lines per target, the power note.
+def render(report: CorrelationReport, console: Console, *, full: bool = True, where: str = "") -> None:
+    """Print the report. ``full``: population line, the primary verdicts, one table and its verdict lines per
+    target, the A-versus-B table, the legend and the power note. Otherwise the one-screen summary
+    (:func:`render_summary`, with ``where`` saying where the full tables are).
 
     An empty report (too few runs) prints its message instead.
     """
+    if not full:
+        render_summary(report, console, where=where)
+        return
     console.print(_population_line(report))
     if not report.entries:
         console.print(Text(report.message or "no rows", style="yellow"))
         console.print(Text(report.power_note, style="italic"))
         return
+    console.print(_plan_line(report))
+    console.print(_primary_table(report))
     for target in report.targets:
         entries = report.for_target(target)
         console.print()
@@ -235,8 +280,129 @@ def render(report: CorrelationReport, console: Console) -> None:
     console.print(note)
 
 
+def _plan_line(report: CorrelationReport) -> Text:
+    plan = report.plan
+    text = Text("Plan: ", style="bold")
+    style = "" if plan.declared_in_advance else "bold yellow"
+    text.append(plan.summary(), style=style)
+    return text
+
+
+def _fmt_p(value: float) -> str:
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:.2g}" if value >= 1e-3 else f"{value:.0e}"
+
+
+def _primary_table(report: CorrelationReport) -> Table:
+    """One row per primary hypothesis: rho [CI], rho given train loss, the two Holm p, reliability, the
+    disattenuated rho, the verdict and the n that would decide it."""
+    level = round(100 * (1 - report.alpha))
+    table = Table(
+        title=f"Primary hypotheses (declared; Holm over {len(report.plan.tests)} tests)",
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        title_justify="left",
+        pad_edge=False,
+    )
+    table.add_column("hypothesis: larger measure, larger target", no_wrap=True)
+    table.add_column(f"ρ [{level}% CI]", justify="right", no_wrap=True)
+    table.add_column("ρ|TL", justify="right")
+    table.add_column("Holm p raw/TL", justify="right", no_wrap=True)
+    table.add_column("r", justify="right")
+    table.add_column("ρ/√r", justify="right")
+    table.add_column("verdict", no_wrap=False)
+    table.add_column("n to decide", justify="right")
+    for result in report.primary:
+        table.add_row(*_primary_cells(result, report.alpha))
+    return table
+
+
+def _primary_cells(result: PrimaryResult, alpha: float) -> list[Text]:
+    entry, h = result.entry, result.hypothesis
+    name = h.name if h.direction > 0 else f"-{h.name} (larger, smaller)"
+    needed = result.n_to_decide
+    return [
+        Text(name, style="bold"),
+        _rho_ci(entry),
+        _coef(result.partial_rho, math.isfinite(result.adjusted_partial) and result.adjusted_partial < alpha),
+        Text(f"{_fmt_p(result.adjusted_raw)} / {_fmt_p(result.adjusted_partial)}"),
+        _reliability(entry.reliability),
+        _coef(entry.disattenuated),
+        Text(result.verdict, style=_VERDICT_STYLE.get(result.verdict, "")),
+        Text("decided" if needed == 0 else "–" if needed is None else f"{needed}", style="dim" if needed == 0 else ""),
+    ]
+
+
+def _exploratory_table(report: CorrelationReport) -> Table:
+    rows = [e for e in report.exploratory if math.isfinite(e.adjusted_p)][:TOP_EXPLORATORY]
+    significant = sum(e.significant for e in report.exploratory)
+    table = Table(
+        title=f"Strongest exploratory rows ({significant} of {len(report.exploratory)} with q < {report.alpha:g}; "
+        "Benjamini-Hochberg)",
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        title_justify="left",
+        pad_edge=False,
+    )
+    for name, justify in (("measure", "left"), ("target", "left"), ("ρ [CI]", "right"), ("q", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    table.add_column("ρ|TL", justify="right")
+    table.add_column("r", justify="right")
+    table.add_column("invariant", justify="right", no_wrap=True)
+    for entry in rows:
+        table.add_row(
+            Text(entry.measure),
+            Text(entry.target),
+            _rho_ci(entry),
+            _p(entry.adjusted_p, report.alpha, holm=True),
+            _coef(
+                entry.row.partial_spearman, math.isfinite(entry.row.partial_p) and entry.row.partial_p < report.alpha
+            ),
+            _reliability(entry.reliability),
+            _invariance(entry),
+        )
+    return table
+
+
+def _confound_line(report: CorrelationReport) -> Text:
+    """The train-loss confound in one line: how well train loss alone ranks the test loss, and how many
+    significant exploratory rows lose their partial rho given it."""
+    text = Text("Confound: ", style="bold")
+    try:
+        control = report.entry(keys.CONTROL, "test_loss")
+    except KeyError:
+        return text.append("no train loss logged", style="dim")
+    text.append(f"train loss alone ranks the test loss at rho {control.row.spearman:+.2f}; ")
+    significant = [e for e in report.exploratory if e.significant]
+    vanish = sum(1 for e in significant if math.isfinite(e.row.partial_p) and e.row.partial_p >= report.alpha)
+    text.append(f"{vanish} of {len(significant)} significant exploratory rows vanish given train loss (ρ|TL)")
+    return text
+
+
+def render_summary(report: CorrelationReport, console: Console, *, where: str = "") -> None:
+    """The answer on one screen (at most about 40 lines at 120 columns): population, plan, primary verdicts,
+    the strongest exploratory rows, the confound, the power and where the full tables are."""
+    console.print(_population_line(report))
+    if not report.entries:
+        console.print(Text(report.message or "no rows", style="yellow"))
+        return
+    console.print(_plan_line(report))
+    console.print(_primary_table(report))
+    console.print(_exploratory_table(report))
+    console.print(_confound_line(report))
+    note = Text("Power: ", style="bold")
+    note.append(report.power_note)
+    console.print(note)
+    low = sorted(k for k, r in report.reliability.items() if r.low)
+    if low:
+        console.print(Text(f"Low reliability (r < {LOW_RELIABILITY:g}): {', '.join(low)}", style="yellow"))
+    if where:
+        console.print(Text(f"Full tables: {where}", style="dim"))
+
+
 def render_text(report: CorrelationReport, width: int = 160) -> str:
     """The rendered report as plain text (for the ``correlation.txt`` artifact)."""
     console = Console(record=True, width=width, file=io.StringIO(), color_system=None)
-    render(report, console)
+    render(report, console, full=True)
     return console.export_text()

@@ -166,21 +166,47 @@ def _spread_claim(lam: np.ndarray) -> Claim:
 
 
 def _generalization_claim(correlation: CorrelationReport | None) -> Claim:
+    """The paper's claim as the analysis plan's primary hypothesis on lambda_max and the test loss."""
     claim = "Flatter minima generalize better"
     quantity = "Spearman rho(lambda_max, test loss)"
-    criterion = "supported when significantly > 0 (Holm over the report), refuted when significantly < 0"
-    try:
-        entry = correlation.entry(keys.LAMBDA_MAX, "test_loss") if correlation is not None else None
-    except KeyError:
-        entry = None
-    if entry is None or not math.isfinite(entry.row.spearman):
-        return Claim(claim, quantity, math.nan, math.nan, math.nan, criterion, "no evidence", "no correlation report")
-    row = entry.row
-    verdict = ("supported" if row.spearman > 0 else "refuted") if row.significant else "no evidence"
-    note = f"n = {row.n}, Holm p = {row.holm_p:.2g}"
-    if not row.significant and math.isfinite(entry.min_detectable_rho):
-        note += f"; this population detects only |rho| >= {entry.min_detectable_rho:.2f}"
-    return Claim(claim, quantity, row.spearman, row.ci_low, row.ci_high, criterion, verdict, note)
+    criterion = (
+        "the plan's primary test: supported when significantly > 0 (Holm over the primary tests), refuted when < 0"
+    )
+    result = None
+    if correlation is not None:
+        result = next(
+            (
+                p
+                for p in correlation.primary
+                if (p.hypothesis.measure, p.hypothesis.target) == (keys.LAMBDA_MAX, "test_loss")
+            ),
+            None,
+        )
+    if result is None or not math.isfinite(result.rho):
+        why = "no correlation report" if correlation is None else "lambda_max vs test loss is not a primary hypothesis"
+        return Claim(claim, quantity, math.nan, math.nan, math.nan, criterion, "no evidence", why)
+    verdict = {"supported": "supported", "supported, but not beyond train loss": "supported", "contradicted": "refuted"}
+    row = result.entry.row
+    note = (
+        f"n = {row.n}, Holm p = {result.adjusted_raw:.2g} ({len(correlation.plan.tests)} primary tests); "
+        f"given train loss rho = {result.partial_rho:+.2f}, Holm p = {result.adjusted_partial:.2g}"
+    )
+    if result.verdict == "supported, but not beyond train loss":
+        note += "; not beyond train loss"
+    if result.n_to_decide:
+        note += f"; about {result.n_to_decide} runs would decide it"
+    if not correlation.plan.declared_in_advance:
+        note += "; the plan was NOT declared in advance"
+    return Claim(
+        claim,
+        quantity,
+        row.spearman,
+        row.ci_low,
+        row.ci_high,
+        criterion,
+        verdict.get(result.verdict, "no evidence"),
+        note,
+    )
 
 
 def claims(population: Population, correlation: CorrelationReport | None) -> list[Claim]:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import ast
 import inspect
+import io
+import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from matplotlib.collections import PathCollection
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from scipy import stats
 
 from landscape_core import keys
@@ -18,7 +23,15 @@ from landscape_core.config import HessianConfig, TrainConfig
 from landscape_core.connectivity import InterpolationResult, barrier
 from landscape_core.measure import LambdaMaxTracker, Measurements
 from landscape_core.plots import correlation, geometry, training
-from landscape_core.plots.correlation import scatter_grid
+from landscape_core.plots.correlation import (
+    INVARIANCE_COLORS,
+    ForestRow,
+    correlation_heatmap,
+    forest_plot,
+    primary_scatter,
+    rank_residuals,
+    scatter_grid,
+)
 from landscape_core.plots.geometry import (
     barrier_matrix_plot,
     eigenvalue_plot,
@@ -309,3 +322,191 @@ def test_plot_modules_do_not_use_pyplot() -> None:
         }
         assert not any("pyplot" in name for name in imported), imported
         assert "matplotlib.figure.Figure" in imported
+
+
+def _png(fig: Figure) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=40)
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _forest_rows() -> list[ForestRow]:
+    nan = math.nan
+    return [
+        ForestRow(
+            "lam", "test loss", 0.40, 0.10, 0.60, True, True, disattenuated=0.50, reliability=0.64, significant=True
+        ),
+        ForestRow("trace", "test loss", -0.20, -0.50, 0.10, False, False, disattenuated=nan),
+        ForestRow("norm", "test loss", nan, nan, nan, None, False),
+        ForestRow("lam", "gap", 0.10, -0.20, 0.40, True, False, disattenuated=0.12, reliability=0.7),
+        ForestRow("trace", "gap", 0.55, 0.30, 0.75, False, True, significant=True),
+        ForestRow("norm", "gap", -0.05, -0.35, 0.25, None, False, disattenuated=-0.06, reliability=0.8),
+    ]
+
+
+def _rows_by_marker(ax, gid: str) -> dict[str, object]:
+    """Label of the row each ``gid`` line sits on -> the line."""
+    labels = {round(y): t.get_text() for y, t in zip(ax.get_yticks(), ax.get_yticklabels())}
+    return {labels[round(line.get_ydata()[0])]: line for line in ax.lines if line.get_gid() == gid}
+
+
+def test_forest_plot_draws_one_marker_per_finite_row_coloured_by_invariance() -> None:
+    rows = _forest_rows()
+    fig = forest_plot(rows)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["test loss", "gap"]  # one panel per target
+    for ax in fig.axes:
+        assert ax.get_xlim() == pytest.approx((-1.05, 1.05))
+        assert any(line.get_xdata()[0] == 0 and line.get_xdata()[1] == 0 for line in ax.lines)  # the line at 0
+    by_target = {t: [r for r in rows if r.target == t] for t in ("test loss", "gap")}
+    for ax, group in zip(fig.axes, by_target.values()):
+        markers = _rows_by_marker(ax, "rho")
+        finite = [r for r in group if np.isfinite(r.rho)]
+        assert len(markers) == len(finite)
+        assert len([line for line in ax.lines if line.get_gid() == "ci"]) == len(finite)
+        assert [t.get_text() for t in ax.get_yticklabels()] == [
+            f"★ {r.measure}" if r.primary else r.measure for r in group
+        ]
+        for label, row in zip(ax.get_yticklabels(), group):
+            assert (label.get_fontweight() == "bold") == row.primary
+        for row in finite:
+            line = markers[f"★ {row.measure}" if row.primary else row.measure]
+            assert line.get_xdata()[0] == row.rho
+            assert to_rgba(line.get_markeredgecolor()) == to_rgba(INVARIANCE_COLORS[row.invariant])
+            face = INVARIANCE_COLORS[row.invariant] if row.significant else "white"
+            assert to_rgba(line.get_markerfacecolor()) == to_rgba(face)
+        for label, line in _rows_by_marker(ax, "ci").items():
+            row = next(r for r in group if label.endswith(r.measure))
+            assert list(line.get_xdata()) == [row.ci_low, row.ci_high]
+            assert to_rgba(line.get_color()) == to_rgba(INVARIANCE_COLORS[row.invariant])
+        hollow = _rows_by_marker(ax, "disattenuated")
+        assert sorted(hollow) == sorted(
+            f"★ {r.measure}" if r.primary else r.measure for r in finite if np.isfinite(r.disattenuated)
+        )
+        for label, line in hollow.items():
+            row = next(r for r in group if label.endswith(r.measure))
+            assert line.get_xdata()[0] == row.disattenuated
+            assert line.get_markerfacecolor() == "none"
+            assert to_rgba(line.get_markeredgecolor()) == to_rgba(INVARIANCE_COLORS[row.invariant])
+        values = [t.get_text() for t in ax.texts]  # the value column, "+0.40 [+0.10, +0.60] ..." or "–"
+        assert len(values) == len(group)
+        assert all(v.startswith(_expected_value_prefix(r)) for v, r in zip(values, group))
+    assert "–" in [t.get_text() for t in fig.axes[0].texts]  # the NaN row is listed
+    assert len(set(INVARIANCE_COLORS.values())) == 3
+    legend_labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"invariant", "not invariant", "not audited"} <= set(legend_labels)
+    _png(fig)
+
+
+def _expected_value_prefix(row: ForestRow) -> str:
+    return "–" if not np.isfinite(row.rho) else f"{row.rho:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+
+
+def test_forest_plot_height_grows_with_rows_and_rejects_empty() -> None:
+    small = forest_plot(_forest_rows()[:3])
+    large = forest_plot(_forest_rows())
+    assert large.get_figheight() > small.get_figheight()
+    with pytest.raises(ValueError, match="at least one row"):
+        forest_plot([])
+    with pytest.raises(ValueError, match="ci_low"):
+        ForestRow("m", "t", 0.1, 0.5, 0.2, None, False)
+
+
+def test_correlation_heatmap_cells_annotations_and_validation() -> None:
+    measures, targets = ["a", "b", "c"], ["t", "u", "v", "w"]
+    rho = np.array([[0.42, -0.1, np.nan, 0.9], [0.0, -0.75, 0.3, 0.05], [1.0, -1.0, 0.123, np.nan]])
+    significant = np.zeros(rho.shape, dtype=bool)
+    significant[0, 0] = significant[1, 1] = True
+    primary = np.zeros(rho.shape, dtype=bool)
+    primary[0, 0] = primary[2, 1] = True
+    fig = correlation_heatmap(measures, targets, rho, significant, primary)
+    ax = fig.axes[0]
+    assert len(fig.axes) == 2  # the heatmap and its colorbar
+    image = ax.images[0]
+    data = image.get_array()
+    assert np.array_equal(np.ma.getmaskarray(data), np.isnan(rho))
+    assert np.array_equal(data.filled(np.nan), rho, equal_nan=True)
+    assert image.get_clim() == (-1.0, 1.0)
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == [
+        "+0.42*",
+        "-0.10",
+        "–",
+        "+0.90",
+        "+0.00",
+        "-0.75*",
+        "+0.30",
+        "+0.05",
+        "+1.00",
+        "-1.00",
+        "+0.12",
+        "–",
+    ]
+    weights = [t.get_fontweight() for t in ax.texts]
+    assert [w == "bold" for w in weights] == list(significant.ravel())
+    outlined = [p.get_xy() for p in ax.patches if isinstance(p, Rectangle) and p.get_gid() == "primary"]
+    assert sorted(outlined) == [(-0.5, -0.5), (0.5, 1.5)]  # (column - 0.5, row - 0.5) of each primary cell
+    assert [t.get_text() for t in ax.get_yticklabels()] == measures
+    assert [t.get_text() for t in ax.get_xticklabels()] == targets
+    _png(fig)
+    no_primary = correlation_heatmap(measures, targets, rho, significant)
+    assert not [p for p in no_primary.axes[0].patches if p.get_gid() == "primary"]
+    with pytest.raises(ValueError, match=re.escape("Expected `rho` to have shape (3, 4), got (3, 3)")):
+        correlation_heatmap(measures, targets, rho[:, :3], significant)
+    with pytest.raises(ValueError, match=re.escape("Expected `primary` to have shape (3, 4), got (4, 3)")):
+        correlation_heatmap(measures, targets, rho, significant, primary.T)
+
+
+def _partial_spearman_by_formula(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
+    r = stats.spearmanr(np.column_stack([x, y, z])).statistic
+    r_xy, r_xz, r_yz = r[0, 1], r[0, 2], r[1, 2]
+    return float((r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz**2) * (1 - r_yz**2)))
+
+
+def test_rank_residuals_match_a_least_squares_fit_on_ranks() -> None:
+    rng = np.random.default_rng(5)
+    z = np.exp(rng.normal(size=30))
+    x = np.round(z**2 + rng.normal(size=30), 1)  # ties: average ranks
+    x[:4] = x[4]
+    ranks_x, ranks_z = stats.rankdata(x), stats.rankdata(z)
+    design = np.column_stack([np.ones(30), ranks_z])
+    expected = ranks_x - design @ np.linalg.lstsq(design, ranks_x, rcond=None)[0]
+    assert np.allclose(rank_residuals(x, z), expected, atol=1e-10)
+    y = -z + rng.normal(size=30)
+    partial = np.corrcoef(rank_residuals(x, z), rank_residuals(y, z))[0, 1]
+    assert partial == pytest.approx(_partial_spearman_by_formula(x, y, z), abs=1e-12)
+    with pytest.raises(ValueError, match="finite"):
+        rank_residuals([1.0, np.nan, 3.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="length 3"):
+        rank_residuals([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_primary_scatter_titles_the_partial_spearman_and_drops_non_finite_runs() -> None:
+    rng = np.random.default_rng(11)
+    n = 40
+    z = np.exp(2.0 * rng.normal(size=n))  # skewed: residualizing on raw z instead of its ranks gives another number
+    x = np.exp(0.8 * np.log(z) + rng.normal(size=n))  # positive, spanning decades: log x
+    y = np.log(z) - 0.5 * np.log(x) + rng.normal(scale=0.5, size=n)
+    x[2], y[5], z[8] = np.nan, np.inf, np.nan
+    fig = primary_scatter(x, y, z, measure="lambda_max")
+    left, right = fig.axes
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    assert keep.sum() == n - 3
+    assert np.array_equal(left.collections[0].get_offsets(), np.column_stack([x[keep], y[keep]]))
+    assert right.collections[0].get_offsets().shape == (n - 3, 2)
+    assert left.get_xscale() == "log"
+    assert left.get_xlabel() == "lambda_max" and left.get_ylabel() == "test loss"
+    rho = stats.spearmanr(x[keep], y[keep]).statistic
+    partial = _partial_spearman_by_formula(x[keep], y[keep], z[keep])
+    assert abs(partial - rho) > 0.05  # the two titles tell the two views apart
+    assert f"rho={rho:+.2f} (n={n - 3})" in left.get_title()
+    match = re.search(r"partial Spearman rho=([+-]\d\.\d\d) given train loss \(n=(\d+)\)", right.get_title())
+    assert match is not None, right.get_title()
+    assert float(match.group(1)) == pytest.approx(partial, abs=0.005)
+    assert int(match.group(2)) == n - 3
+    offsets = right.collections[0].get_offsets()
+    assert np.corrcoef(offsets[:, 0], offsets[:, 1])[0, 1] == pytest.approx(partial, abs=1e-12)
+    _png(fig)
+    linear = primary_scatter(np.linspace(1.0, 5.0, 10), np.arange(10.0), np.arange(10.0)[::-1], measure="m")
+    assert linear.axes[0].get_xscale() == "linear"  # less than a decade
+    with pytest.raises(ValueError, match="length 40"):
+        primary_scatter(x, y[:-1], z, measure="m")

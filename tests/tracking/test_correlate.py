@@ -53,6 +53,12 @@ EXTRA_FIELDS = {
     "invariance_ratio",
     "invariant",
     "flagged",
+    "family",
+    "adjusted_p",
+    "adjustment",
+    "significant_in_family",
+    "reliability",
+    "disattenuated_spearman",
 }
 
 
@@ -80,7 +86,8 @@ def test_planted_relation_is_found_and_holds_beyond_both_confounds(report):
     assert entry.row.partial_spearman > 0.8 and entry.row.partial_p < 1e-4
     assert entry.partial_lr_spearman > 0.7 and entry.partial_lr_p < 1e-3
     assert not entry.simpson
-    assert entry.verdict.startswith("significant positive") and "holds given train loss" in entry.verdict
+    assert entry.primary and entry.significant  # a primary hypothesis of the default plan
+    assert entry.verdict.startswith("primary: significant positive") and "holds given train loss" in entry.verdict
 
 
 def test_confound_of_train_loss_vanishes_in_the_partial(report):
@@ -88,14 +95,15 @@ def test_confound_of_train_loss_vanishes_in_the_partial(report):
     assert entry.row.significant and entry.row.spearman > 0.7
     assert abs(entry.row.partial_spearman) < 0.3 and entry.row.partial_p > 0.5
     assert "but not beyond train loss" in entry.verdict
+    assert not entry.primary and entry.verdict.startswith("exploratory: significant")
 
 
 def test_independent_measure_is_not_significant(report):
     entry = report.entry("sharpness/eps", "test_loss")
-    assert not entry.row.significant and entry.verdict.startswith("no evidence")
-    family = len(report.entries)  # the verdict's detectable |rho| is the one at Holm's first step over the report
-    assert f"detects only |rho| >= {min_detectable_rho_holm(16, family):.2f} at Holm's first step" in entry.verdict
-    assert entry.min_detectable_rho == pytest.approx(min_detectable_rho_holm(16, family))
+    assert not entry.row.significant and not entry.significant
+    assert entry.verdict.startswith("exploratory: no evidence") and "q=" in entry.verdict
+    # the detectable |rho| is the one at Holm's first step over the plan's primary tests (2 hypotheses x 2 tests)
+    assert entry.min_detectable_rho == pytest.approx(min_detectable_rho_holm(16, 4))
 
 
 def test_simpson_pattern_is_flagged(planted, report):
@@ -145,7 +153,12 @@ def test_json_has_every_field_and_is_strict_json(planted, report):
     assert data["population"]["n_not_finished"] == {"FAILED": 1, "KILLED": 1}
     assert data["population"]["n_duplicates"] == 1 and data["population"]["n_runs"] == 16
     assert data["power"]["min_detectable_rho"] == pytest.approx(min_detectable_rho(16))
-    assert data["power"]["min_detectable_rho_holm"] == pytest.approx(min_detectable_rho_holm(16, len(data["rows"])))
+    assert data["power"]["min_detectable_rho_holm"] == pytest.approx(min_detectable_rho_holm(16, 4))
+    assert data["plan"]["declared_in_advance"] is False and len(data["plan"]["tests"]) == 4
+    assert [p["hypothesis"] for p in data["primary"]] == [
+        "hessian/lambda_max:test_loss",
+        "sharpness/adaptive_linf:test_loss",
+    ]
     control = next(r for r in data["rows"] if r["measure"] == keys.CONTROL)
     assert control["partial_spearman"] is None and control["partial_lr_spearman"] is None
 
@@ -182,9 +195,10 @@ def test_too_few_runs_give_an_empty_valid_report(planted):
 
 def test_power_note_wording():
     assert power_note(20, family_size=104) == (
-        "n = 20 detects only |rho| >= 0.82 at Holm's first step over 104 rows (alpha 0.05/104) with 80% power; "
-        "|rho| = 0.3 needs n = 202, |rho| = 0.5 needs n = 68"
+        "n = 20 detects only |rho| >= 0.82 at Holm's first step over the 104 primary tests (alpha 0.05/104) with 80% "
+        "power; |rho| = 0.3 needs n = 202, |rho| = 0.5 needs n = 68"
     )
+    assert power_note(20, family_size=4).startswith("n = 20 detects only |rho| >= 0.69 at Holm's first step over the 4")
     assert power_note(200).startswith("n = 200 detects only |rho| >= 0.20 at alpha 0.05 with 80% power")
 
 
@@ -194,10 +208,9 @@ def test_rendered_text_shows_every_target_table_verdicts_and_power(report):
         assert f"{target} ({key}) vs each measure" in text
     assert text.count("• hessian/lambda_max:") == len(keys.TARGETS)
     assert "14 (2 miss)" in text and SIMPSON_MARK + " lr" in text
-    holm = min_detectable_rho_holm(16, len(report.entries))
-    assert (
-        f"Power: n = 16 detects only |rho| >= {holm:.2f} at Holm's first step over {len(report.entries)} rows" in text
-    )
+    holm = min_detectable_rho_holm(16, 4)
+    assert f"Power: n = 16 detects only |rho| >= {holm:.2f} at Holm's first step over the 4 primary tests" in text
+    assert "Primary hypotheses" in text and "NOT declared in advance" in text
     assert "FAILED 1, KILLED 1" in text and "1 duplicate retry dropped" in text
     assert max(len(line) for line in text.splitlines()) <= 160
 
@@ -233,8 +246,10 @@ def test_cli_prints_the_table_and_writes_the_json(planted, tmp_path, capsys, wid
     code = main(["--study", "lr-test", "--root", str(planted.root), "--json", str(out_json), "--n-boot", str(N_BOOT)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "test_loss (final/test_loss) vs each measure" in out and "hessian/lambda_max" in out
-    assert "Power: n = 16 detects only" in out
+    # the one-screen summary: plan, primary verdicts, top exploratory rows, confound, power, where the rest is
+    assert "Primary hypotheses" in out and "hessian/lambda_max:test_loss" in out and "Strongest exploratory" in out
+    assert "Power: n = 16 detects only" in out and "Confound: train loss alone" in out and "--full" in out
+    assert "test_loss (final/test_loss) vs each measure" not in out
     data = json.loads(out_json.read_text())
     assert len(data["rows"]) == len(planted.measures) * len(keys.TARGETS)
     assert data["population"]["source"] == "study lr-test"

@@ -130,11 +130,13 @@ def test_the_sweep_report_writes_the_parent_description(store, swept):
     note = store.client().get_run(parent).data.tags[MLFLOW_RUN_NOTE]
     assert note.startswith(f"**Sweep `seeds-headline`: {N_RUNS} finished trials.**")
     assert f"n = {N_RUNS} detects only" in note
+    # the primary hypotheses first, in bold with their verdicts; then the exploratory rows by q-value, the perfect
+    # relation before the noise; never the train-loss control
+    assert "- **hessian/lambda_max:test_loss: supported" in note
     bullets = [line for line in note.splitlines() if line.startswith("- `")]
-    # the two perfect relations first (smallest Holm p, then |rho|), the noise after; never the train-loss control
-    assert bullets[0].startswith(("- `hessian/lambda_max`: significant positive", "- `norm/weights`: significant"))
-    assert {b.split("`")[1] for b in bullets} == {"hessian/lambda_max", "norm/weights", "sharpness/eps"}
-    assert report.entry("hessian/lambda_max", "test_loss").verdict in note
+    assert bullets[0].startswith("- `norm/weights`: exploratory: significant")
+    assert {b.split("`")[1] for b in bullets} == {"norm/weights", "sharpness/eps"}
+    assert report.entry("norm/weights", "test_loss").verdict in note
     link = ui_route(experiment_id, parent, "artifacts/report.html")
     assert f"[report.html]({link})" in note and "in this run's *Artifacts*" in note
     assert link == f"#/experiments/{experiment_id}/runs/{parent}/artifacts/report.html?workflowType=machine_learning"
