@@ -41,6 +41,7 @@ ANALYSES = (
     "connectivity",
     "tracking",
     "invariance",
+    "reliability",
 )
 
 
@@ -269,8 +270,13 @@ class AnalysisConfig:
     #: (bfloat16 where the hardware has it, ``devices.forward_dtype``), ``float32`` or ``bfloat16``. Gradients, HVPs
     #: and training stay float32. tests/landscape_core/test_forward_dtype.py bounds the change in each estimate.
     forward_dtype: str = "auto"
+    #: The reliability audit (``measure.retest``): the sweep's first ``retest_trials`` minima (trial numbers
+    #: 0..K-1) are measured a second time on independent images and probe seeds, so that the report can show each
+    #: measure's test-retest reliability. 10 minima give a reliability to about +-0.1 where it matters (0.7-0.9).
+    retest_trials: int = 10
 
     def __post_init__(self) -> None:
+        _check(self.retest_trials >= 0, "retest_trials", ">= 0", self.retest_trials)
         unknown = set(self.skip) - set(ANALYSES)
         _check(not unknown, "skip", f"a subset of {list(ANALYSES)}", sorted(unknown))
         _check(self.forward_dtype in FORWARD_DTYPES, "forward_dtype", f"in {FORWARD_DTYPES}", self.forward_dtype)
@@ -342,6 +348,7 @@ PRESETS: dict[str, Preset] = {
             curvature=CurvatureConfig(subset=64, directions=1),
             connectivity=ConnectivityConfig(train_subset=64, test_subset=64, points=5),
             invariance=InvarianceConfig(factors=(10.0,)),
+            retest_trials=0,  # tests ask for it (--retest-trials): 2-epoch minima need no reliability audit
             forward_dtype="float32",  # the golden smoke trial's numbers must not depend on the CPU's bf16 support
         ),
     ),

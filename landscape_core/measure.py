@@ -35,13 +35,26 @@ from landscape_core.config import AnalysisConfig, HessianConfig
 from landscape_core.functional import Data, Params
 from landscape_core.splits import TrialData
 
-__all__ = ["AUDIT_SKIPS", "LambdaMaxTracker", "Measurements", "audit_invariance", "measure", "population_barriers"]
+__all__ = [
+    "AUDIT_SKIPS",
+    "RETEST_SKIPS",
+    "LambdaMaxTracker",
+    "Measurements",
+    "audit_invariance",
+    "measure",
+    "population_barriers",
+    "retest",
+]
 
 #: Analyses the invariance audit leaves out: figures (slices, the test-set noise) and training-time work; what remains
 #: is every measure of the correlation table. The density stays when the config runs it: it shapes the top-k Lanczos
 #: run (its first probe), whose Krylov basis deflates the trace, so the audit measures as the trial did; with one
 #: probe it costs no HVP of its own.
 AUDIT_SKIPS = frozenset({"slices", "noise_test", "tracking", "invariance"})
+
+#: What the reliability audit's second measurement leaves out besides ``AUDIT_SKIPS``: the barriers (their weight
+#: matching is most of their cost; their reliability is not audited) and the density (a figure).
+RETEST_SKIPS = AUDIT_SKIPS | {"connectivity", "density", "reliability"}
 
 Stage = Callable[[str], None]
 
@@ -450,6 +463,23 @@ def audit_invariance(
         original=original,
         progress=progress,
     )
+
+
+def retest(
+    model: nn.Module, *, init_params: Params | None, data: TrialData, config: AnalysisConfig, stage: Stage | None = None
+) -> dict[str, float]:
+    """The reliability audit's second measurement of a minimum: every measure of the correlation table
+    (``keys.is_measure``, minus the train-loss control and ``RETEST_SKIPS``) on ``data.retest()``, that is on
+    independent image subsets of the same sizes and with independent probes. Returns ``{measure key: value}``."""
+    if stage is not None:
+        stage("reliability audit: re-measuring on independent images")
+    again = dataclasses.replace(
+        config,
+        curvature=dataclasses.replace(config.curvature, fd_check=False),
+        skip=frozenset(config.skip) | RETEST_SKIPS,
+    )
+    values = measure(model, init_params=init_params, data=data.retest(), config=again).scalars
+    return {key: value for key, value in values.items() if keys.is_measure(key) and key != keys.CONTROL}
 
 
 class LambdaMaxTracker:

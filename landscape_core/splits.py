@@ -18,6 +18,7 @@ images, the test-loss barrier) read the ``test`` split; every measure that enter
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +29,11 @@ from landscape_core.data import FashionMNIST, subset, subset_index
 from landscape_core.devices import resolve_device
 from landscape_core.functional import Data
 
-__all__ = ["DIRECTION_SEEDS", "SPLITS", "SUBSETS", "Draw", "TrialData", "subsets_used"]
+__all__ = ["DIRECTION_SEEDS", "RETEST_SEED_OFFSET", "SPLITS", "SUBSETS", "Draw", "TrialData", "subsets_used"]
+
+#: Added to ``data_seed`` for the reliability audit's re-measurement (``TrialData.retest``); far from every offset
+#: of ``SUBSETS`` and ``DIRECTION_SEEDS``, so no subset or direction is drawn twice.
+RETEST_SEED_OFFSET = 10_000
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,11 @@ class TrialData:
         if parent is None:
             return None
         return parent[subset_index(len(parent), size, self.seed + draw.offset)]
+
+    def retest(self) -> TrialData:
+        """The same splits with every subset and every random direction drawn anew (seed + ``RETEST_SEED_OFFSET``):
+        the reliability audit's second measurement of a minimum, on independent images of the same sizes."""
+        return dataclasses.replace(self, seed=self.seed + RETEST_SEED_OFFSET)
 
     def direction_seed(self, name: str, index: int = 0) -> int:
         """The seed of the ``index``-th random direction of kind ``name`` (``DIRECTION_SEEDS``)."""

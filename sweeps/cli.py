@@ -23,6 +23,7 @@ from sweeps.options import SweepOptions
 from sweeps.runner import run_sweep
 from sweeps.space import SweepSpace
 from sweeps.storage import check_storage_url
+from tracking.plan import AnalysisPlan, SequentialPlan, parse_primary
 from tracking.store import check_tracking_uri
 
 __all__ = ["base_parser", "options_from_args", "parse_widths", "preset_from_args", "preset_line", "run_sweep_cli"]
@@ -81,6 +82,31 @@ def base_parser(prog: str, description: str, *, grid: bool = False) -> ArgumentP
     )
     protocol.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files ($LANDSCAPE_DATA_DIR)")
     protocol.add_argument("--skip", default="", help=f"comma-separated analyses to skip: {','.join(ANALYSES)}")
+    protocol.add_argument(
+        "--retest-trials",
+        type=int,
+        help="the reliability audit: re-measure the first K minima on independent images (default: the preset's, "
+        "10; smoke 0)",
+    )
+    plan = parser.add_argument_group("analysis plan (declared on the parent run before the first trial)")
+    plan.add_argument(
+        "--primary",
+        help="primary hypotheses, measure[:target],... (default: lambda_max:test_loss,adaptive_linf:test_loss); each "
+        "is tested raw and given train loss, Holm over those tests; every other row of the report is exploratory",
+    )
+    plan.add_argument(
+        "--until-decided",
+        action="store_true",
+        help="grow the population until every primary hypothesis is decided (group-sequential: looks every "
+        "--look-step runs from --first-look, O'Brien-Fleming alpha spending, a futility bound at --planned-rho), "
+        "at most --max-n runs",
+    )
+    plan.add_argument("--max-n", type=int, help="--until-decided: the cap on the population (default 100)")
+    plan.add_argument("--first-look", type=int, default=20, help="--until-decided: the first look (default 20)")
+    plan.add_argument("--look-step", type=int, default=10, help="--until-decided: runs between looks (default 10)")
+    plan.add_argument(
+        "--planned-rho", type=float, default=0.3, help="--until-decided: the effect the futility bound is planned at"
+    )
     where = parser.add_argument_group("where results go")
     where.add_argument("--study-name", help="Optuna study name (default: <sweep>-<preset>)")
     where.add_argument("--experiment", help="MLflow experiment (default: the sweep kind)")
@@ -156,7 +182,23 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     preset = preset.replace(**overrides)
     # --skip adds to what the preset already skips (quick skips the spectral density)
     skip = preset.analysis.skip | {s.strip() for s in args.skip.split(",") if s.strip()}
-    return dataclasses.replace(preset, analysis=dataclasses.replace(preset.analysis, skip=frozenset(skip)))
+    analysis = dataclasses.replace(preset.analysis, skip=frozenset(skip))
+    if getattr(args, "retest_trials", None) is not None:
+        analysis = dataclasses.replace(analysis, retest_trials=args.retest_trials)
+    return dataclasses.replace(preset, analysis=analysis)
+
+
+def plan_from_args(args: argparse.Namespace) -> AnalysisPlan:
+    """The analysis plan the command declares: ``--primary`` (or the default), and the sequential design of
+    ``--until-decided``. The options of the design without ``--until-decided`` are bad input."""
+    hypotheses = parse_primary(args.primary)
+    if not args.until_decided:
+        require(args.max_n is None, "--max-n", "given only with --until-decided", args.max_n)
+        return AnalysisPlan(hypotheses=hypotheses)
+    sequential = SequentialPlan(
+        first=args.first_look, step=args.look_step, max_n=args.max_n or 100, planned_rho=args.planned_rho
+    )
+    return AnalysisPlan(hypotheses=hypotheses, sequential=sequential)
 
 
 def sweep_widths(args: argparse.Namespace) -> tuple[float, ...] | None:
@@ -187,6 +229,7 @@ def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Prese
     return SweepOptions(
         space=space,
         preset=preset,
+        plan=plan_from_args(args),
         study_name=args.study_name or f"{space.kind}-{preset.name}",
         experiment=args.experiment or space.kind,
         **{name: getattr(args, name) for name in PASSED_THROUGH},

@@ -55,6 +55,10 @@ def parse_axis(name: str, text: str | None) -> tuple[float, ...] | None:
 
 
 def build_options(args: argparse.Namespace) -> SweepOptions:
+    if args.until_decided:
+        raise UsageError(
+            "--until-decided grows a seeds sweep (python -m sweeps.seeds); lr and grid sweeps are fixed designs"
+        )
     require(args.seeds_per_point >= 1, "--seeds-per-point", ">= 1", args.seeds_per_point)
     require(args.seed_start >= 0, "--seed-start", ">= 0", args.seed_start)
     axes = []

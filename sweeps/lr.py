@@ -36,6 +36,10 @@ def parser() -> ArgumentParser:
 
 
 def build_options(args: argparse.Namespace) -> SweepOptions:
+    if args.until_decided:
+        raise UsageError(
+            "--until-decided grows a seeds sweep (python -m sweeps.seeds); lr and grid sweeps are fixed designs"
+        )
     require(args.n >= 1, "--n", ">= 1", args.n)
     require(args.seeds_per_lr >= 1, "--seeds-per-lr", ">= 1", args.seeds_per_lr)
     require(args.seed_start >= 0, "--seed-start", ">= 0", args.seed_start)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from landscape_core.config import Preset
 from sweeps.space import SweepSpace
+from tracking.plan import AnalysisPlan
 
 __all__ = ["SweepOptions"]
 
@@ -26,3 +27,5 @@ class SweepOptions:
     max_pairs: int = 45
     workers: int = 1
     batch_trials: int = 1
+    #: The analysis plan, declared on the parent run before the first trial (``tracking.plan``).
+    plan: AnalysisPlan = field(default_factory=AnalysisPlan)

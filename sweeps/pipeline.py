@@ -3,7 +3,9 @@
 ``TrialContext`` is what every trial of a sweep shares; it is immutable and built by keyword. The reference minimum
 of the barriers is trained once per study and loaded once per worker by ``sweeps.reference.ReferenceModels``, the
 one cache a sweep keeps. One trial per sweep (its first point) also runs the invariance audit on its minimum and
-logs it to the parent run.
+logs it to the parent run; the first ``AnalysisConfig.retest_trials`` trials (by number) also run the reliability
+audit, a second measurement of their minimum on independent images, logged as ``retest/<measure>`` on their own run
+(``tracking.reliability`` turns those into each measure's test-retest reliability).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 from landscape_core.config import Preset, TrainConfig
 from landscape_core.devices import resolve_device
 from landscape_core.ensemble import train_ensemble
-from landscape_core.measure import LambdaMaxTracker, audit_invariance, measure
+from landscape_core.measure import LambdaMaxTracker, audit_invariance, measure, retest
 from landscape_core.splits import TrialData, subsets_used
 from landscape_core.train import DivergenceError, TrainResult, train
 from sweeps.claims import OWNER, this_worker
@@ -29,6 +31,7 @@ from sweeps.reference import ReferenceModels
 from sweeps.space import SweepSpace, configs_from_trial, point_key
 from tracking.invariance import log_invariance
 from tracking.provenance import log_datasets, provenance_tags, system_metrics
+from tracking.reliability import retest_key
 from tracking.runs import RunLogger, flatten_config, start_child
 from tracking.store import TrackingStore
 from tracking.trial_log import log_epoch, log_measurements, log_model, log_training
@@ -280,6 +283,11 @@ def _train_measure_log(
             stage=stage,
         )
         log_invariance(RunLogger(context.store.client(), context.parent_run_id), audit, source=run.run_id)
+    if preset.analysis.runs("reliability") and trial.number < preset.analysis.retest_trials:
+        again = retest(
+            result.model, init_params=result.init_params, data=result.data, config=preset.analysis, stage=stage
+        )
+        run.metrics({retest_key(key): value for key, value in again.items()})
     if progress:
         progress.stage("logging the model")
     model_id = log_model(run, result.model, result.data.train[0][:2], context.store.tracking_uri)

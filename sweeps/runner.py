@@ -15,6 +15,7 @@ from rich.console import Console
 
 from landscape_core.cli import raise_terminated
 from landscape_core.devices import resolve_device
+from sweeps.looks import stopped
 from sweeps.options import SweepOptions
 from sweeps.population import barrier_matrix
 from sweeps.progress import SweepProgress
@@ -87,10 +88,13 @@ def run_sweep(options: SweepOptions, console: Console | None = None, headline: s
             else:
                 work(sweep, progress)
             finished = tally(study)
-            complete = len(finished) >= space.n_trials and _parent_status(parent) != "FINISHED"
+            decided = stopped(study) is not None and not running_elsewhere(study)
+            complete = (len(finished) >= space.n_trials or decided) and _parent_status(parent) != "FINISHED"
             if complete and options.preset.analysis.runs("connectivity") and options.max_pairs > 0:
                 barrier_matrix(study, trial_context(sweep, progress), parent, options.max_pairs)
         print_trials(study, console)
+        if stopped(study):
+            console.print(f"[bold]Until decided:[/] {stopped(study)}", highlight=False)
         if complete:
             correlation = report_sweep(
                 sweep.store,

@@ -15,7 +15,7 @@ __all__ = ["build_options", "main", "parser"]
 
 def parser() -> ArgumentParser:
     p = base_parser("python -m sweeps.seeds", "A many-seed sweep: the same protocol, seeds seed_start..seed_start+n-1.")
-    p.add_argument("--n", type=int, default=20, help="number of seeds (default 20)")
+    p.add_argument("--n", type=int, default=20, help="number of seeds (default 20; with --until-decided: --max-n)")
     p.add_argument("--seed-start", type=int, default=1, help="first seed (default 1)")
     return p
 
@@ -23,7 +23,8 @@ def parser() -> ArgumentParser:
 def build_options(args: argparse.Namespace) -> SweepOptions:
     require(args.n >= 1, "--n", ">= 1", args.n)
     require(args.seed_start >= 0, "--seed-start", ">= 0", args.seed_start)
-    space = SweepSpace("seeds", tuple(range(args.seed_start, args.seed_start + args.n)), widths=sweep_widths(args))
+    n = (args.max_n or 100) if args.until_decided else args.n  # --until-decided: enqueue up to the cap
+    space = SweepSpace("seeds", tuple(range(args.seed_start, args.seed_start + n)), widths=sweep_widths(args))
     return options_from_args(args, space, preset_from_args(args))
 
 

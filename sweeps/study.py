@@ -9,6 +9,8 @@ public API is used.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,17 +21,24 @@ from optuna.trial import FrozenTrial, TrialState
 from landscape_core.config import Preset, TrainConfig
 from landscape_core.data import FashionMNIST, check_subset_size, load_fashion_mnist
 from landscape_core.devices import resolve_device
+from landscape_core.errors import UsageError
 from landscape_core.splits import TrialData
 from sweeps.claims import is_orphan
 from sweeps.options import SweepOptions
 from sweeps.space import SweepSpace, point_key
 from sweeps.storage import create_or_resume_study, open_storage
+from tracking.plan import AnalysisPlan, log_plan
 from tracking.provenance import provenance_tags
 from tracking.runs import RunLogger, find_or_create_parent, flatten_config
 from tracking.store import TrackingStore
 
+#: The study's user attribute holding its declared analysis plan (JSON), read by every worker and resumed command.
+PLAN_ATTR = "analysis_plan"
+
 __all__ = [
+    "PLAN_ATTR",
     "OpenSweep",
+    "declare_plan",
     "config_params",
     "enqueue_missing",
     "is_done",
@@ -181,6 +190,7 @@ def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
         tags={"sweep": space.kind, "preset": preset.name, **provenance_tags(str(resolve_device(preset.train.device)))},
         run_id=_recorded_parent(study, created),
     )
+    plan = declare_plan(study, parent, options.plan)
     if "mlflow_parent_run_id" not in study.user_attrs:
         study.set_user_attr("mlflow_parent_run_id", parent.run_id)
         parent.params({"n_trials": space.n_trials, "sampler": space.sampler, **config_params(preset)})
@@ -192,7 +202,7 @@ def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
         if space.planned:
             enqueue_missing(study, space)
     return OpenSweep(
-        options=options,
+        options=dataclasses.replace(options, plan=plan),
         data=data,
         store=store,
         study=study,
@@ -201,6 +211,27 @@ def open_sweep(options: SweepOptions, *, prepare: bool = True) -> OpenSweep:
         parent=parent,
         images=images,
     )
+
+
+def declare_plan(study: optuna.Study, parent: RunLogger, plan: AnalysisPlan) -> AnalysisPlan:
+    """The study's analysis plan: declared now (on the study and, as ``analysis_plan.json`` and tags, on the parent
+    run) when the study has none, before any trial runs; otherwise the declared one, which a resumed or joining
+    command must not change (a ``UsageError`` when its ``--primary`` or design differs)."""
+    recorded = study.user_attrs.get(PLAN_ATTR)
+    if recorded is None:
+        declared = plan.declared()
+        log_plan(parent, declared)
+        study.set_user_attr(PLAN_ATTR, json.dumps(declared.to_json()))
+        return declared
+    declared = AnalysisPlan.from_json(json.loads(recorded))
+    if dataclasses.replace(declared, declared_at="") != dataclasses.replace(plan, declared_at=""):
+        raise UsageError(
+            f"study {study.study_name} declared its analysis plan at {declared.declared_at} "
+            f"({', '.join(h.name for h in declared.hypotheses)}"
+            f"{'; until decided' if declared.sequential else ''}); a resumed sweep cannot change it: rerun with the "
+            "same --primary / --until-decided options, or start a new --study-name"
+        )
+    return declared
 
 
 def _recorded_parent(study: optuna.Study, created: bool, timeout: float = 30.0) -> str | None:

@@ -16,6 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from landscape_core.cli import raise_terminated
+from sweeps.looks import stopped, take_looks
 from sweeps.options import SweepOptions
 from sweeps.pipeline import NotPlanned, TrialContext, TrialDiverged, make_objective, run_batch
 from sweeps.progress import SweepProgress
@@ -56,19 +57,24 @@ def _has_waiting(study: optuna.Study) -> bool:
 
 def work(sweep: OpenSweep, progress: SweepProgress | None) -> None:
     """Run trials of the study until every point is done (adaptive sweeps) or no trial is left waiting (planned
-    sweeps: duplicate copies of a point, left by workers enqueueing at once, are drained as they are dropped)."""
+    sweeps: duplicate copies of a point, left by workers enqueueing at once, are drained as they are dropped), or
+    until a look of an ``--until-decided`` sweep stops it (``sweeps.looks``: checked before each trial)."""
     space, study = sweep.options.space, sweep.study
     context = trial_context(sweep, progress)
     objective = make_objective(study, context)
     batch = sweep.options.batch_trials
     try:
-        while _has_waiting(study) if space.planned else len(tally(study)) < space.n_trials:
+        take_looks(sweep)  # a resumed sweep may have finished trials enough for a look
+        while not stopped(study) and (_has_waiting(study) if space.planned else len(tally(study)) < space.n_trials):
             if batch > 1 and space.planned:
                 run_batch(study, context, batch)
             else:
                 study.optimize(objective, n_trials=1, catch=(TrialDiverged, NotPlanned))
             if progress:
                 progress.trials_done(len(tally(study)))
+            looks = take_looks(sweep)
+            if progress and looks and stopped(study):
+                progress.note(f"[bold]until decided:[/] {stopped(study)}")
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM (scancel, a preemption): the trial is failed and its run KILLED; its point goes back in
         # the queue, so that the study's other workers rerun it (and a rerun of this command finds it waiting).

@@ -34,7 +34,7 @@ from landscape_core.plots.correlation import scatter_grid
 from tracking.correlation import CorrelationReport, analyze, resolve_targets
 from tracking.headline import log_headline
 from tracking.invariance import population_invariance
-from tracking.plan import read_plan
+from tracking.plan import read_plan, read_sequential
 from tracking.population import Population, add_selection_options, load_population, select_population
 from tracking.reliability import reliabilities
 from tracking.render import render, render_text
@@ -99,6 +99,7 @@ def analyze_population(
     return analyze(
         population,
         plan=read_plan(store.client(), parent_run_id),
+        sequential=read_sequential(store.client(), parent_run_id),
         invariance=population_invariance(store, population),
         reliability=reliabilities(population, population.measure_keys()),
         **options,

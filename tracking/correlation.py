@@ -273,6 +273,7 @@ class CorrelationReport:
         plan: The analysis plan the verdicts read (``tracking.plan``): which rows are primary.
         primary: The verdict on each primary hypothesis (``PrimaryResult``), in plan order.
         reliability: Per measure, its test-retest reliability from the sweep's audit (``tracking.reliability``).
+        sequential: The design and looks of an ``--until-decided`` sweep (empty for a fixed population).
     """
 
     entries: tuple[CorrelationEntry, ...]
@@ -295,6 +296,7 @@ class CorrelationReport:
     plan: AnalysisPlan = field(default_factory=lambda: AnalysisPlan().post_hoc())
     primary: tuple[PrimaryResult, ...] = ()
     reliability: dict[str, Reliability] = field(default_factory=dict)
+    sequential: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_runs(self) -> int:
@@ -362,6 +364,7 @@ class CorrelationReport:
             "plan": self.plan.to_json(),
             "primary": [p.to_dict() for p in self.primary],
             "reliability": {k: r.to_dict() for k, r in self.reliability.items()},
+            "sequential": self.sequential,
             "rows": [e.to_dict() for e in self.entries],
             "pairs": [q.to_dict() for q in self.pairs],
         }
@@ -469,6 +472,7 @@ def analyze(
     exclude_flagged: bool = False,
     plan: AnalysisPlan | None = None,
     reliability: Mapping[str, Reliability] | None = None,
+    sequential: Mapping[str, Any] | None = None,
 ) -> CorrelationReport:
     """Test every measure against every generalization target over the population, with its confounds.
 
@@ -496,6 +500,8 @@ def analyze(
         plan: The analysis plan (``tracking.plan``): its primary hypotheses are tested with Holm over the primary
             tests only, every other row is exploratory (Benjamini-Hochberg q). None: the default plan, post hoc.
         reliability: Per measure, its test-retest reliability (``tracking.reliability.reliabilities``).
+        sequential: The looks of an ``--until-decided`` sweep (``sweeps.looks``' ``data/sequential.json``): the
+            primary verdicts are then the group-sequential decisions, not fixed-design tests on the population.
 
     Returns:
         The report; with fewer than ``MIN_RUNS`` runs, an empty one with status ``"too_few_runs"``.
@@ -610,6 +616,8 @@ def analyze(
         notes = _invariance_note(ratio) + _reliability_note(entry) + _flag_note(entry.flagged, exclude_flagged)
         entries.append(dataclasses.replace(entry, verdict=text + notes))
     primary_results = tuple(_primary_result(h, entries, rows, plan, alpha) for h in plan.hypotheses)
+    if sequential:
+        primary_results = tuple(_sequential_result(p, sequential) for p in primary_results)
     pairs = ()
     if "test_loss" in target_cols:
         axes = {"seed": seeds, **({"lr": lrs} if lr_varies else {}), **hyper_axes}
@@ -618,7 +626,32 @@ def analyze(
             for key in measure_keys
             if key != keys.CONTROL and np.sum(np.isfinite(measure_cols[key])) >= 2
         )
-    return dataclasses.replace(empty, entries=tuple(entries), pairs=pairs, primary=primary_results)
+    return dataclasses.replace(
+        empty, entries=tuple(entries), pairs=pairs, primary=primary_results, sequential=dict(sequential or {})
+    )
+
+
+_SEQUENTIAL_VERDICTS = {
+    ("reject", "reject"): "supported",
+    ("reject", "futility"): "supported, but not beyond train loss",
+    ("futility", "reject"): "supported given train loss only",
+    ("futility", "futility"): "not supported",
+}
+
+
+def _sequential_result(result: PrimaryResult, sequential: Mapping[str, Any]) -> PrimaryResult:
+    """A primary verdict from the group-sequential decisions of its two tests (the last entry of each test over the
+    looks: a decided test keeps the look that decided it)."""
+    decisions: dict[str, dict[str, Any]] = {}
+    for look in sequential.get("looks", []):
+        for h in look["hypotheses"]:
+            decisions[h["name"]] = {**h, "n": look["n"]}
+    raw = decisions.get(result.hypothesis.name, {})
+    partial = decisions.get(result.hypothesis.name + "|train_loss", {})
+    pair = (raw.get("decision", "continue"), partial.get("decision", "continue"))
+    verdict = _SEQUENTIAL_VERDICTS.get(pair, "undecided (the sweep goes on)")
+    decided_at = max(int(raw.get("n", 0)), int(partial.get("n", 0))) if "continue" not in pair else None
+    return dataclasses.replace(result, verdict=verdict, n_to_decide=decided_at)
 
 
 def _primary_p(row: CorrelationRow | None, test: PrimaryTest) -> float:

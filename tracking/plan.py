@@ -54,6 +54,7 @@ __all__ = [
     "log_plan",
     "parse_primary",
     "read_plan",
+    "read_sequential",
 ]
 
 #: How each primary hypothesis is tested: the raw Spearman rho, and the partial rho given the final train loss.
@@ -267,3 +268,16 @@ def read_plan(client: MlflowClient, run_id: str | None) -> AnalysisPlan:
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, f"data/{PLAN_ARTIFACT}", tmp)
         return AnalysisPlan.from_json(json.loads(Path(path).read_text()))
+
+
+def read_sequential(client: MlflowClient, run_id: str | None) -> dict[str, Any]:
+    """The design and looks an ``--until-decided`` sweep left on its parent run (``data/sequential.json``, written by
+    ``sweeps.looks``); empty when there are none."""
+    if run_id is None:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "data/sequential.json", tmp)
+        except Exception:  # noqa: BLE001 - a fixed-size sweep has no looks
+            return {}
+        return json.loads(Path(path).read_text())

@@ -45,6 +45,7 @@ _VERDICT_STYLE = {
     "contradicted": "bold red",
     "undecided": "bold yellow",
     "not supported": "bold red",
+    "undecided (the sweep goes on)": "bold yellow",
 }
 
 
@@ -259,6 +260,8 @@ def render(report: CorrelationReport, console: Console, *, full: bool = True, wh
         return
     console.print(_plan_line(report))
     console.print(_primary_table(report))
+    if report.sequential:
+        console.print(_sequential_line(report))
     for target in report.targets:
         entries = report.for_target(target)
         console.print()
@@ -278,6 +281,28 @@ def render(report: CorrelationReport, console: Console, *, full: bool = True, wh
     if missing:
         note.append("; rows with missing values have less power", style="italic")
     console.print(note)
+
+
+def _sequential_line(report: CorrelationReport) -> Text:
+    """The group-sequential design and where it stopped, with the last look's z against its bounds."""
+    design, looks = report.sequential.get("design", {}), report.sequential.get("looks", [])
+    text = Text("Until decided: ", style="bold")
+    text.append(
+        f"looks at n = {', '.join(map(str, design.get('looks', [])))} (O'Brien-Fleming alpha spending, futility at "
+        f"rho {design.get('planned_rho', float('nan')):g}); "
+    )
+    text.append(report.sequential.get("stopped") or (looks[-1]["reason"] if looks else "no look yet"), style="bold")
+    if looks:
+        parts = [
+            f"{h['name']}: z {h['z']:+.2f} vs [{_bound(h['futility'])}, {_bound(h['efficacy'])}] -> {h['decision']}"
+            for h in looks[-1]["hypotheses"]
+        ]
+        text.append("; last look: " + "; ".join(parts), style="dim")
+    return text
+
+
+def _bound(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}"
 
 
 def _plan_line(report: CorrelationReport) -> Text:
@@ -312,16 +337,20 @@ def _primary_table(report: CorrelationReport) -> Table:
     table.add_column("r", justify="right")
     table.add_column("ρ/√r", justify="right")
     table.add_column("verdict", no_wrap=False)
-    table.add_column("n to decide", justify="right")
+    table.add_column("decided" if report.sequential else "n to decide", justify="right")
     for result in report.primary:
-        table.add_row(*_primary_cells(result, report.alpha))
+        table.add_row(*_primary_cells(result, report.alpha, bool(report.sequential)))
     return table
 
 
-def _primary_cells(result: PrimaryResult, alpha: float) -> list[Text]:
+def _primary_cells(result: PrimaryResult, alpha: float, sequential: bool) -> list[Text]:
     entry, h = result.entry, result.hypothesis
     name = h.name if h.direction > 0 else f"-{h.name} (larger, smaller)"
     needed = result.n_to_decide
+    if sequential:
+        last = Text("–" if needed is None else f"at n = {needed}", style="dim")
+    else:
+        last = Text("decided" if needed == 0 else "–" if needed is None else f"{needed}", style="dim" * (needed == 0))
     return [
         Text(name, style="bold"),
         _rho_ci(entry),
@@ -330,7 +359,7 @@ def _primary_cells(result: PrimaryResult, alpha: float) -> list[Text]:
         _reliability(entry.reliability),
         _coef(entry.disattenuated),
         Text(result.verdict, style=_VERDICT_STYLE.get(result.verdict, "")),
-        Text("decided" if needed == 0 else "–" if needed is None else f"{needed}", style="dim" if needed == 0 else ""),
+        last,
     ]
 
 
@@ -389,6 +418,8 @@ def render_summary(report: CorrelationReport, console: Console, *, where: str = 
         return
     console.print(_plan_line(report))
     console.print(_primary_table(report))
+    if report.sequential:
+        console.print(_sequential_line(report))
     console.print(_exploratory_table(report))
     console.print(_confound_line(report))
     note = Text("Power: ", style="bold")
