@@ -62,7 +62,6 @@ _SCATTER_PRIORITY = (
     "sharpness/adaptive",
     "norm/fisher_rao",
     "norm/weights",  # a sharpness measure only matters if it beats the norm baselines
-    "flatness/pac_bayes",
     "perturb/train_loss_delta/sigma_0.05",
     "barrier/train_loss",
     "norm/dist_init",

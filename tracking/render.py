@@ -294,15 +294,12 @@ def _sequential_line(report: CorrelationReport) -> Text:
     text.append(report.sequential.get("stopped") or (looks[-1]["reason"] if looks else "no look yet"), style="bold")
     if looks:
         parts = [
-            f"{h['name']}: z {h['z']:+.2f} vs [{_bound(h['futility'])}, {_bound(h['efficacy'])}] -> {h['decision']}"
+            f"{h['name'].split(':')[0].rsplit('/', 1)[-1]}{'|TL' if '|' in h['name'] else ''} z={h['z']:+.1f} "
+            f"{h['decision']}"
             for h in looks[-1]["hypotheses"]
         ]
-        text.append("; last look: " + "; ".join(parts), style="dim")
+        text.append("; last look: " + ", ".join(parts), style="dim")
     return text
-
-
-def _bound(value: float | None) -> str:
-    return "–" if value is None else f"{value:+.2f}"
 
 
 def _plan_line(report: CorrelationReport) -> Text:
@@ -324,19 +321,19 @@ def _primary_table(report: CorrelationReport) -> Table:
     disattenuated rho, the verdict and the n that would decide it."""
     level = round(100 * (1 - report.alpha))
     table = Table(
-        title=f"Primary hypotheses (declared; Holm over {len(report.plan.tests)} tests)",
+        title=f"Primary hypotheses: larger measure, larger test loss (Holm over {len(report.plan.tests)} tests)",
         box=box.SIMPLE_HEAD,
         header_style="bold",
         title_justify="left",
         pad_edge=False,
     )
-    table.add_column("hypothesis: larger measure, larger target", no_wrap=True)
+    table.add_column("hypothesis", no_wrap=True)
     table.add_column(f"ρ [{level}% CI]", justify="right", no_wrap=True)
     table.add_column("ρ|TL", justify="right")
     table.add_column("Holm p raw/TL", justify="right", no_wrap=True)
     table.add_column("r", justify="right")
     table.add_column("ρ/√r", justify="right")
-    table.add_column("verdict", no_wrap=False)
+    table.add_column("verdict", min_width=13)
     table.add_column("decided" if report.sequential else "n to decide", justify="right")
     for result in report.primary:
         table.add_row(*_primary_cells(result, report.alpha, bool(report.sequential)))
@@ -345,7 +342,8 @@ def _primary_table(report: CorrelationReport) -> Table:
 
 def _primary_cells(result: PrimaryResult, alpha: float, sequential: bool) -> list[Text]:
     entry, h = result.entry, result.hypothesis
-    name = h.name if h.direction > 0 else f"-{h.name} (larger, smaller)"
+    name = h.measure if h.target == "test_loss" else h.name
+    name = name if h.direction > 0 else f"-{name}"
     needed = result.n_to_decide
     if sequential:
         last = Text("–" if needed is None else f"at n = {needed}", style="dim")

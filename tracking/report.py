@@ -1,6 +1,7 @@
 """The sweep report, ``report.html``: the seed paper's six figures over the whole population with 95% bands, a
 table that answers each claim of the paper with the population's number, its CI and a verdict, the correlation
-table, and the protocol. One self-contained file (figures embedded, no network), logged on every sweep's parent run
+section as figures (the primary hypotheses raw and given train loss, a forest plot, a heatmap; the full tables
+collapsed), and the protocol. One self-contained file (figures embedded, no network), logged on every sweep's parent run
 when the sweep ends, which MLflow's artifact viewer renders.
 
 ``python -m tracking.report [--experiment E] [--study S | --parent-run ID] --out report.html`` writes it for any
@@ -10,9 +11,10 @@ The claims and their criteria (the paper's Overall Summary; thresholds are this 
 
 1. Seeds reach minima of different sharpness: the coefficient of variation of lambda_max across trials, with a
    bootstrap CI. Supported when the CI lies above 5% (a spread well beyond Lanczos' tolerance), refuted below.
-2. Flatter minima generalize better: Spearman's rho of lambda_max with the test loss (the correlation report's row,
-   Holm-adjusted over the report). Supported when significantly positive, refuted when significantly negative, no
-   evidence otherwise, with the smallest |rho| the population could detect.
+2. Flatter minima generalize better: Spearman's rho of lambda_max with the test loss, the analysis plan's primary
+   hypothesis (Holm over the plan's primary tests only, ``tracking.plan``; under ``--until-decided`` the
+   group-sequential decision). Supported when significantly positive, refuted when significantly negative, no
+   evidence otherwise, with the n that would decide it.
 3. Minima from different seeds are separated by large barriers, raw and after weight matching: the mean test-loss
    barrier to the study's reference minimum (trained once from a seed outside the population), with a t-interval.
    Supported when the CI lies above 0.1 (nats), refuted below.
@@ -44,8 +46,9 @@ from landscape_core import keys
 from landscape_core.cli import ArgumentParser, require_writable, run_command
 from landscape_core.errors import UsageError
 from landscape_core.plots import population as figures
-from tracking.correlation import CorrelationReport, analyze
-from tracking.invariance import population_invariance
+from landscape_core.plots.correlation import ForestRow, correlation_heatmap, forest_plot, primary_scatter
+from tracking.correlate import analyze_population
+from tracking.correlation import CorrelationReport
 from tracking.population import Population, add_selection_options, select_population
 from tracking.render import render
 from tracking.runs import RunLogger
@@ -384,15 +387,108 @@ def report_html(
         parts.append(f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("<h2>Does sharpness predict generalization? (correlation report)</h2>")
     if correlation is not None and correlation.entries:
-        console = Console(record=True, width=170, file=io.StringIO())
-        render(correlation, console)
-        parts.append(console.export_html(inline_styles=True, code_format='<pre style="font-size:11px">{code}</pre>'))
+        parts += _correlation_section(correlation, population)
     else:
         parts.append(f"<p>{html.escape(correlation.message if correlation else 'no correlation report')}</p>")
     parts.append("<h2>Protocol</h2>")
     parts.append(_kv_table(protocol))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _figure_html(caption: str, figure: Figure) -> str:
+    alt = html.escape(caption)
+    return (
+        f'<figure><img alt="{alt}" src="data:image/png;base64,{_png(figure)}"><figcaption>{alt}</figcaption></figure>'
+    )
+
+
+def _primary_html(correlation: CorrelationReport) -> str:
+    """The primary hypotheses' verdicts as a table (the summary's, in HTML)."""
+    columns = (
+        "primary hypothesis",
+        "rho [95% CI]",
+        "rho given train loss",
+        "Holm p raw / given TL",
+        "reliability r",
+        "rho / sqrt(r)",
+        "verdict",
+        "decided at / n to decide",
+    )
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
+    body = []
+    for p in correlation.primary:
+        row = p.entry.row
+        verdict = p.verdict.split(",")[0].split(" (")[0]
+        css = {"supported": "supported", "contradicted": "refuted", "not supported": "refuted"}.get(
+            verdict, "no-evidence"
+        )
+        n = "–" if p.n_to_decide is None else ("decided" if p.n_to_decide == 0 else str(p.n_to_decide))
+        body.append(
+            f"<tr><td>{html.escape(p.hypothesis.claim)}</td><td>{_fmt(row.spearman)} [{_fmt(row.ci_low)}, "
+            f"{_fmt(row.ci_high)}]</td><td>{_fmt(p.partial_rho)}</td><td>{_fmt(p.adjusted_raw)} / "
+            f"{_fmt(p.adjusted_partial)}</td><td>{_fmt(p.entry.reliability)}</td><td>{_fmt(p.entry.disattenuated)}</td>"
+            f'<td class="{css}">{html.escape(p.verdict)}</td><td>{n}</td></tr>'
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _correlation_section(correlation: CorrelationReport, population: Population) -> list[str]:
+    """The plan and the primary verdicts, then figures (each primary hypothesis raw and given train loss, a forest
+    plot of every row, a heatmap of measure by target), then the full tables collapsed."""
+    plan = correlation.plan
+    parts = [f"<p><b>Analysis plan</b>: {html.escape(plan.summary())}.</p>", _primary_html(correlation)]
+    if correlation.sequential:
+        reason = correlation.sequential.get("stopped") or "no stop yet"
+        parts.append(f"<p><b>Until decided</b>: {html.escape(str(reason))}.</p>")
+    parts.append(f"<p>{html.escape(correlation.power_note)}.</p>")
+    train_loss = population.column(keys.CONTROL)
+    for p in correlation.primary:
+        x = population.column(p.hypothesis.measure)
+        if np.isfinite(x).sum() < 4:
+            continue
+        y = population.column(keys.TARGETS[p.hypothesis.target])
+        figure = primary_scatter(x, y, train_loss, measure=p.hypothesis.measure, target=p.hypothesis.target)
+        caption = f"Primary: {p.hypothesis.name}, raw (left) and given train loss (right): {p.verdict}"
+        parts.append(_figure_html(caption, figure))
+    rows = [
+        ForestRow(
+            measure=e.measure,
+            target=e.target,
+            rho=e.row.spearman,
+            ci_low=e.row.ci_low,
+            ci_high=e.row.ci_high,
+            invariant=e.invariant,
+            primary=e.primary,
+            disattenuated=e.disattenuated,
+            reliability=e.reliability,
+            significant=e.significant,
+        )
+        for e in correlation.entries
+        if e.measure != keys.CONTROL
+    ]
+    if rows:
+        caption = (
+            "Forest plot: Spearman rho with its CI per measure and target; colour: audited rescaling invariance; "
+            "star: primary; hollow diamond: rho disattenuated for the measure's reliability; filled: significant in "
+            "its family (Holm over the primary tests, Benjamini-Hochberg q for exploratory rows)"
+        )
+        parts.append(_figure_html(caption, forest_plot(rows)))
+        measures = [m for m in correlation.measures if m != keys.CONTROL]
+        targets = list(correlation.targets)
+        by = {(e.measure, e.target): e for e in correlation.entries}
+        rho = [[by[(m, t)].row.spearman for t in targets] for m in measures]
+        significant = [[by[(m, t)].significant for t in targets] for m in measures]
+        primary = [[by[(m, t)].primary for t in targets] for m in measures]
+        caption = "Heatmap: Spearman rho of each measure (rows) with each target (columns); * significant in its family"
+        parts.append(_figure_html(caption, correlation_heatmap(measures, targets, rho, significant, primary)))
+    console = Console(record=True, width=170, file=io.StringIO())
+    render(correlation, console, full=True)
+    tables = console.export_html(inline_styles=True, code_format='<pre style="font-size:11px">{code}</pre>')
+    parts.append(
+        f"<details><summary>Full tables: every measure and target, verdicts, A-versus-B</summary>{tables}</details>"
+    )
+    return parts
 
 
 def _protocol(store: TrackingStore, parent_run_id: str | None) -> dict[str, Any]:
@@ -432,8 +528,9 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     require_writable("--out", args.out)
     store, population = select_population(args)
     parents = {run.parent_run_id for run in population.runs if run.parent_run_id}
-    correlation = analyze(population, invariance=population_invariance(store, population))
-    page = _page(store, population, correlation, parents.pop() if len(parents) == 1 else None)
+    parent = parents.pop() if len(parents) == 1 else None
+    correlation = analyze_population(store, population, parent)
+    page = _page(store, population, correlation, parent)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)
     console.print(f"wrote the report of {len(population.runs)} trials to {args.out}", highlight=False)

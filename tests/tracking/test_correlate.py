@@ -484,17 +484,19 @@ def test_unconverged_and_unbracketed_estimates_are_counted_flagged_and_can_be_ex
             keys.CONTROL: 0.1 * rng.random(),
             keys.LAMBDA_MAX: 10 + i + rng.random(),
             keys.CONVERGED: 0.0 if i in (3, 7) else 1.0,
-            keys.PAC_BAYES: 100 * rng.random(),
-            keys.PAC_BAYES_BRACKETED: 0.0 if i == 5 else 1.0,
+            keys.LAMBDA_MAX_NORMALIZED: 100 * rng.random(),
+            keys.NORMALIZED_CONVERGED: 0.0 if i == 5 else 1.0,
         }
         runs.append(PopulationRun(run_id=f"r{i}", study="s", trial_number=i, seed=i + 1, lr=0.01, metrics=metrics))
     population = Population(runs=runs, source="hand-made")
-    kept = analyze(population, measures=["lambda_max", "pac_bayes"], targets=["test_loss"], n_boot=50, n_perm=200)
+    kept = analyze(
+        population, measures=["lambda_max", "lambda_max_normalized"], targets=["test_loss"], n_boot=50, n_perm=200
+    )
     lam = kept.entry(keys.LAMBDA_MAX, "test_loss")
     assert lam.flagged == 2 and lam.row.n == 10 and "2 runs with an unconverged/unbracketed estimate" in lam.verdict
-    assert kept.entry(keys.PAC_BAYES, "test_loss").flagged == 1 and kept.flagged == {
+    assert kept.entry(keys.LAMBDA_MAX_NORMALIZED, "test_loss").flagged == 1 and kept.flagged == {
         keys.LAMBDA_MAX: 2,
-        keys.PAC_BAYES: 1,
+        keys.LAMBDA_MAX_NORMALIZED: 1,
     }
     assert "(2 flag)" in render_text(kept)
     dropped = analyze(

@@ -126,7 +126,8 @@ def served(tmp_path_factory) -> Iterator[Served]:
     try:
         skip = ",".join(ANALYSES)  # the norms are always measured: the report has measures
         sweep = ["--n", str(N_TRIALS), *SMOKE, "--train-size", "256", "--test-size", "128", "--epochs", str(EPOCHS)]
-        result = run_cli("sweeps.seeds", *sweep, "--skip", skip, "--root", str(root))
+        # a primary hypothesis the norms-only population has, so that the report draws its scatter panels too
+        result = run_cli("sweeps.seeds", *sweep, "--skip", skip, "--root", str(root), "--primary", "norm/weights")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         experiment = client.get_experiment_by_name("seeds")
         runs = client.search_runs([experiment.experiment_id])
@@ -249,6 +250,11 @@ def test_report_html_renders_in_the_artifact_viewer_with_its_figures(served, pag
     saved = Path(served.client.download_artifacts(served.parent_id, "report.html", str(served.shots)))
     assert n_images == saved.read_text().count("<img") and n_images >= 1
     assert loaded == n_images, f"{n_images - loaded} of {n_images} figures of report.html did not load"
+    # the correlation section is figures: the primary hypothesis raw and given train loss, the forest plot, the heatmap
+    alts = images.evaluate_all("imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).map(i => i.alt)")
+    for start in ("Primary: norm/weights:test_loss", "Forest plot:", "Heatmap:"):
+        assert any(alt.startswith(start) for alt in alts), (start, alts)
+    expect(frame.get_by_text("Full tables: every measure and target")).to_be_visible()  # collapsed, not gone
     served.shot(page, "3-report-html")
     images.first.scroll_into_view_if_needed()
     served.shot(page, "3-report-html-figures")
