@@ -43,6 +43,8 @@ TRAIN_OVERRIDES = (
 MEASURED_TRIAL_SECONDS = {("paper", "cpu"): 492.0, ("quick", "cpu"): 37.0, ("smoke", "cpu"): 13.0}
 #: Options that go into SweepOptions as they are.
 PASSED_THROUGH = ("root", "storage", "tracking_uri", "data_dir", "heartbeat", "max_pairs", "workers", "batch_trials")
+#: The options of ``--until-decided``'s design, in ``plan_from_args``' order.
+DESIGN_OPTIONS = ("--max-n", "--first-look", "--look-step", "--planned-rho")
 INTERRUPTED = "the running trial was recorded as failed (its run KILLED); rerun the same command to resume the sweep."
 
 
@@ -102,10 +104,10 @@ def base_parser(prog: str, description: str, *, grid: bool = False) -> ArgumentP
         "at most --max-n runs",
     )
     plan.add_argument("--max-n", type=int, help="--until-decided: the cap on the population (default 100)")
-    plan.add_argument("--first-look", type=int, default=20, help="--until-decided: the first look (default 20)")
-    plan.add_argument("--look-step", type=int, default=10, help="--until-decided: runs between looks (default 10)")
+    plan.add_argument("--first-look", type=int, help="--until-decided: the first look (default 20)")
+    plan.add_argument("--look-step", type=int, help="--until-decided: runs between looks (default 10)")
     plan.add_argument(
-        "--planned-rho", type=float, default=0.3, help="--until-decided: the effect the futility bound is planned at"
+        "--planned-rho", type=float, help="--until-decided: the effect the futility bound is planned at (default 0.3)"
     )
     where = parser.add_argument_group("where results go")
     where.add_argument("--study-name", help="Optuna study name (default: <sweep>-<preset>)")
@@ -192,12 +194,12 @@ def plan_from_args(args: argparse.Namespace) -> AnalysisPlan:
     """The analysis plan the command declares: ``--primary`` (or the default), and the sequential design of
     ``--until-decided``. The options of the design without ``--until-decided`` are bad input."""
     hypotheses = parse_primary(args.primary)
+    design = {"max_n": args.max_n, "first": args.first_look, "step": args.look_step, "planned_rho": args.planned_rho}
     if not args.until_decided:
-        require(args.max_n is None, "--max-n", "given only with --until-decided", args.max_n)
+        for option, value in zip(DESIGN_OPTIONS, design.values(), strict=True):
+            require(value is None, option, "given only with --until-decided", value)
         return AnalysisPlan(hypotheses=hypotheses)
-    sequential = SequentialPlan(
-        first=args.first_look, step=args.look_step, max_n=args.max_n or 100, planned_rho=args.planned_rho
-    )
+    sequential = SequentialPlan(**{name: value for name, value in design.items() if value is not None})
     return AnalysisPlan(hypotheses=hypotheses, sequential=sequential)
 
 

@@ -9,6 +9,7 @@ from landscape_core.cli import ArgumentParser, require
 from sweeps.cli import base_parser, options_from_args, preset_from_args, run_sweep_cli, sweep_widths
 from sweeps.options import SweepOptions
 from sweeps.space import SweepSpace
+from tracking.plan import SequentialPlan
 
 __all__ = ["build_options", "main", "parser"]
 
@@ -23,7 +24,7 @@ def parser() -> ArgumentParser:
 def build_options(args: argparse.Namespace) -> SweepOptions:
     require(args.n >= 1, "--n", ">= 1", args.n)
     require(args.seed_start >= 0, "--seed-start", ">= 0", args.seed_start)
-    n = (args.max_n or 100) if args.until_decided else args.n  # --until-decided: enqueue up to the cap
+    n = (args.max_n or SequentialPlan().max_n) if args.until_decided else args.n  # --until-decided: up to the cap
     space = SweepSpace("seeds", tuple(range(args.seed_start, args.seed_start + n)), widths=sweep_widths(args))
     return options_from_args(args, space, preset_from_args(args))
 

@@ -126,9 +126,9 @@ class SequentialPlan:
 
     def __post_init__(self) -> None:
         if self.first < 8:
-            raise UsageError(f"Expected the first look at >= 8 runs, got {self.first}")
+            raise UsageError(f"Expected `--first-look` >= 8 runs, got {self.first}")
         if self.step < 1:
-            raise UsageError(f"Expected a look step >= 1, got {self.step}")
+            raise UsageError(f"Expected `--look-step` >= 1, got {self.step}")
         if self.max_n < self.first:
             raise UsageError(f"Expected `--max-n` >= the first look ({self.first}), got {self.max_n}")
         if not 0 < self.planned_rho < 1:

@@ -86,6 +86,21 @@ SWEEP_OPTIONS = [
     (["--heartbeat", "0"], "`--heartbeat` >= 1, got 0"),
     (["--n", "0"], "`--n` >= 1, got 0"),
     (["--seed-start=-1"], "`--seed-start` >= 0, got -1"),
+    (["--retest-trials=-1"], "`retest_trials` >= 0, got -1"),
+    (["--primary", "nope"], "unknown measure 'nope' in --primary"),
+    (["--primary", "lambda_max:accuracy"], "unknown target 'accuracy'"),
+    (["--until-decided=yes"], "argument --until-decided: ignored explicit argument 'yes'"),
+    (["--max-n", "30"], "`--max-n` given only with --until-decided, got 30"),
+    (["--first-look", "30"], "`--first-look` given only with --until-decided, got 30"),
+    (["--look-step", "5"], "`--look-step` given only with --until-decided, got 5"),
+    (["--planned-rho", "0.5"], "`--planned-rho` given only with --until-decided, got 0.5"),
+]
+#: The design of --until-decided, which only a seeds sweep has (an lr sweep refuses --until-decided itself).
+SEEDS_OPTIONS = [
+    (["--until-decided", "--first-look", "5"], "Expected `--first-look` >= 8 runs, got 5"),
+    (["--until-decided", "--look-step", "0"], "Expected `--look-step` >= 1, got 0"),
+    (["--until-decided", "--max-n", "10"], "Expected `--max-n` >= the first look (20), got 10"),
+    (["--until-decided", "--planned-rho", "1.5"], "Expected `--planned-rho` in (0, 1), got 1.5"),
 ]
 LR_OPTIONS = [
     (["--lr-min", "0.1", "--lr-max", "0.01"], "0 < `--lr-min` < `--lr-max`, both finite, got 0.1 and 0.01"),
@@ -95,6 +110,7 @@ LR_OPTIONS = [
     (["--seeds-per-lr", "0"], "`--seeds-per-lr` >= 1, got 0"),
     (["--sampler", "random"], "argument --sampler: invalid choice: 'random'"),
     (["--sampler-seed=-1"], "`--sampler-seed` >= 0, got -1"),
+    (["--until-decided"], "--until-decided grows a seeds sweep"),
 ]
 CORRELATE_OPTIONS = [
     (["--experiment", ""], "`--experiment` a non-empty name, got ''"),
@@ -112,6 +128,7 @@ CORRELATE_OPTIONS = [
     (["--seed=-1"], "`--seed` >= 0, got -1"),
     (["--log-to-parent=yes"], "argument --log-to-parent: ignored explicit argument 'yes'"),
     (["--exclude-flagged=yes"], "argument --exclude-flagged: ignored explicit argument 'yes'"),
+    (["--full=yes"], "argument --full: ignored explicit argument 'yes'"),
 ]
 DATA_OPTIONS = [(["--download=yes"], "argument --download: ignored explicit argument 'yes'")]
 BENCHMARK_OPTIONS = [
@@ -124,7 +141,7 @@ BENCHMARK_OPTIONS = [
 ]
 #: The one table: (command, its parser, its main, the bad options) for every command line of the project.
 COMMANDS = {
-    "sweeps.seeds": (seeds.parser, seeds.main, SWEEP_OPTIONS),
+    "sweeps.seeds": (seeds.parser, seeds.main, SWEEP_OPTIONS + SEEDS_OPTIONS),
     "sweeps.lr": (lr.parser, lr.main, SWEEP_OPTIONS + LR_OPTIONS),
     "tracking.correlate": (correlate.parser, correlate.main, CORRELATE_OPTIONS),
     "landscape_core.data": (data.parser, data.main, DATA_OPTIONS),
