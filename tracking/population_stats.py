@@ -241,6 +241,26 @@ def _finite_mask(*columns: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _adjust(pvalues: ArrayLike, step: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """A multiple-testing adjustment: ``step(sorted p, m)`` on the non-NaN p-values (ascending), capped at 1 and put
+    back in input order; NaN entries stay NaN and are not part of the family."""
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1:
+        raise ValueError(f"Expected `pvalues` to be 1-D, got shape {p.shape}")
+    present = ~np.isnan(p)
+    if np.any((p[present] < 0.0) | (p[present] > 1.0)):
+        raise ValueError(f"Expected `pvalues` in [0, 1], got {p[present][(p[present] < 0) | (p[present] > 1)][:3]}")
+    out = np.full(p.shape, _NAN)
+    pf = p[present]
+    if pf.size == 0:
+        return out
+    order = np.argsort(pf, kind="stable")
+    res = np.empty(pf.size)
+    res[order] = np.minimum(step(pf[order], pf.size), 1.0)
+    out[present] = res
+    return out
+
+
 def holm(pvalues: ArrayLike) -> np.ndarray:
     """Holm (1979) step-down adjustment of a family of p-values.
 
@@ -257,23 +277,7 @@ def holm(pvalues: ArrayLike) -> np.ndarray:
     Raises:
         ValueError: If ``pvalues`` is not 1-D or holds values outside [0, 1].
     """
-    p = np.asarray(pvalues, dtype=float)
-    if p.ndim != 1:
-        raise ValueError(f"Expected `pvalues` to be 1-D, got shape {p.shape}")
-    present = ~np.isnan(p)
-    if np.any((p[present] < 0.0) | (p[present] > 1.0)):
-        raise ValueError(f"Expected `pvalues` in [0, 1], got {p[present][(p[present] < 0) | (p[present] > 1)][:3]}")
-    out = np.full(p.shape, _NAN)
-    pf = p[present]
-    m = pf.size
-    if m == 0:
-        return out
-    order = np.argsort(pf, kind="stable")
-    adjusted = np.minimum(np.maximum.accumulate((m - np.arange(m)) * pf[order]), 1.0)
-    res = np.empty(m)
-    res[order] = adjusted
-    out[present] = res
-    return out
+    return _adjust(pvalues, lambda ps, m: np.maximum.accumulate((m - np.arange(m)) * ps))
 
 
 def benjamini_hochberg(pvalues: ArrayLike) -> np.ndarray:
@@ -292,24 +296,7 @@ def benjamini_hochberg(pvalues: ArrayLike) -> np.ndarray:
     Raises:
         ValueError: If ``pvalues`` is not 1-D or holds values outside [0, 1].
     """
-    p = np.asarray(pvalues, dtype=float)
-    if p.ndim != 1:
-        raise ValueError(f"Expected `pvalues` to be 1-D, got shape {p.shape}")
-    present = ~np.isnan(p)
-    if np.any((p[present] < 0.0) | (p[present] > 1.0)):
-        raise ValueError(f"Expected `pvalues` in [0, 1], got {p[present][(p[present] < 0) | (p[present] > 1)][:3]}")
-    out = np.full(p.shape, _NAN)
-    pf = p[present]
-    m = pf.size
-    if m == 0:
-        return out
-    order = np.argsort(pf, kind="stable")
-    scaled = pf[order] * m / np.arange(1, m + 1)
-    q = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    res = np.empty(m)
-    res[order] = q
-    out[present] = res
-    return out
+    return _adjust(pvalues, lambda ps, m: np.minimum.accumulate((ps * m / np.arange(1, m + 1))[::-1])[::-1])
 
 
 def partial_spearman(
