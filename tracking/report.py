@@ -433,14 +433,50 @@ def _primary_html(correlation: CorrelationReport) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def _looks_html(sequential: dict[str, Any]) -> str:
+    """The group-sequential design, each look's statistics against its boundaries with the repeated CI, and why the
+    sweep stopped."""
+    design = sequential.get("design", {})
+    reason = sequential.get("stopped") or "the sweep goes on"
+    head = (
+        f"<p><b>Until decided</b>: looks at n = {', '.join(map(str, design.get('looks', [])))}; Lan-DeMets "
+        f"O'Brien-Fleming alpha spending (one-sided {design.get('alpha', 0.05) / 2:g} in the declared direction), a "
+        f"non-binding futility bound planned at rho {design.get('planned_rho', 0.3):g}, Holm across the primary tests "
+        f"by alpha recycling. <b>{html.escape(str(reason))}</b>.</p>"
+    )
+    columns = ("look", "n", "test", "rho", "z", "futility bound", "efficacy bound", "level", "repeated CI", "decision")
+    rows = []
+    for look in sequential.get("looks", []):
+        for h in look["hypotheses"]:
+            low, high = h["rci"]
+            cells = (
+                look["index"] + 1,
+                look["n"],
+                h["name"],
+                _fmt(h["rho"]),
+                _fmt(h["z"]),
+                _fmt(_num(h["futility"])),
+                _fmt(_num(h["efficacy"])),
+                f"{h['level']:.3g}",
+                f"[{_fmt(_num(low))}, {_fmt(_num(high))}]",
+                h["decision"],
+            )
+            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    table = "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>" + "".join(rows) + "</table>"
+    return head + table
+
+
+def _num(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _correlation_section(correlation: CorrelationReport, population: Population) -> list[str]:
     """The plan and the primary verdicts, then figures (each primary hypothesis raw and given train loss, a forest
     plot of every row, a heatmap of measure by target), then the full tables collapsed."""
     plan = correlation.plan
     parts = [f"<p><b>Analysis plan</b>: {html.escape(plan.summary())}.</p>", _primary_html(correlation)]
     if correlation.sequential:
-        reason = correlation.sequential.get("stopped") or "no stop yet"
-        parts.append(f"<p><b>Until decided</b>: {html.escape(str(reason))}.</p>")
+        parts.append(_looks_html(correlation.sequential))
     parts.append(f"<p>{html.escape(correlation.power_note)}.</p>")
     train_loss = population.column(keys.CONTROL)
     for p in correlation.primary:

@@ -73,6 +73,11 @@ def test_a_declared_plan_a_reliability_audit_and_a_look_that_decides(tmp_path):
     assert look["n"] == 8 and look["trials"] == list(range(8)) and set(look["statistics"]) == set(plan["tests"])
     assert "look 1 (n = 8)" in study.user_attrs[STOP_ATTR] and PLAN_ATTR in study.user_attrs
 
+    # the report states the design, each look against its boundaries with the repeated CI, and the stopping reason
+    page = open(client.download_artifacts(parent.info.run_id, "report.html", str(tmp_path))).read()
+    assert "O'Brien-Fleming alpha spending" in page and "repeated CI" in page and "cap reached at look 1" in page
+    assert page.count("<td>hessian/lambda_max:test_loss") == 1 and "Analysis plan</b>: declared" in page
+
     # the answer on one screen: from the population line to the end, at most 40 lines
     summary = out[out.index("Population:") :].splitlines()
     assert len(summary) <= 40, "\n".join(summary)
