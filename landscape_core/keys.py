@@ -17,6 +17,7 @@ __all__ = [
     "NORM_BASELINES",
     "NOT_IN_TABLE",
     "TARGETS",
+    "analysis_of",
     "barrier",
     "is_measure",
     "perturb",
@@ -143,6 +144,26 @@ RELIABILITY = {
 }
 #: The covariate of the partial correlations: the final train loss.
 CONTROL = FINAL_TRAIN_LOSS
+
+
+#: Which analysis (``config.ANALYSES``) computes the keys under each prefix, most specific first; keys under none of
+#: them (the norms, the train loss) are always measured.
+ANALYSIS_PREFIXES = (
+    ("hessian/trace", "trace"),
+    ("hessian/", "hessian"),
+    ("sharpness/", "sharpness"),
+    ("flatness/", "flatness"),
+    ("perturb/train", "noise"),
+    ("perturb/test", "noise_test"),
+    ("curvature/", "curvature"),
+    ("barrier/", "connectivity"),
+)
+
+
+def analysis_of(key: str) -> str | None:
+    """The analysis that computes metric ``key`` (``hessian/trace_normalized`` -> ``trace``); None when every trial
+    measures it (the norms, the train loss)."""
+    return next((analysis for prefix, analysis in ANALYSIS_PREFIXES if key.startswith(prefix)), None)
 
 
 def is_measure(key: str) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import optuna
 from rich.console import Console
 
+from landscape_core import keys
 from landscape_core.cli import ArgumentParser, require, run_command
 from landscape_core.config import ANALYSES, Preset, get_preset
 from landscape_core.devices import resolve_device
@@ -228,10 +229,16 @@ def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Prese
     resolve_device(preset.train.device)
     check_storage_url(args.storage)
     check_tracking_uri(args.tracking_uri)
+    plan = plan_from_args(args)
+    if plan.sequential is not None:  # a look needs every primary measure on every run
+        for h in plan.hypotheses:
+            analysis = keys.analysis_of(h.measure)
+            needed = analysis is None or preset.analysis.runs(analysis)
+            require(needed, "--skip", f"to keep {analysis!r}, which primary measure {h.measure} needs", args.skip)
     return SweepOptions(
         space=space,
         preset=preset,
-        plan=plan_from_args(args),
+        plan=plan,
         study_name=args.study_name or f"{space.kind}-{preset.name}",
         experiment=args.experiment or space.kind,
         **{name: getattr(args, name) for name in PASSED_THROUGH},

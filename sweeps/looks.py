@@ -23,7 +23,8 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from landscape_core import keys
-from sweeps.study import OpenSweep
+from sweeps.space import point_key
+from sweeps.study import OpenSweep, tally
 from tracking.plan import AnalysisPlan, PrimaryTest
 from tracking.population import Population, load_population
 from tracking.population_stats import partial_spearman
@@ -76,6 +77,21 @@ def _recorded(study: optuna.Study) -> list[dict]:
     return out
 
 
+def _unusable(
+    statistics: dict[str, tuple[float, int, int]], recorded: list[dict], looks: list[Look], names: list[str]
+) -> str:
+    """Why a look's statistics cannot be monitored ("" when they can): an open test with too few finite runs (a
+    primary measure not measured: its analysis skipped or failing) or with no more runs than at the last look."""
+    still_open = set(names) if not looks else {h.name for h in looks[-1].hypotheses if h.decision == "continue"}
+    for name in sorted(still_open):
+        _, n, q = statistics[name]
+        if n - 3 - q < 1:
+            return f"{name} has {n} runs with a finite value (is its analysis skipped?)"
+        if recorded and n <= recorded[-1]["statistics"][name][1]:
+            return f"{name} has no more runs with a finite value ({n}) than at the last look"
+    return ""
+
+
 def take_looks(sweep: OpenSweep) -> list[Look]:
     """Take every look that is due and not yet recorded, in order; record it (and a stop) on the study and the
     design with every look on the parent run. Returns the looks so far (empty without a sequential plan)."""
@@ -85,28 +101,31 @@ def take_looks(sweep: OpenSweep) -> list[Look]:
     design = design_of(plan)
     names = [t.name for t in plan.tests]
     recorded = _recorded(study)
-    finished = sorted(
-        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "mlflow_run_id" in t.user_attrs),
-        key=lambda t: t.number,
-    )
     looks = monitor(design, [r["statistics"] for r in recorded], names) if recorded else []
-    if looks and looks[-1].stop:
+    if (looks and looks[-1].stop) or stopped(study):
         return looks
+    points = sweep.options.space.points()
     new = False
     for k in range(len(recorded), len(design.looks)):
-        size = design.looks[k]
-        if len(finished) < size:
+        # look k is the first n_k points of the sweep, once every one of them is done (a diverged trial is done, and
+        # not in the population): the same runs whichever worker takes it, whatever finished first
+        done = tally(study)
+        first = [done.get(point_key(p)) for p in points[: design.looks[k]]]
+        if any(t is None for t in first):
             break
-        chosen = {t.user_attrs["mlflow_run_id"] for t in finished[:size]}
+        chosen = {t.user_attrs["mlflow_run_id"] for t in first if t.state == TrialState.COMPLETE}
         everyone = load_population(sweep.store, parent_run_id=sweep.parent.run_id)
         population = Population([r for r in everyone.runs if r.run_id in chosen], source=everyone.source)
-        entry = {
-            "n": size,
-            "trials": [t.number for t in finished[:size]],
-            "statistics": statistics_of(population, plan),
-        }
-        study.set_user_attr(f"{LOOK_PREFIX}{k}", json.dumps(entry))
-        recorded.append(entry)
+        entry = {"n": design.looks[k], "trials": sorted(t.number for t in first), "statistics": {}}
+        entry["statistics"] = statistics_of(population, plan)
+        problem = _unusable(entry["statistics"], recorded, looks, names)
+        if problem:  # a look that cannot be taken ends the sweep loudly, never a study that fails on every resume
+            study.set_user_attr(STOP_ATTR, f"look {k + 1} (n = {design.looks[k]}) cannot be taken: {problem}")
+            break
+        key = f"{LOOK_PREFIX}{k}"
+        if key not in study.user_attrs:  # one decision per look: the first worker to record it wins
+            study.set_user_attr(key, json.dumps(entry))
+        recorded.append(json.loads(study.user_attrs[key]))
         new = True
         looks = monitor(design, [r["statistics"] for r in recorded], names)
         if looks[-1].stop:

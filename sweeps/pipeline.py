@@ -194,6 +194,25 @@ def _is_audited(trial: optuna.Trial, context: TrialContext) -> bool:
     return trial.number == 0
 
 
+def _is_retested(trial: optuna.Trial, preset: Preset, context: TrialContext) -> bool:
+    """The reliability audit's minima: ``retest_trials`` points of the sweep. The first K of a seeds sweep (its points
+    differ only by seed, and an ``--until-decided`` sweep has them all by its first look); K spread evenly over the
+    points of an lr or grid sweep, so that they span its hyperparameters (the first K would all share one lr, and a
+    narrow spread between minima biases the reliability down); trials 0..K-1 of an adaptive sweep."""
+    k = preset.analysis.retest_trials
+    if k == 0 or not preset.analysis.runs("reliability"):
+        return False
+    space = context.space
+    if not space.planned:
+        return trial.number < k
+    points = space.points()
+    if space.kind == "seeds" or k >= len(points) or k == 1:
+        chosen = points[:k]
+    else:
+        chosen = [points[round(i * (len(points) - 1) / (k - 1))] for i in range(k)]
+    return point_key(trial.params) in {point_key(p) for p in chosen}
+
+
 def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | None:
     """The per-epoch lambda_max hook of a trial, unless tracking or the Hessian is skipped."""
     if not (preset.analysis.runs("tracking") and preset.analysis.runs("hessian")):
@@ -283,7 +302,7 @@ def _train_measure_log(
             stage=stage,
         )
         log_invariance(RunLogger(context.store.client(), context.parent_run_id), audit, source=run.run_id)
-    if preset.analysis.runs("reliability") and trial.number < preset.analysis.retest_trials:
+    if _is_retested(trial, preset, context):
         again = retest(
             result.model, init_params=result.init_params, data=result.data, config=preset.analysis, stage=stage
         )

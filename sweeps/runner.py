@@ -115,7 +115,9 @@ def run_sweep(options: SweepOptions, console: Console | None = None, headline: s
         parent.finish("FINISHED")
     elif len(finished) < space.n_trials:
         running = running_elsewhere(study)
-        if running:
+        if stopped(study):
+            console.print(f"{len(finished)}/{space.n_trials} trials done; the sweep stopped: {stopped(study)}.")
+        elif running:
             console.print(
                 f"{len(finished)}/{space.n_trials} trials done; {running} still running in other workers, "
                 "which finish the sweep."

@@ -16,15 +16,18 @@ __all__ = ["build_options", "main", "parser"]
 
 def parser() -> ArgumentParser:
     p = base_parser("python -m sweeps.seeds", "A many-seed sweep: the same protocol, seeds seed_start..seed_start+n-1.")
-    p.add_argument("--n", type=int, default=20, help="number of seeds (default 20; with --until-decided: --max-n)")
+    p.add_argument("--n", type=int, help="number of seeds (default 20; with --until-decided the cap is --max-n)")
     p.add_argument("--seed-start", type=int, default=1, help="first seed (default 1)")
     return p
 
 
 def build_options(args: argparse.Namespace) -> SweepOptions:
-    require(args.n >= 1, "--n", ">= 1", args.n)
+    if args.until_decided:
+        require(args.n is None, "--n", "not given with --until-decided (its cap is --max-n)", args.n)
+        require(sweep_widths(args) is None, "--width", "one value with --until-decided (a list is an axis)", args.width)
+    n = (args.max_n or SequentialPlan().max_n) if args.until_decided else (20 if args.n is None else args.n)
+    require(n >= 1, "--n", ">= 1", n)
     require(args.seed_start >= 0, "--seed-start", ">= 0", args.seed_start)
-    n = (args.max_n or SequentialPlan().max_n) if args.until_decided else args.n  # --until-decided: up to the cap
     space = SweepSpace("seeds", tuple(range(args.seed_start, args.seed_start + n)), widths=sweep_widths(args))
     return options_from_args(args, space, preset_from_args(args))
 

@@ -219,7 +219,10 @@ def declare_plan(study: optuna.Study, parent: RunLogger, plan: AnalysisPlan) -> 
     command must not change (a ``UsageError`` when its ``--primary`` or design differs)."""
     recorded = study.user_attrs.get(PLAN_ATTR)
     if recorded is None:
-        declared = plan.declared()
+        # a study from before plans, with trials already done, gets its plan stamped now but not "in advance"
+        declared = (
+            plan.declared() if not tally(study) else dataclasses.replace(plan.declared(), declared_in_advance=False)
+        )
         log_plan(parent, declared)
         study.set_user_attr(PLAN_ATTR, json.dumps(declared.to_json()))
         return declared

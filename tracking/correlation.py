@@ -124,7 +124,10 @@ class CorrelationEntry:
 
     @property
     def family(self) -> str:
-        return "primary" if self.primary else "exploratory"
+        """``primary``, ``exploratory``, or ``control`` (the train loss: a confound, in no family)."""
+        if self.primary:
+            return "primary"
+        return "control" if self.measure == keys.CONTROL else "exploratory"
 
     @property
     def invariant(self) -> bool | None:
@@ -161,7 +164,9 @@ class CorrelationEntry:
             flagged=self.flagged,
             family=self.family,
             adjusted_p=_finite_or_none(self.adjusted_p),
-            adjustment="holm over the primary tests" if self.primary else "benjamini-hochberg q (exploratory)",
+            adjustment={"primary": "holm over the primary tests", "exploratory": "benjamini-hochberg q"}.get(
+                self.family, "none"
+            ),
             significant_in_family=self.significant,
             reliability=_finite_or_none(self.reliability),
             disattenuated_spearman=_finite_or_none(self.disattenuated),
@@ -607,17 +612,18 @@ def analyze(
             invariance_ratio=ratio,
             flagged=empty.flagged[row.measure],
             primary=primary,
-            adjusted_p=adjusted[(row.measure, row.target)],
+            adjusted_p=adjusted.get((row.measure, row.target), _NAN),
             reliability=r,
             disattenuated=disattenuate(row.spearman, r),
             alpha=alpha,
         )
-        text = _verdict(entry, partial_lr, alpha, len(plan.tests))
+        partial_adjusted = adjusted.get((row.measure, row.target, "train_loss"))
+        text = _verdict(entry, partial_lr, alpha, len(plan.tests), partial_adjusted)
         notes = _invariance_note(ratio) + _reliability_note(entry) + _flag_note(entry.flagged, exclude_flagged)
         entries.append(dataclasses.replace(entry, verdict=text + notes))
     primary_results = tuple(_primary_result(h, entries, rows, plan, alpha) for h in plan.hypotheses)
-    if sequential:
-        primary_results = tuple(_sequential_result(p, sequential) for p in primary_results)
+    if plan.sequential is not None:  # the verdicts of record are the looks' (none yet: undecided, an interim report)
+        primary_results = tuple(_sequential_result(p, sequential or {}) for p in primary_results)
     pairs = ()
     if "test_loss" in target_cols:
         axes = {"seed": seeds, **({"lr": lrs} if lr_varies else {}), **hyper_axes}
@@ -643,9 +649,10 @@ def _sequential_result(result: PrimaryResult, sequential: Mapping[str, Any]) -> 
     """A primary verdict from the group-sequential decisions of its two tests (the last entry of each test over the
     looks: a decided test keeps the look that decided it)."""
     decisions: dict[str, dict[str, Any]] = {}
-    for look in sequential.get("looks", []):
+    for look in sequential.get("looks", []):  # a decided test is carried into later looks: keep the first decision
         for h in look["hypotheses"]:
-            decisions[h["name"]] = {**h, "n": look["n"]}
+            if decisions.get(h["name"], {}).get("decision", "continue") == "continue":
+                decisions[h["name"]] = {**h, "n": look["n"]}
     raw = decisions.get(result.hypothesis.name, {})
     partial = decisions.get(result.hypothesis.name + "|train_loss", {})
     pair = (raw.get("decision", "continue"), partial.get("decision", "continue"))
@@ -662,18 +669,19 @@ def _primary_p(row: CorrelationRow | None, test: PrimaryTest) -> float:
     return float(p) if math.isfinite(p) else 1.0
 
 
-def _family_adjusted(rows: Sequence[CorrelationRow], plan: AnalysisPlan) -> dict[tuple[str, str], float]:
-    """Per (measure, target): the Holm-adjusted p of its raw test over the plan's primary tests (primary rows), or
-    its Benjamini-Hochberg q-value over the exploratory rows (every other row)."""
+def _family_adjusted(rows: Sequence[CorrelationRow], plan: AnalysisPlan) -> dict[tuple[str, ...], float]:
+    """Per (measure, target): the Holm-adjusted p of its raw test over the plan's primary tests (primary rows; and
+    per (measure, target, "train_loss") that of its partial test), or its Benjamini-Hochberg q-value over the
+    exploratory rows (every other row but the train-loss control)."""
     by_pair = {(r.measure, r.target): r for r in rows}
     tests = plan.tests
     holm_p = holm([_primary_p(by_pair.get((t.hypothesis.measure, t.hypothesis.target)), t) for t in tests])
-    out = {
-        (t.hypothesis.measure, t.hypothesis.target): float(p)
+    out: dict[tuple[str, ...], float] = {
+        (t.hypothesis.measure, t.hypothesis.target, *(() if t.adjustment == "raw" else (t.adjustment,))): float(p)
         for t, p in zip(tests, holm_p, strict=True)
-        if t.adjustment == "raw"
     }
-    exploratory = [r for r in rows if not plan.is_primary(r.measure, r.target)]
+    # the train-loss control is a confound, not a hypothesis: its near-certain rows would loosen every BH cut-off
+    exploratory = [r for r in rows if not plan.is_primary(r.measure, r.target) and r.measure != keys.CONTROL]
     q = benjamini_hochberg([r.verdict_p for r in exploratory]) if exploratory else []
     out.update({(r.measure, r.target): float(v) for r, v in zip(exploratory, q, strict=True)})
     return out
@@ -699,9 +707,11 @@ def _primary_result(
     signed = hypothesis.direction * row.spearman
     signed_partial = hypothesis.direction * row.partial_spearman
     raw_sig = mine["raw"] < alpha and math.isfinite(signed) and signed != 0
-    partial_sig = mine["train_loss"] < alpha and math.isfinite(signed_partial) and signed_partial > 0
+    partial_sig = mine["train_loss"] < alpha and math.isfinite(signed_partial) and signed_partial != 0
     if raw_sig and signed < 0:
         verdict = "contradicted"
+    elif partial_sig and signed_partial < 0:
+        verdict = "contradicted given train loss"
     elif raw_sig and partial_sig:
         verdict = "supported"
     elif raw_sig:
@@ -787,9 +797,18 @@ def _reliability_note(entry: CorrelationEntry) -> str:
     )
 
 
-def _verdict(entry: CorrelationEntry, partial_lr: tuple[float, float], alpha: float, primary_tests: int) -> str:
-    """One line: the row's family, what it shows at its family's correction, and what the confounds change."""
+def _verdict(
+    entry: CorrelationEntry,
+    partial_lr: tuple[float, float],
+    alpha: float,
+    primary_tests: int,
+    partial_adjusted: float | None = None,
+) -> str:
+    """One line: the row's family, what it shows at its family's correction, and what the confounds change. A
+    primary row reads its partial test at its Holm-adjusted p (``partial_adjusted``), as its verdict does."""
     row = entry.row
+    if entry.family == "control" and row.n >= MIN_N and math.isfinite(row.spearman):
+        return f"control (the train loss: a confound, in no family): rho={row.spearman:+.2f}, p={row.verdict_p:.2g}"
     if row.n < MIN_N or not math.isfinite(row.spearman) or not math.isfinite(entry.adjusted_p):
         why = f"n={row.n}" + (f" after dropping {row.n_dropped} runs with missing values" if row.n_dropped else "")
         if row.n < MIN_N:
@@ -798,14 +817,16 @@ def _verdict(entry: CorrelationEntry, partial_lr: tuple[float, float], alpha: fl
     label = "Holm p" if entry.primary else "q"
     stats_txt = f"rho={row.spearman:+.2f}, {label}={entry.adjusted_p:.2g}"
     has_partial = math.isfinite(row.partial_spearman) and math.isfinite(row.partial_p)
-    partial_txt = f"partial rho={row.partial_spearman:+.2f}, p={row.partial_p:.2g}"
+    partial_p = row.partial_p if partial_adjusted is None else partial_adjusted
+    partial_txt = f"partial rho={row.partial_spearman:+.2f}, {'p' if partial_adjusted is None else 'Holm p'}="
+    partial_txt += f"{partial_p:.2g}"
     if entry.significant and row.spearman != 0:
         direction = "positive" if row.spearman > 0 else "negative"
         more_less = "larger" if row.spearman > 0 else "smaller"
         text = f"{entry.family}: significant {direction} ({stats_txt}): larger {row.measure} goes with {more_less} "
         text += row.target
         if has_partial:
-            how = "but not beyond" if row.partial_p >= alpha else "holds given"
+            how = "but not beyond" if partial_p >= alpha else "holds given"
             text += f"; {how} train loss ({partial_txt})"
         rho_lr, p_lr = partial_lr
         if math.isfinite(rho_lr) and math.isfinite(p_lr):

@@ -181,7 +181,10 @@ class AnalysisPlan:
     def summary(self) -> str:
         """One line: what is primary, how it is tested, when it was declared."""
         names = ", ".join(h.name for h in self.hypotheses)
-        when = f"declared {self.declared_at}" if self.declared_in_advance else "NOT declared in advance (post hoc)"
+        if self.declared_in_advance:
+            when = f"declared {self.declared_at}"
+        else:
+            when = "NOT declared in advance (post hoc" + (f"; stamped {self.declared_at})" if self.declared_at else ")")
         text = f"{when}: {names}; each raw and given train loss, Holm over {len(self.tests)} tests at {self.alpha:g}"
         if self.sequential is not None:
             s = self.sequential

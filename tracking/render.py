@@ -46,6 +46,7 @@ _VERDICT_STYLE = {
     "undecided": "bold yellow",
     "not supported": "bold red",
     "undecided (the sweep goes on)": "bold yellow",
+    "contradicted given train loss": "bold red",
 }
 
 
@@ -260,7 +261,7 @@ def render(report: CorrelationReport, console: Console, *, full: bool = True, wh
         return
     console.print(_plan_line(report))
     console.print(_primary_table(report))
-    if report.sequential:
+    if report.plan.sequential is not None:
         console.print(_sequential_line(report))
     for target in report.targets:
         entries = report.for_target(target)
@@ -286,20 +287,36 @@ def render(report: CorrelationReport, console: Console, *, full: bool = True, wh
 def _sequential_line(report: CorrelationReport) -> Text:
     """The group-sequential design and where it stopped, with the last look's z against its bounds."""
     design, looks = report.sequential.get("design", {}), report.sequential.get("looks", [])
+    plan = report.plan.sequential
+    sizes = design.get("looks") or (list(plan.looks) if plan else [])
+    rho = design.get("planned_rho", plan.planned_rho if plan else float("nan"))
     text = Text("Until decided: ", style="bold")
     text.append(
-        f"looks at n = {', '.join(map(str, design.get('looks', [])))} (O'Brien-Fleming alpha spending, futility at "
-        f"rho {design.get('planned_rho', float('nan')):g}); "
+        f"looks at n = {', '.join(map(str, sizes))} (O'Brien-Fleming alpha spending, futility at rho {rho:g}); "
     )
-    text.append(report.sequential.get("stopped") or (looks[-1]["reason"] if looks else "no look yet"), style="bold")
-    if looks:
+    stop = report.sequential.get("stopped")
+    text.append(
+        stop or "INTERIM: not a decision yet (" + (looks[-1]["reason"] if looks else "no look yet") + ")",
+        style="bold" if stop else "bold yellow",
+    )
+    decided: dict[str, dict] = {}
+    for look in looks:  # each test at the look that decided it (or the last one)
+        for h in look["hypotheses"]:
+            if decided.get(h["name"], {}).get("decision", "continue") == "continue":
+                decided[h["name"]] = {**h, "n": look["n"]}
+    if decided:
         parts = [
-            f"{h['name'].split(':')[0].rsplit('/', 1)[-1]}{'|TL' if '|' in h['name'] else ''} z={h['z']:+.1f} "
-            f"{h['decision']}"
-            for h in looks[-1]["hypotheses"]
+            f"{name.split(':')[0].rsplit('/', 1)[-1]}{'|TL' if '|' in name else ''} {h['decision']} at n={h['n']} "
+            f"(rho {h['rho']:+.2f}, repeated CI [{_bound(h['rci'][0])}, {_bound(h['rci'][1])}])"
+            for name, h in decided.items()
         ]
-        text.append("; last look: " + ", ".join(parts), style="dim")
+        text.append("; " + ", ".join(parts), style="dim")
+    text.append("; the table's rho, CI and p describe all finished runs, the verdicts are the looks'", style="dim")
     return text
+
+
+def _bound(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}"
 
 
 def _plan_line(report: CorrelationReport) -> Text:
@@ -321,7 +338,8 @@ def _primary_table(report: CorrelationReport) -> Table:
     disattenuated rho, the verdict and the n that would decide it."""
     level = round(100 * (1 - report.alpha))
     table = Table(
-        title=f"Primary hypotheses: larger measure, larger test loss (Holm over {len(report.plan.tests)} tests)",
+        title=f"Primary hypotheses: larger measure, larger {_targets(report)} (Holm over {len(report.plan.tests)} "
+        "tests)",
         box=box.SIMPLE_HEAD,
         header_style="bold",
         title_justify="left",
@@ -334,10 +352,16 @@ def _primary_table(report: CorrelationReport) -> Table:
     table.add_column("r", justify="right")
     table.add_column("ρ/√r", justify="right")
     table.add_column("verdict", min_width=13)
-    table.add_column("decided" if report.sequential else "n to decide", justify="right")
+    sequential = report.plan.sequential is not None
+    table.add_column("decided" if sequential else "n to decide", justify="right")
     for result in report.primary:
-        table.add_row(*_primary_cells(result, report.alpha, bool(report.sequential)))
+        table.add_row(*_primary_cells(result, report.alpha, sequential))
     return table
+
+
+def _targets(report: CorrelationReport) -> str:
+    targets = sorted({h.target.replace("_", " ") for h in report.plan.hypotheses})
+    return " / ".join(targets)
 
 
 def _primary_cells(result: PrimaryResult, alpha: float, sequential: bool) -> list[Text]:
@@ -416,7 +440,7 @@ def render_summary(report: CorrelationReport, console: Console, *, where: str = 
         return
     console.print(_plan_line(report))
     console.print(_primary_table(report))
-    if report.sequential:
+    if report.plan.sequential is not None:
         console.print(_sequential_line(report))
     console.print(_exploratory_table(report))
     console.print(_confound_line(report))

@@ -188,15 +188,18 @@ def _generalization_claim(correlation: CorrelationReport | None) -> Claim:
     if result is None or not math.isfinite(result.rho):
         why = "no correlation report" if correlation is None else "lambda_max vs test loss is not a primary hypothesis"
         return Claim(claim, quantity, math.nan, math.nan, math.nan, criterion, "no evidence", why)
-    verdict = {"supported": "supported", "supported, but not beyond train loss": "supported", "contradicted": "refuted"}
+    # raw rho significant but not beyond train loss is no evidence for the paper (tracking.plan: only restating fit)
+    verdict = {"supported": "supported", "contradicted": "refuted", "contradicted given train loss": "refuted"}
     row = result.entry.row
     note = (
         f"n = {row.n}, Holm p = {result.adjusted_raw:.2g} ({len(correlation.plan.tests)} primary tests); "
         f"given train loss rho = {result.partial_rho:+.2f}, Holm p = {result.adjusted_partial:.2g}"
     )
     if result.verdict == "supported, but not beyond train loss":
-        note += "; not beyond train loss"
-    if result.n_to_decide:
+        note += "; the raw rho is significant, but not beyond train loss: no evidence for the paper"
+    if result.n_to_decide and correlation.plan.sequential is not None:
+        note += f"; decided at the look of n = {result.n_to_decide}"
+    elif result.n_to_decide:
         note += f"; about {result.n_to_decide} runs would decide it"
     if not correlation.plan.declared_in_advance:
         note += "; the plan was NOT declared in advance"

@@ -101,6 +101,9 @@ SEEDS_OPTIONS = [
     (["--until-decided", "--look-step", "0"], "Expected `--look-step` >= 1, got 0"),
     (["--until-decided", "--max-n", "10"], "Expected `--max-n` >= the first look (20), got 10"),
     (["--until-decided", "--planned-rho", "1.5"], "Expected `--planned-rho` in (0, 1), got 1.5"),
+    (["--until-decided", "--skip", "sharpness"], "to keep 'sharpness', which primary measure sharpness/adaptive_linf"),
+    (["--until-decided", "--n", "30"], "`--n` not given with --until-decided (its cap is --max-n), got 30"),
+    (["--until-decided", "--width", "1,2"], "`--width` one value with --until-decided"),
 ]
 LR_OPTIONS = [
     (["--lr-min", "0.1", "--lr-max", "0.01"], "0 < `--lr-min` < `--lr-max`, both finite, got 0.1 and 0.01"),
@@ -179,6 +182,8 @@ def test_a_bad_value_of_any_option_exits_2_with_one_line_and_writes_nothing(
     args = [a.format(empty=work / "empty", blocked=work / BLOCKER) for a in args]
     if command.startswith("sweeps."):
         extra = ["--n", "1", *FAST] if command == "sweeps.seeds" else ["--n", "1", "--seeds-per-lr", "1", *FAST]
+        if command == "sweeps.seeds" and "--until-decided" in args:
+            extra = extra[2:]  # its cap is --max-n: --n is refused with it
         argv = [*extra, "--root", str(work / "mlruns"), *args]
     elif command == "tracking.correlate":
         store = request.getfixturevalue("finished_store")

@@ -20,6 +20,7 @@ from tracking.plan import AnalysisPlan, Hypothesis, SequentialPlan, log_plan, pa
 from tracking.population import Population, PopulationRun, load_population
 from tracking.population_stats import benjamini_hochberg, holm
 from tracking.reliability import disattenuate, reliabilities, retest_key, retest_reliability
+from tracking.render import render_text
 from tracking.runs import RunLogger
 from tracking.store import TrackingStore
 
@@ -156,10 +157,13 @@ def test_analyze_adjusts_primary_rows_over_the_plan_and_exploratory_rows_by_bh(p
     by_hand = holm([lam.verdict_p, lam.partial_p, norm.verdict_p, norm.partial_p])
     assert rows[(keys.LAMBDA_MAX, "test_loss")].adjusted_p == pytest.approx(by_hand[0])
     assert rows[(keys.WEIGHT_NORM, "test_loss")].adjusted_p == pytest.approx(by_hand[2])
-    exploratory = [e for e in report.entries if not e.primary]
+    # the train-loss control is a confound in no family: BH runs over every other non-primary row
+    exploratory = [e for e in report.entries if not e.primary and e.measure != keys.CONTROL]
     q = benjamini_hochberg([e.row.verdict_p for e in exploratory])
     np.testing.assert_allclose([e.adjusted_p for e in exploratory], q)
     assert all(e.verdict.startswith("exploratory") for e in exploratory)
+    control = report.entry(keys.CONTROL, "test_loss")
+    assert control.family == "control" and control.verdict.startswith("control") and math.isnan(control.adjusted_p)
     verdicts = {p.hypothesis.measure: p.verdict for p in report.primary}
     # lambda_max is planted to hold beyond train loss; the weight norm is planted as a train-loss confound
     assert verdicts == {keys.LAMBDA_MAX: "supported", keys.WEIGHT_NORM: "contradicted"} or verdicts[
@@ -218,3 +222,47 @@ def test_the_report_shows_reliability_disattenuates_and_flags_low_reliability():
     assert lam.reliability == pytest.approx(rel[keys.LAMBDA_MAX].spearman)
     assert lam.disattenuated == pytest.approx(disattenuate(lam.row.spearman, lam.reliability))
     assert "LOW RELIABILITY" in trace.verdict and "LOW RELIABILITY" not in lam.verdict
+
+
+def _look(index: int, n: int, decisions: dict[str, str]) -> dict:
+    return {
+        "index": index,
+        "n": n,
+        "stop": False,
+        "reason": "",
+        "hypotheses": [
+            {
+                "name": name,
+                "rho": 0.5,
+                "z": 3.0,
+                "efficacy": 2.5,
+                "futility": 0.5,
+                "level": 0.01,
+                "decision": d,
+                "rci": [0.1, 0.8],
+            }
+            for name, d in decisions.items()
+        ],
+    }
+
+
+def test_under_a_sequential_plan_the_verdicts_are_the_looks_decisions_at_the_look_that_decided(planted):
+    population = load_population(planted.store, study="lr-test")
+    plan = AnalysisPlan(hypotheses=parse_primary("lambda_max,norm/weights"), sequential=SequentialPlan(max_n=30))
+    names = [t.name for t in plan.tests]
+    lam, lam_tl, norm, norm_tl = names
+    looks = [
+        _look(0, 20, {lam: "reject", lam_tl: "continue", norm: "continue", norm_tl: "continue"}),
+        _look(1, 30, {lam: "reject", lam_tl: "reject", norm: "futility", norm_tl: "continue"}),
+    ]
+    report = analyze(population, n_boot=50, plan=plan, sequential={"looks": looks, "stopped": None})
+    verdicts = {p.hypothesis.measure: (p.verdict, p.n_to_decide) for p in report.primary}
+    # lambda_max's raw test was decided at n = 20 and carried on: the pair is decided at the later of its two tests
+    assert verdicts[keys.LAMBDA_MAX] == ("supported", 30)
+    assert verdicts[keys.WEIGHT_NORM] == ("undecided (the sweep goes on)", None)
+    first_only = analyze(population, n_boot=50, plan=plan, sequential={"looks": looks[:1]})
+    assert first_only.primary[0].verdict == "undecided (the sweep goes on)"
+    # no look yet: an interim report decides nothing, whatever the fixed-design p-values say
+    interim = analyze(population, n_boot=50, plan=plan)
+    assert {p.verdict for p in interim.primary} == {"undecided (the sweep goes on)"}
+    assert "INTERIM: not a decision yet" in render_text(interim)
