@@ -25,6 +25,7 @@ from sweeps.runner import run_sweep
 from sweeps.space import SweepSpace
 from sweeps.storage import check_storage_url
 from tracking.plan import AnalysisPlan, SequentialPlan, parse_primary
+from tracking.sequential import make_design
 from tracking.store import check_tracking_uri
 
 __all__ = ["base_parser", "options_from_args", "parse_widths", "preset_from_args", "preset_line", "run_sweep_cli"]
@@ -104,7 +105,12 @@ def base_parser(prog: str, description: str, *, grid: bool = False) -> ArgumentP
         "--look-step runs from --first-look, O'Brien-Fleming alpha spending, a futility bound at --planned-rho), "
         "at most --max-n runs",
     )
-    plan.add_argument("--max-n", type=int, help="--until-decided: the cap on the population (default 100)")
+    plan.add_argument(
+        "--max-n",
+        type=int,
+        help="--until-decided: the cap on the population (default: the smallest that reaches 80%% power at "
+        "--planned-rho over the primary tests, 150 for the default plan)",
+    )
     plan.add_argument("--first-look", type=int, help="--until-decided: the first look (default 20)")
     plan.add_argument("--look-step", type=int, help="--until-decided: runs between looks (default 10)")
     plan.add_argument(
@@ -200,8 +206,18 @@ def plan_from_args(args: argparse.Namespace) -> AnalysisPlan:
         for option, value in zip(DESIGN_OPTIONS, design.values(), strict=True):
             require(value is None, option, "given only with --until-decided", value)
         return AnalysisPlan(hypotheses=hypotheses)
-    sequential = SequentialPlan(**{name: value for name, value in design.items() if value is not None})
-    return AnalysisPlan(hypotheses=hypotheses, sequential=sequential)
+    chosen = {name: value for name, value in design.items() if value is not None}
+    if args.max_n is None:  # the smallest cap that reaches the planned power at the planned rho
+        default = SequentialPlan(**{**chosen, "max_n": 10**6})
+        chosen["max_n"] = make_design(
+            default.first,
+            default.step,
+            planned_rho=default.planned_rho,
+            power=default.power,
+            family_size=2 * len(hypotheses),
+            covariates=1,
+        ).looks[-1]
+    return AnalysisPlan(hypotheses=hypotheses, sequential=SequentialPlan(**chosen))
 
 
 def sweep_widths(args: argparse.Namespace) -> tuple[float, ...] | None:

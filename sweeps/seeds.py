@@ -6,10 +6,9 @@ import argparse
 from collections.abc import Sequence
 
 from landscape_core.cli import ArgumentParser, require
-from sweeps.cli import base_parser, options_from_args, preset_from_args, run_sweep_cli, sweep_widths
+from sweeps.cli import base_parser, options_from_args, plan_from_args, preset_from_args, run_sweep_cli, sweep_widths
 from sweeps.options import SweepOptions
 from sweeps.space import SweepSpace
-from tracking.plan import SequentialPlan
 
 __all__ = ["build_options", "main", "parser"]
 
@@ -25,7 +24,7 @@ def build_options(args: argparse.Namespace) -> SweepOptions:
     if args.until_decided:
         require(args.n is None, "--n", "not given with --until-decided (its cap is --max-n)", args.n)
         require(sweep_widths(args) is None, "--width", "one value with --until-decided (a list is an axis)", args.width)
-    n = (args.max_n or SequentialPlan().max_n) if args.until_decided else (20 if args.n is None else args.n)
+    n = plan_from_args(args).sequential.max_n if args.until_decided else (20 if args.n is None else args.n)
     require(n >= 1, "--n", ">= 1", n)
     require(args.seed_start >= 0, "--seed-start", ">= 0", args.seed_start)
     space = SweepSpace("seeds", tuple(range(args.seed_start, args.seed_start + n)), widths=sweep_widths(args))
