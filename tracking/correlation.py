@@ -211,7 +211,7 @@ class PrimaryResult:
         entry: Its row of the report (rho, CI, reliability, ...).
         p_raw, p_partial: Two-sided p-values of the raw and the partial (given train loss) Spearman rho.
         adjusted_raw, adjusted_partial: Their Holm-adjusted p over the primary tests.
-        verdict: ``supported``, ``supported, but not beyond train loss``, ``contradicted`` (significant in the
+        verdict: ``supported``, ``not beyond train loss``, ``contradicted`` (significant in the
             opposite direction) or ``undecided``.
         n_to_decide: Runs a fixed design would need to detect the observed |rho| with 80% power at Holm's first step
             over the primary tests (None when the observed rho is 0 or undefined; 0 when already decided).
@@ -639,8 +639,8 @@ def analyze(
 
 _SEQUENTIAL_VERDICTS = {
     ("reject", "reject"): "supported",
-    ("reject", "futility"): "supported, but not beyond train loss",
-    ("futility", "reject"): "supported given train loss only",
+    ("reject", "futility"): "not beyond train loss",
+    ("futility", "reject"): "only given train loss",
     ("futility", "futility"): "not supported",
 }
 
@@ -656,7 +656,7 @@ def _sequential_result(result: PrimaryResult, sequential: Mapping[str, Any]) -> 
     raw = decisions.get(result.hypothesis.name, {})
     partial = decisions.get(result.hypothesis.name + "|train_loss", {})
     pair = (raw.get("decision", "continue"), partial.get("decision", "continue"))
-    verdict = _SEQUENTIAL_VERDICTS.get(pair, "undecided (the sweep goes on)")
+    verdict = _SEQUENTIAL_VERDICTS.get(pair, "undecided (going on)")
     decided_at = max(int(raw.get("n", 0)), int(partial.get("n", 0))) if "continue" not in pair else None
     return dataclasses.replace(result, verdict=verdict, n_to_decide=decided_at)
 
@@ -715,9 +715,9 @@ def _primary_result(
     elif raw_sig and partial_sig:
         verdict = "supported"
     elif raw_sig:
-        verdict = "supported, but not beyond train loss"
+        verdict = "not beyond train loss"
     elif partial_sig:
-        verdict = "supported given train loss only"
+        verdict = "only given train loss"
     else:
         verdict = "undecided"
     rho = row.spearman

@@ -58,6 +58,8 @@ class Reliability:
     spearman: float
     variance_ratio: float
     n: int
+    ci_low: float = math.nan
+    ci_high: float = math.nan
 
     @property
     def low(self) -> bool:
@@ -67,14 +69,16 @@ class Reliability:
         finite = lambda v: float(v) if math.isfinite(v) else None  # noqa: E731
         return {
             "spearman": finite(self.spearman),
+            "ci": [finite(self.ci_low), finite(self.ci_high)],
             "variance_ratio": finite(self.variance_ratio),
             "n": self.n,
             "low": self.low,
         }
 
 
-def retest_reliability(measure: str, first: np.ndarray, second: np.ndarray) -> Reliability:
-    """Reliability of one measure from its two measurements per minimum (NaN-paired entries are left out)."""
+def retest_reliability(measure: str, first: np.ndarray, second: np.ndarray, *, n_boot: int = 2000) -> Reliability:
+    """Reliability of one measure from its two measurements per minimum (NaN-paired entries are left out), with a
+    95% percentile bootstrap interval over the minima (seed 0): from 10 minima it is wide, and says so."""
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
@@ -85,7 +89,17 @@ def retest_reliability(measure: str, first: np.ndarray, second: np.ndarray) -> R
     within = float(np.mean((a - b) ** 2) / 2)
     between = float(np.var((a + b) / 2, ddof=1))
     ratio = within / between if between > 0 else math.inf
-    return Reliability(measure, rho, ratio, n)
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, n, size=(n_boot, n))
+    ranks_a = stats.rankdata(a[index], axis=1)
+    ranks_b = stats.rankdata(b[index], axis=1)
+    ranks_a -= ranks_a.mean(axis=1, keepdims=True)
+    ranks_b -= ranks_b.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (ranks_a * ranks_b).sum(1) / np.sqrt((ranks_a**2).sum(1) * (ranks_b**2).sum(1))
+    boot = boot[np.isfinite(boot)]
+    low, high = np.percentile(boot, [2.5, 97.5]) if boot.size else (math.nan, math.nan)
+    return Reliability(measure, rho, ratio, n, float(low), float(high))
 
 
 def disattenuate(rho: float, reliability: float) -> float:

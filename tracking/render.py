@@ -40,12 +40,12 @@ PRIMARY_MARK = "★"
 TOP_EXPLORATORY = 5
 _VERDICT_STYLE = {
     "supported": "bold green",
-    "supported, but not beyond train loss": "yellow",
-    "supported given train loss only": "yellow",
+    "not beyond train loss": "yellow",
+    "only given train loss": "yellow",
     "contradicted": "bold red",
     "undecided": "bold yellow",
     "not supported": "bold red",
-    "undecided (the sweep goes on)": "bold yellow",
+    "undecided (going on)": "bold yellow",
     "contradicted given train loss": "bold red",
 }
 
@@ -235,6 +235,24 @@ def _pairs_table(report: CorrelationReport) -> Table:
     return table
 
 
+def _reliability_table(report: CorrelationReport) -> Table:
+    """Each re-measured measure's test-retest Spearman with its bootstrap CI and the within/between variance ratio."""
+    n = max((r.n for r in report.reliability.values()), default=0)
+    table = Table(
+        title=f"Reliability: each measure re-measured on independent images ({n} minima)", header_style="bold"
+    )
+    for name, justify in (("measure", "left"), ("test-retest ρ [95% CI]", "right"), ("within / between", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for key, r in sorted(
+        report.reliability.items(), key=lambda kv: -kv[1].spearman if math.isfinite(kv[1].spearman) else 2
+    ):
+        text = _reliability(r.spearman)
+        if math.isfinite(r.ci_low):
+            text.append(f" [{r.ci_low:+.2f},{r.ci_high:+.2f}]", style="dim")
+        table.add_row(key, text, f"{r.variance_ratio:.3g}" if math.isfinite(r.variance_ratio) else "–")
+    return table
+
+
 def _verdict_line(entry: CorrelationEntry) -> Text:
     style = "bold" if entry.significant else ""
     text = Text("  • ")
@@ -269,6 +287,9 @@ def render(report: CorrelationReport, console: Console, *, full: bool = True, wh
         console.print(_table(report, target, entries))
         for entry in entries:
             console.print(_verdict_line(entry))
+    if report.reliability:
+        console.print()
+        console.print(_reliability_table(report))
     if report.pairs:
         console.print()
         console.print(_pairs_table(report))
@@ -344,6 +365,7 @@ def _primary_table(report: CorrelationReport) -> Table:
         header_style="bold",
         title_justify="left",
         pad_edge=False,
+        collapse_padding=True,
     )
     table.add_column("hypothesis", no_wrap=True)
     table.add_column(f"ρ [{level}% CI]", justify="right", no_wrap=True)
@@ -351,9 +373,9 @@ def _primary_table(report: CorrelationReport) -> Table:
     table.add_column("Holm p raw/TL", justify="right", no_wrap=True)
     table.add_column("r", justify="right")
     table.add_column("ρ/√r", justify="right")
-    table.add_column("verdict", min_width=13)
+    table.add_column("verdict", no_wrap=True)
     sequential = report.plan.sequential is not None
-    table.add_column("decided" if sequential else "n to decide", justify="right")
+    table.add_column("decided" if sequential else "n needed", justify="right")
     for result in report.primary:
         table.add_row(*_primary_cells(result, report.alpha, sequential))
     return table

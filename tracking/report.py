@@ -195,7 +195,7 @@ def _generalization_claim(correlation: CorrelationReport | None) -> Claim:
         f"n = {row.n}, Holm p = {result.adjusted_raw:.2g} ({len(correlation.plan.tests)} primary tests); "
         f"given train loss rho = {result.partial_rho:+.2f}, Holm p = {result.adjusted_partial:.2g}"
     )
-    if result.verdict == "supported, but not beyond train loss":
+    if result.verdict == "not beyond train loss":
         note += "; the raw rho is significant, but not beyond train loss: no evidence for the paper"
     if result.n_to_decide and correlation.plan.sequential is not None:
         note += f"; decided at the look of n = {result.n_to_decide}"
@@ -469,6 +469,21 @@ def _looks_html(sequential: dict[str, Any]) -> str:
     return head + table
 
 
+def _reliability_html(correlation: CorrelationReport) -> str:
+    """Each re-measured measure's reliability: test-retest Spearman with its bootstrap CI, within/between variance."""
+    n = max(r.n for r in correlation.reliability.values())
+    head = "<tr><th>measure</th><th>test-retest rho [95% CI]</th><th>within / between variance</th></tr>"
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_fmt(r.spearman)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+        f"{' (low)' if r.low else ''}</td><td>{_fmt(r.variance_ratio)}</td></tr>"
+        for k, r in sorted(correlation.reliability.items())
+    )
+    return (
+        f"<details><summary>Reliability of each measure: re-measured on independent images, {n} minima</summary>"
+        f"<table>{head}{rows}</table></details>"
+    )
+
+
 def _num(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
@@ -481,6 +496,8 @@ def _correlation_section(correlation: CorrelationReport, population: Population)
     if correlation.sequential:
         parts.append(_looks_html(correlation.sequential))
     parts.append(f"<p>{html.escape(correlation.power_note)}.</p>")
+    if correlation.reliability:
+        parts.append(_reliability_html(correlation))
     train_loss = population.column(keys.CONTROL)
     for p in correlation.primary:
         x = population.column(p.hypothesis.measure)
