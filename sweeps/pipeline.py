@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from sweeps.reference import ReferenceModels
 from sweeps.space import SweepSpace, configs_from_trial, point_key
 from tracking.invariance import log_invariance
 from tracking.provenance import log_datasets, provenance_tags, system_metrics
-from tracking.reliability import retest_key
+from tracking.reliability import RETEST_SECONDS, retest_key
 from tracking.runs import RunLogger, flatten_config, start_child
 from tracking.store import TrackingStore
 from tracking.trial_log import log_epoch, log_measurements, log_model, log_training
@@ -303,10 +304,13 @@ def _train_measure_log(
         )
         log_invariance(RunLogger(context.store.client(), context.parent_run_id), audit, source=run.run_id)
     if _is_retested(trial, preset, context):
+        start = time.perf_counter()
         again = retest(
             result.model, init_params=result.init_params, data=result.data, config=preset.analysis, stage=stage
         )
-        run.metrics({retest_key(key): value for key, value in again.items()})
+        run.metrics(
+            {retest_key(key): value for key, value in again.items()} | {RETEST_SECONDS: time.perf_counter() - start}
+        )
     if progress:
         progress.stage("logging the model")
     model_id = log_model(run, result.model, result.data.train[0][:2], context.store.tracking_uri)

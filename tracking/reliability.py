@@ -29,6 +29,7 @@ from scipy import stats
 from tracking.population import Population
 
 __all__ = [
+    "RETEST_SECONDS",
     "LOW_RELIABILITY",
     "RETEST_PREFIX",
     "Reliability",
@@ -42,6 +43,8 @@ __all__ = [
 LOW_RELIABILITY = 0.7
 #: The metric prefix of a measure's second measurement.
 RETEST_PREFIX = "retest/"
+#: The seconds the reliability audit's second measurement of a minimum took (a metric of the audited trial's run).
+RETEST_SECONDS = "time/retest_s"
 #: Fewer minima with both measurements than this give no reliability (NaN).
 MIN_PAIRS = 4
 
