@@ -453,6 +453,18 @@ def _confound_line(report: CorrelationReport) -> Text:
     return text
 
 
+def _grouped(names: list[str]) -> str:
+    """Keys joined, those that share a parent written once: ``a/b/{x, y}``."""
+    parents: dict[str, list[str]] = {}
+    for name in names:
+        parent, _, leaf = name.rpartition("/")
+        parents.setdefault(parent, []).append(leaf)
+    return ", ".join(
+        f"{parent}/{leaves[0]}" if len(leaves) == 1 else f"{parent}/{{{', '.join(leaves)}}}"
+        for parent, leaves in parents.items()
+    )
+
+
 def render_summary(report: CorrelationReport, console: Console, *, where: str = "") -> None:
     """The answer on one screen (at most about 40 lines at 120 columns): population, plan, primary verdicts,
     the strongest exploratory rows, the confound, the power and where the full tables are."""
@@ -471,7 +483,7 @@ def render_summary(report: CorrelationReport, console: Console, *, where: str = 
     console.print(note)
     low = sorted(k for k, r in report.reliability.items() if r.low)
     if low:
-        console.print(Text(f"Low reliability (r < {LOW_RELIABILITY:g}): {', '.join(low)}", style="yellow"))
+        console.print(Text(f"Low reliability (r < {LOW_RELIABILITY:g}): {_grouped(low)}", style="yellow"))
     if where:
         console.print(Text(f"Full tables: {where}", style="dim"))
 

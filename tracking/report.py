@@ -189,12 +189,19 @@ def _generalization_claim(correlation: CorrelationReport | None) -> Claim:
         why = "no correlation report" if correlation is None else "lambda_max vs test loss is not a primary hypothesis"
         return Claim(claim, quantity, math.nan, math.nan, math.nan, criterion, "no evidence", why)
     # raw rho significant but not beyond train loss is no evidence for the paper (tracking.plan: only restating fit)
-    verdict = {"supported": "supported", "contradicted": "refuted", "contradicted given train loss": "refuted"}
+    verdict = {
+        "supported": "supported",
+        "only given train loss": "supported",  # at equal train loss, the fair comparison; the note says so
+        "contradicted": "refuted",
+        "contradicted given train loss": "refuted",
+    }
     row = result.entry.row
     note = (
         f"n = {row.n}, Holm p = {result.adjusted_raw:.2g} ({len(correlation.plan.tests)} primary tests); "
         f"given train loss rho = {result.partial_rho:+.2f}, Holm p = {result.adjusted_partial:.2g}"
     )
+    if result.verdict == "only given train loss":
+        note += "; supported only given train loss (the raw rho is not significant)"
     if result.verdict == "not beyond train loss":
         note += "; the raw rho is significant, but not beyond train loss: no evidence for the paper"
     if result.n_to_decide and correlation.plan.sequential is not None:
