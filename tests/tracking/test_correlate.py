@@ -409,7 +409,16 @@ def test_end_to_end_smoke_sweeps_then_correlate(seed_sweep, smoke_args, tmp_path
 
     out_json = tmp_path / "c.json"
     result = _python_m(
-        "tracking.correlate", "--experiment", "lr", "--root", str(root), "--json", str(out_json), "--n-boot", "200"
+        "tracking.correlate",
+        "--experiment",
+        "lr",
+        "--root",
+        str(root),
+        "--json",
+        str(out_json),
+        "--n-boot",
+        "200",
+        "--full",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "test_loss (final/test_loss) vs each measure" in result.stdout and "Power: n = 4" in result.stdout
