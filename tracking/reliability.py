@@ -12,7 +12,8 @@ measure, over the minima that have both values:
 * the disattenuated correlation with a target, Spearman (1904): ``rho / sqrt(r)``. A measure with reliability r can
   show at most about ``sqrt(r)`` of its true correlation with an error-free target; the disattenuated value
   estimates the correlation the minima would show if the measure were exact. It is shown beside the observed rho,
-  never instead of it (it is undefined for r <= 0 and only as good as r's estimate from K minima).
+  never instead of it (it is undefined for r < ``MIN_CORRECTABLE`` = 0.3, and only as good as r's estimate from K
+  minima).
 
 A measure whose reliability is below ``LOW_RELIABILITY`` (0.7) is flagged in its verdicts.
 """
@@ -31,6 +32,7 @@ from tracking.population import Population
 __all__ = [
     "RETEST_SECONDS",
     "LOW_RELIABILITY",
+    "MIN_CORRECTABLE",
     "RETEST_PREFIX",
     "Reliability",
     "disattenuate",
@@ -41,6 +43,8 @@ __all__ = [
 
 #: A measure whose test-retest Spearman is below this is flagged in its verdicts.
 LOW_RELIABILITY = 0.7
+#: Below this reliability no disattenuated rho is given: dividing by sqrt(r) would amplify the noise of r.
+MIN_CORRECTABLE = 0.3
 #: The metric prefix of a measure's second measurement.
 RETEST_PREFIX = "retest/"
 #: The seconds the reliability audit's second measurement of a minimum took (a metric of the audited trial's run).
@@ -107,8 +111,9 @@ def retest_reliability(measure: str, first: np.ndarray, second: np.ndarray, *, n
 
 def disattenuate(rho: float, reliability: float) -> float:
     """Spearman's correction for attenuation of the measure's side: ``rho / sqrt(reliability)``, clipped to
-    [-1, 1]; NaN when the reliability is not positive or unknown."""
-    if not (math.isfinite(rho) and math.isfinite(reliability)) or reliability <= 0:
+    [-1, 1]; NaN when the reliability is unknown or below ``MIN_CORRECTABLE`` (there the correction would be
+    dominated by the noise of r itself: from 10 minima its CI spans about +-0.5)."""
+    if not (math.isfinite(rho) and math.isfinite(reliability)) or reliability < MIN_CORRECTABLE:
         return math.nan
     return float(np.clip(rho / math.sqrt(reliability), -1.0, 1.0))
 

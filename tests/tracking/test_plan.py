@@ -197,6 +197,7 @@ def test_disattenuation_is_spearmans_correction_and_undefined_without_reliabilit
     assert disattenuate(0.4, 0.64) == pytest.approx(0.5)
     assert disattenuate(0.9, 0.5) == 1.0  # clipped
     assert math.isnan(disattenuate(0.4, -0.1)) and math.isnan(disattenuate(0.4, math.nan))
+    assert math.isnan(disattenuate(0.1, 0.25)) and disattenuate(0.1, 0.36) == pytest.approx(0.1 / 0.6)
 
 
 def test_the_report_shows_reliability_disattenuates_and_flags_low_reliability():
