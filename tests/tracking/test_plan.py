@@ -7,10 +7,12 @@ store for the plan's round trip.
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 import pytest
+from rich.console import Console
 from scipy import stats
 
 from landscape_core import keys
@@ -20,7 +22,7 @@ from tracking.plan import AnalysisPlan, Hypothesis, SequentialPlan, log_plan, pa
 from tracking.population import Population, PopulationRun, load_population
 from tracking.population_stats import benjamini_hochberg, holm
 from tracking.reliability import disattenuate, reliabilities, retest_key, retest_reliability
-from tracking.render import render_text
+from tracking.render import render, render_text
 from tracking.runs import RunLogger
 from tracking.store import TrackingStore
 
@@ -269,3 +271,36 @@ def test_under_a_sequential_plan_the_verdicts_are_the_looks_decisions_at_the_loo
     interim = analyze(population, n_boot=50, plan=plan)
     assert {p.verdict for p in interim.primary} == {"undecided (going on)"}
     assert "INTERIM: not a decision yet" in render_text(interim)
+
+
+def test_the_summary_of_a_20_run_population_fits_on_one_screen():
+    """Every measure of the table, the four targets, reliability on 10 minima: at most 40 lines at 120 columns."""
+    rng = np.random.default_rng(5)
+    n = 20
+    truth = rng.normal(size=n)
+    measures = [*keys.MEASURES, keys.WEIGHT_NORM, keys.DIST_INIT, "perturb/train_loss_delta/sigma_0.05"]
+    runs = []
+    for i in range(n):
+        metrics = {key: truth[i] + rng.normal() for key in measures}
+        metrics |= {key: truth[i] + rng.normal() for key in keys.TARGETS.values()}
+        metrics[keys.CONTROL] = truth[i] + rng.normal()
+        if i < 10:
+            metrics |= {retest_key(key): metrics[key] + rng.normal() for key in measures}
+        runs.append(PopulationRun(f"r{i}", "s", i, i + 1, 0.01, metrics))
+    population = Population(runs, source="hand")
+    report = analyze(
+        population, n_boot=50, n_perm=500, reliability=reliabilities(population, population.measure_keys())
+    )
+    assert len(report.entries) == (len(measures) + 1) * 4
+    console = Console(record=True, width=120, file=io.StringIO(), color_system=None)
+    render(report, console, full=False, where="python -m tracking.correlate --parent-run X --full")
+    lines = console.export_text().splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    assert all(len(line) <= 120 for line in lines)
+    text = "\n".join(lines)
+    assert "Primary hypotheses" in text and "Strongest exploratory" in text and "Confound:" in text
+    assert "Power:" in text and "--full" in text and "NOT declared in advance" in text
+    # the full report is everything: far longer
+    full = Console(record=True, width=160, file=io.StringIO(), color_system=None)
+    render(report, full, full=True)
+    assert len(full.export_text().splitlines()) > 200
