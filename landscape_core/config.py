@@ -89,9 +89,16 @@ class TrainConfig:
     #: ``epochs`` as the cap; None: train exactly ``epochs`` (the paper's protocol). Comparing models at one train
     #: loss removes the train loss's own pull on the test loss (Jiang et al. 2019 stop at 0.01).
     stop_at_train_loss: float | None = None
+    #: The seed's two jobs apart (Frankle et al. 2020): ``init_seed`` draws the initial weights, ``order_seed`` the
+    #: order of the mini-batches. None (the default): ``seed`` does both, so every existing number stays the same.
+    init_seed: int | None = None
+    order_seed: int | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "train_size", "test_size", "eval_chunk")
+        for name in ("init_seed", "order_seed"):
+            value = getattr(self, name)
+            _check(value is None or value >= 0, name, ">= 0 (or None: `seed`)", value)
         stop = self.stop_at_train_loss
         _check(stop is None or (math.isfinite(stop) and stop > 0), "stop_at_train_loss", "> 0 and finite", stop)
         _non_negative(self, "seed", "data_seed")
@@ -99,6 +106,16 @@ class TrainConfig:
         _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
         _check(self.model in MODELS, "model", f"in {tuple(sorted(MODELS))}", self.model)
         _check(math.isfinite(self.width) and self.width > 0, "width", "> 0", self.width)
+
+    @property
+    def weights_seed(self) -> int:
+        """The seed of the initial weights: ``init_seed``, else ``seed``."""
+        return self.seed if self.init_seed is None else self.init_seed
+
+    @property
+    def batches_seed(self) -> int:
+        """The seed of the mini-batch order: ``order_seed``, else ``seed``."""
+        return self.seed if self.order_seed is None else self.order_seed
 
 
 @dataclass(frozen=True)

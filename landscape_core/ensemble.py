@@ -51,11 +51,11 @@ EnsembleStepCallback = Callable[[int, int, int, int, float], None]
 EnsembleMetricsCallback = Callable[[int, EpochMetrics], None]
 
 # Fields that may differ between members; every other TrainConfig field must be shared.
-MEMBER_FIELDS = ("seed", "lr")
+MEMBER_FIELDS = ("seed", "lr", "init_seed", "order_seed")
 
 
 def check_ensemble_configs(configs: Sequence[TrainConfig]) -> None:
-    """Raise ``ValueError`` unless ``configs`` is non-empty and its members differ only in ``seed`` and ``lr``."""
+    """Raise ``ValueError`` unless ``configs`` is non-empty and its members differ only in ``MEMBER_FIELDS`` (the seeds and lr)."""
     if len(configs) == 0:
         raise ValueError("Expected at least one TrainConfig, got 0")
     for config in configs:
@@ -78,7 +78,7 @@ class _Members:
 
     def __init__(self, configs: Sequence[TrainConfig]) -> None:
         self.members = list(range(len(configs)))
-        self.shufflers = [torch.Generator().manual_seed(c.seed) for c in configs]
+        self.shufflers = [torch.Generator().manual_seed(c.batches_seed) for c in configs]
 
     @property
     def size(self) -> int:
@@ -276,7 +276,7 @@ def train_ensemble(
     the members ran concurrently, so each one's epoch took that long.
 
     Args:
-        configs: one TrainConfig per member, differing only in ``seed`` and ``lr`` (``ValueError`` otherwise); the
+        configs: one TrainConfig per member, differing only in ``MEMBER_FIELDS`` (``ValueError`` otherwise); the
             shared fields (architecture, batch size, epochs, sizes, ``data_seed``, device, ...) define the protocol.
         data: the protocol's splits, ``TrialData.build(dataset, configs[0])``.
         on_epoch: ``on_epoch(member, epoch, model)`` after each epoch's evaluation, with a fresh module holding the
@@ -291,7 +291,7 @@ def train_ensemble(
         the member's :class:`DivergenceError`.
 
     Raises:
-        ValueError: the configs are empty or differ in more than ``seed`` and ``lr``.
+        ValueError: the configs are empty or differ in more than ``MEMBER_FIELDS``.
     """
     configs = list(configs)
     check_ensemble_configs(configs)
@@ -304,7 +304,7 @@ def train_ensemble(
     models, init_params = [], []
     for config in configs:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
+            torch.manual_seed(config.weights_seed)
             model = build_model(config.model, device, width=config.width)
         models.append(model)
         init_params.append(param_dict(model))

@@ -93,8 +93,8 @@ def train(
     (``reached_stop_loss`` True), or after ``config.epochs`` epochs without reaching it (False): a result, not an
     error.
 
-    Initialization and shuffling draw from generators seeded by ``config.seed``, so the same config gives the same
-    weights on CPU.
+    Initialization draws from ``config.weights_seed`` and shuffling from ``config.batches_seed`` (both ``config.seed``
+    unless ``init_seed`` / ``order_seed`` split its two jobs), so the same config gives the same weights on CPU.
 
     Args:
         config: the training protocol.
@@ -111,11 +111,11 @@ def train(
     device = resolve_device(config.device)
     train_data, test_data = data.train, data.test
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.weights_seed)
         model = build_model(config.model, device, width=config.width)
     init_params = param_dict(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    shuffler = torch.Generator().manual_seed(config.seed)
+    shuffler = torch.Generator().manual_seed(config.batches_seed)
     inputs, targets = train_data
     n = inputs.shape[0]
     steps = math.ceil(n / config.batch_size)
