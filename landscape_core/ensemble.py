@@ -55,7 +55,7 @@ MEMBER_FIELDS = ("seed", "lr", "init_seed", "order_seed")
 
 
 def check_ensemble_configs(configs: Sequence[TrainConfig]) -> None:
-    """Raise ``ValueError`` unless ``configs`` is non-empty and its members differ only in ``MEMBER_FIELDS`` (the seeds and lr)."""
+    """Raise ``ValueError`` unless ``configs`` is non-empty and its members differ only in ``MEMBER_FIELDS``."""
     if len(configs) == 0:
         raise ValueError("Expected at least one TrainConfig, got 0")
     for config in configs:

@@ -40,6 +40,8 @@ TRAIN_OVERRIDES = (
     "data_seed",
     "device",
     "stop_at_train_loss",
+    "init_seed",
+    "order_seed",
 )
 #: Seconds per trial (training and every analysis), measured on the 2-core CPU reference machine (README, Presets).
 MEASURED_TRIAL_SECONDS = {("paper", "cpu"): 492.0, ("quick", "cpu"): 37.0, ("smoke", "cpu"): 13.0}
@@ -78,6 +80,15 @@ def base_parser(prog: str, description: str, *, grid: bool = False) -> ArgumentP
     )
     protocol.add_argument("--test-size", type=int, help="test subset size (default: the preset's)")
     protocol.add_argument("--data-seed", type=int, help="seed of the fixed data subsets shared by all trials")
+    protocol.add_argument(
+        "--init-seed",
+        type=int,
+        help="draw every trial's initial weights from this seed (default: each trial's own seed): a seeds sweep then "
+        "differs only in its batch order",
+    )
+    protocol.add_argument(
+        "--order-seed", type=int, help="draw every trial's batch order from this seed (default: each trial's seed)"
+    )
     protocol.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     protocol.add_argument(
         "--width",

@@ -68,7 +68,10 @@ class ReferenceModels:
         return self._loaded[width]
 
     def _train(self, width: float, key: str) -> str:
-        config = dataclasses.replace(self.preset.train, seed=REFERENCE_SEED, width=width)
+        # its own init and batch order, whatever --init-seed / --order-seed the population shares
+        config = dataclasses.replace(
+            self.preset.train, seed=REFERENCE_SEED, width=width, init_seed=None, order_seed=None
+        )
         run = start_child(
             self.store,
             self.experiment_id,

@@ -63,6 +63,8 @@ SWEEP_OPTIONS = [
     (["--train-size", "60001"], "`--train-size` <= 60,000 (the training images there are), got 60,001"),
     (["--test-size", "10001"], "`--test-size` <= 10,000 (the test images there are), got 10,001"),
     (["--data-seed=-1"], "`data_seed` >= 0, got -1"),
+    (["--init-seed=-1"], "`init_seed` >= 0 (or None: `seed`), got -1"),
+    (["--order-seed", "x"], "argument --order-seed: invalid int value: 'x'"),
     (["--device", "gpu"], "Expected `--device` one of auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     (["--device", "cuda:99"], "device 'cuda:99' is not available"),
     (["--width", "0"], "`--width` values > 0 and distinct, got '0'"),
