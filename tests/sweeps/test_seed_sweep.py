@@ -245,5 +245,5 @@ def test_the_headline_command_picks_the_preset_that_fits_the_machine():
     line = preset_line(args, 20)
     assert line.startswith(f"Preset {expected} (auto: ")
     if expected == "quick":
-        assert "about 12 min for 20 trials" in line and "--preset paper" in line
+        assert "about 15 min for 20 trials" in line and "--preset paper" in line
     assert preset_from_args(seeds.parser().parse_args(["--preset", "paper"])).name == "paper"
