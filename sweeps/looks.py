@@ -28,7 +28,7 @@ from sweeps.study import OpenSweep, tally
 from tracking.plan import AnalysisPlan, PrimaryTest
 from tracking.population import Population, load_population
 from tracking.population_stats import partial_spearman
-from tracking.sequential import Look, SequentialDesign, monitor
+from tracking.sequential import Look, SequentialDesign, crossing_probabilities, monitor
 
 __all__ = ["LOOK_PREFIX", "SEQUENTIAL_ARTIFACT", "STOP_ATTR", "design_of", "statistics_of", "stopped", "take_looks"]
 
@@ -140,6 +140,10 @@ def take_looks(sweep: OpenSweep) -> list[Look]:
                     "planned_rho": design.planned_rho,
                     "power": design.power,
                     "tests": names,
+                    # what this cap can do: the power at the planned rho of one test at its Bonferroni share
+                    "power_at_planned": crossing_probabilities(
+                        design, design.alpha_one / len(names), design.planned_rho
+                    )["power"],
                 },
                 "looks": [look.to_dict() for look in looks],
                 "recorded": recorded,

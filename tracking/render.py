@@ -312,8 +312,10 @@ def _sequential_line(report: CorrelationReport) -> Text:
     sizes = design.get("looks") or (list(plan.looks) if plan else [])
     rho = design.get("planned_rho", plan.planned_rho if plan else float("nan"))
     text = Text("Until decided: ", style="bold")
+    power = design.get("power_at_planned")
+    at_cap = f", power {power:.0%} at that rho with this cap" if power is not None else ""
     text.append(
-        f"looks at n = {', '.join(map(str, sizes))} (O'Brien-Fleming alpha spending, futility at rho {rho:g}); "
+        f"looks at n = {', '.join(map(str, sizes))} (O'Brien-Fleming alpha spending, futility at rho {rho:g}{at_cap}); "
     )
     stop = report.sequential.get("stopped")
     text.append(
