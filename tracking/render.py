@@ -356,19 +356,24 @@ def _fmt_p(value: float) -> str:
     return f"{value:.2g}" if value >= 1e-3 else f"{value:.0e}"
 
 
-def _primary_table(report: CorrelationReport) -> Table:
-    """One row per primary hypothesis: rho [CI], rho given train loss, the two Holm p, reliability, the
-    disattenuated rho, the verdict and the n that would decide it."""
-    level = round(100 * (1 - report.alpha))
-    table = Table(
-        title=f"Primary hypotheses: larger measure, larger {_targets(report)} (Holm over {len(report.plan.tests)} "
-        "tests)",
+def _summary_table(title: str) -> Table:
+    """The summary's compact table style: a rule under the header, no borders, the title on the left."""
+    return Table(
+        title=title,
         box=box.SIMPLE_HEAD,
         header_style="bold",
         title_justify="left",
         pad_edge=False,
         collapse_padding=True,
     )
+
+
+def _primary_table(report: CorrelationReport) -> Table:
+    """One row per primary hypothesis: rho [CI], rho given train loss, the two Holm p, reliability, the
+    disattenuated rho, the verdict and the n that would decide it."""
+    level = round(100 * (1 - report.alpha))
+    title = f"Primary hypotheses: larger measure, larger {_targets(report)} (Holm over {len(report.plan.tests)} tests)"
+    table = _summary_table(title)
     table.add_column("hypothesis", no_wrap=True)
     table.add_column(f"ρ [{level}% CI]", justify="right", no_wrap=True)
     table.add_column("ρ|TL", justify="right")
@@ -412,13 +417,9 @@ def _primary_cells(result: PrimaryResult, alpha: float, sequential: bool) -> lis
 def _exploratory_table(report: CorrelationReport) -> Table:
     rows = [e for e in report.exploratory if math.isfinite(e.adjusted_p)][:TOP_EXPLORATORY]
     significant = sum(e.significant for e in report.exploratory)
-    table = Table(
-        title=f"Strongest exploratory rows ({significant} of {len(report.exploratory)} with q < {report.alpha:g}; "
-        "Benjamini-Hochberg)",
-        box=box.SIMPLE_HEAD,
-        header_style="bold",
-        title_justify="left",
-        pad_edge=False,
+    table = _summary_table(
+        f"Strongest exploratory rows ({significant} of {len(report.exploratory)} with q < {report.alpha:g}; "
+        "Benjamini-Hochberg)"
     )
     for name, justify in (("measure", "left"), ("target", "left"), ("ρ [CI]", "right"), ("q", "right")):
         table.add_column(name, justify=justify, no_wrap=True)
