@@ -108,6 +108,12 @@ class TrainConfig:
         _check(math.isfinite(self.width) and self.width > 0, "width", "> 0", self.width)
 
     @property
+    def noise_scale(self) -> float:
+        """The SGD noise scale of Jastrzebski et al. 2017, lr / B, with heavy-ball momentum's effective learning rate
+        lr / (1 - momentum): ``lr / (B (1 - momentum))``. Their claim: it sets the sharpness SGD ends in."""
+        return self.lr / (self.batch_size * (1.0 - self.momentum))
+
+    @property
     def weights_seed(self) -> int:
         """The seed of the initial weights: ``init_seed``, else ``seed``."""
         return self.seed if self.init_seed is None else self.init_seed

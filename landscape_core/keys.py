@@ -38,6 +38,8 @@ TRAIN_SECONDS = "time/train_s"
 #: Epochs trained, and (with ``--stop-at-train-loss``) 1 when training stopped at that train loss, 0 when the epoch
 #: cap came first: a result, not a failure.
 EPOCHS_RUN, REACHED_STOP_LOSS = "train/epochs_run", "train/reached_stop_loss"
+#: lr / (B (1 - momentum)) of the trial's protocol (``TrainConfig.noise_scale``).
+NOISE_SCALE = "train/noise_scale"
 
 # Geometry of the minimum (landscape_core.measure).
 LAMBDA_MAX, RESIDUAL_MAX, CONVERGED, N_HVP = (

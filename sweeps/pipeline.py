@@ -279,7 +279,7 @@ def _train_measure_log(
         result = trained
         for metrics in result.history:
             log_epoch(run, metrics)
-    log_training(run, result)
+    log_training(run, result, config)
     reference = _reference(trial, preset, context)
     stage = progress.stage if progress else None
     measurements = measure(

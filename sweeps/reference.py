@@ -80,7 +80,7 @@ class ReferenceModels:
             tags={"run_kind": "reference", "seed": REFERENCE_SEED, "lr": config.lr, "width": width},
         )
         try:
-            log_training(run, train(config, self.data))
+            log_training(run, train(config, self.data), config)
         except BaseException:
             run.finish("FAILED")
             raise

@@ -46,7 +46,7 @@ from landscape_core import keys
 from landscape_core.cli import ArgumentParser, require_writable, run_command
 from landscape_core.errors import UsageError
 from landscape_core.plots import population as figures
-from landscape_core.plots.correlation import ForestRow, correlation_heatmap, forest_plot, primary_scatter
+from landscape_core.plots.correlation import ForestRow, correlation_heatmap, forest_plot, primary_scatter, scatter_grid
 from tracking.correlate import analyze_population
 from tracking.correlation import CorrelationReport
 from tracking.population import Population, add_selection_options, select_population
@@ -222,13 +222,37 @@ def _generalization_claim(correlation: CorrelationReport | None) -> Claim:
     )
 
 
+def _noise_scale_claim(noise_scale: np.ndarray, lam: np.ndarray) -> Claim:
+    """Jastrzebski et al. 2017: a larger SGD noise scale lr / (B (1 - momentum)) ends in flatter minima. Spearman's rho
+    of lambda_max with the noise scale over the population, with a Fisher-z CI (variance 1.06 / (n - 3)); supported
+    when significantly negative. Only a population whose lr, batch size or momentum varies can say."""
+    claim = "Sharpness follows the SGD noise scale (larger lr / B, flatter minimum)"
+    quantity = "Spearman rho(lambda_max, noise scale)"
+    criterion = "supported when significantly < 0 (alpha 0.05, one exploratory test), refuted when > 0"
+    keep = np.isfinite(noise_scale) & np.isfinite(lam)
+    n = int(keep.sum())
+    if n < 4 or len(set(np.round(noise_scale[keep], 15))) < 2:
+        why = f"n = {n}; the noise scale does not vary here (vary --lr, --batch-size or --momentum)"
+        return Claim(claim, quantity, math.nan, math.nan, math.nan, criterion, "no evidence", why)
+    result = stats.spearmanr(noise_scale[keep], lam[keep])
+    rho, p = float(result.statistic), float(result.pvalue)
+    half = 1.959964 * math.sqrt(1.06 / (n - 3)) if n > 3 else math.inf
+    low, high = (math.tanh(math.atanh(max(min(rho, 0.999999), -0.999999)) + s * half) for s in (-1, 1))
+    verdict = "no evidence" if not p < 0.05 else ("supported" if rho < 0 else "refuted")
+    return Claim(claim, quantity, rho, low, high, criterion, verdict, f"n = {n}, p = {p:.2g}")
+
+
 def claims(population: Population, correlation: CorrelationReport | None) -> list[Claim]:
     """Each claim of the paper's Overall Summary, answered by the population (criteria in the module docstring)."""
     noise_keys = sorted(
         {k for run in population.runs for k in run.metrics if k.startswith("perturb/test_loss_delta/")},
         key=lambda k: float(k.rsplit("_", 1)[-1]),
     )
-    out = [_spread_claim(population.column(keys.LAMBDA_MAX)), _generalization_claim(correlation)]
+    out = [
+        _spread_claim(population.column(keys.LAMBDA_MAX)),
+        _generalization_claim(correlation),
+        _noise_scale_claim(population.column(keys.NOISE_SCALE), population.column(keys.LAMBDA_MAX)),
+    ]
     for aligned in (False, True):
         key = keys.barrier("test", "loss", aligned)
         out.append(
@@ -284,6 +308,12 @@ def _figures(data: PopulationArrays) -> dict[str, Figure]:
             epochs, history
         )
     lam = data.population.column(keys.LAMBDA_MAX)
+    noise_scale = data.population.column(keys.NOISE_SCALE)
+    if np.isfinite(lam).any() and len(set(noise_scale[np.isfinite(noise_scale)].round(15))) > 1:
+        sharpness = {"lambda_max": lam, "adaptive_linf": data.population.column(keys.ADAPTIVE_SHARPNESS_LINF)}
+        out[
+            "Sharpness against the SGD noise scale lr / (B (1 - momentum)) (Jastrzebski et al. 2017), coloured by lr"
+        ] = scatter_grid({"noise scale": noise_scale}, sharpness, color_by=data.population.lrs, color_label="lr")
     if np.isfinite(lam).any():
         out["Figure 2: lambda_max of every trial, with the paper's models A (13) and B (15.6)"] = (
             figures.lambda_max_figure(lam)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape_core import keys
+from landscape_core.config import TrainConfig
 from landscape_core.measure import Measurements
 from landscape_core.plots.geometry import geometry_figures
 from landscape_core.plots.training import training_curves
@@ -52,9 +53,10 @@ def final_metrics(result: TrainResult) -> dict[str, float]:
     }
 
 
-def log_training(run: RunLogger, result: TrainResult) -> None:
-    """Final metrics, the training-curves figure (the paper's Figure 1), the history as JSON and the checkpoint."""
-    run.metrics(final_metrics(result))
+def log_training(run: RunLogger, result: TrainResult, config: TrainConfig) -> None:
+    """Final metrics with the protocol's noise scale (``keys.NOISE_SCALE``), the training-curves figure (the paper's
+    Figure 1), the history as JSON and the checkpoint."""
+    run.metrics(final_metrics(result) | {keys.NOISE_SCALE: config.noise_scale})
     run.figure(training_curves(result.history), "training_curves")
     run.json([dataclasses.asdict(m) for m in result.history], "history")
     run.checkpoint(result.model.state_dict())

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from landscape_core import keys
+from landscape_core.config import TrainConfig
 from landscape_core.plots.population import mean_band
 from tests.sweeps.conftest import run_cli
 from tracking.population import Population, PopulationRun
@@ -62,6 +63,7 @@ def test_the_claims_follow_their_stated_criteria():
         "Minima from different seeds are separated by large barriers (after weight matching)": "refuted",
         "Minima are robust to small weight noise": "supported",
         "Minima collapse under weight noise of sigma 0.1": "supported",
+        "Sharpness follows the SGD noise scale (larger lr / B, flatter minimum)": "no evidence",  # no noise scale
     }
     same = population_of({keys.LAMBDA_MAX: list(13 + 1e-4 * rng.random(n))})
     spread = by_claim(same)["Different seeds reach minima of different sharpness"]
@@ -71,6 +73,29 @@ def test_the_claims_follow_their_stated_criteria():
     unknown = by_claim(population_of({keys.LAMBDA_MAX: [13.0, 13.5]}))
     assert all(c.verdict == "no evidence" for c in unknown.values())
     assert math.isnan(unknown["Minima collapse under weight noise of sigma 0.1"].value)
+
+
+def test_the_noise_scale_claim_is_spearmans_rho_with_a_fisher_z_interval():
+    rng = np.random.default_rng(1)
+    scale = np.repeat([1e-4, 3e-4, 1e-3, 3e-3], 4)
+    lam = 50 - 4e3 * scale + rng.normal(0, 0.5, scale.size)  # flatter at a larger scale
+    claim = by_claim(population_of({keys.NOISE_SCALE: list(scale), keys.LAMBDA_MAX: list(lam)}))[
+        "Sharpness follows the SGD noise scale (larger lr / B, flatter minimum)"
+    ]
+    rho = stats.spearmanr(scale, lam).statistic
+    half = 1.959964 * math.sqrt(1.06 / (scale.size - 3))
+    assert claim.value == pytest.approx(rho) and claim.verdict == "supported"
+    assert (claim.low, claim.high) == pytest.approx(
+        (math.tanh(math.atanh(rho) - half), math.tanh(math.atanh(rho) + half))
+    )
+    flipped = by_claim(population_of({keys.NOISE_SCALE: list(scale), keys.LAMBDA_MAX: list(-lam)}))
+    assert flipped["Sharpness follows the SGD noise scale (larger lr / B, flatter minimum)"].verdict == "refuted"
+
+
+def test_the_noise_scale_is_lr_over_batch_with_the_momentum_correction():
+    config = TrainConfig(lr=0.02, batch_size=64, momentum=0.9)
+    assert config.noise_scale == pytest.approx(0.02 / (64 * 0.1))
+    assert TrainConfig(lr=0.02, batch_size=64, momentum=0.0).noise_scale == pytest.approx(0.02 / 64)
 
 
 def test_the_sweep_logs_a_self_contained_report_with_the_six_figures(seed_sweep, tmp_path):
@@ -85,7 +110,7 @@ def test_the_sweep_logs_a_self_contained_report_with_the_six_figures(seed_sweep,
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in images)
     assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing to fetch
     verdicts = re.findall(r'<td class="(supported|refuted|no-evidence)">', page)
-    assert len(verdicts) == 6
+    assert len(verdicts) == 7
     assert "smoke" in page and "versions.torch" in page
 
 
