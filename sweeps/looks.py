@@ -105,19 +105,24 @@ def take_looks(sweep: OpenSweep) -> list[Look]:
     if (looks and looks[-1].stop) or stopped(study):
         return looks
     points = sweep.options.space.points()
+    done = tally(study)
+    everyone: Population | None = None  # the finished runs, read from MLflow once, when a look is due
     new = False
     for k in range(len(recorded), len(design.looks)):
         # look k is the first n_k points of the sweep, once every one of them is done (a diverged trial is done, and
         # not in the population): the same runs whichever worker takes it, whatever finished first
-        done = tally(study)
         first = [done.get(point_key(p)) for p in points[: design.looks[k]]]
         if any(t is None for t in first):
             break
         chosen = {t.user_attrs["mlflow_run_id"] for t in first if t.state == TrialState.COMPLETE}
-        everyone = load_population(sweep.store, parent_run_id=sweep.parent.run_id)
+        if everyone is None:
+            everyone = load_population(sweep.store, parent_run_id=sweep.parent.run_id)
         population = Population([r for r in everyone.runs if r.run_id in chosen], source=everyone.source)
-        entry = {"n": design.looks[k], "trials": sorted(t.number for t in first), "statistics": {}}
-        entry["statistics"] = statistics_of(population, plan)
+        entry = {
+            "n": design.looks[k],
+            "trials": sorted(t.number for t in first),
+            "statistics": statistics_of(population, plan),
+        }
         problem = _unusable(entry["statistics"], recorded, looks, names)
         if problem:  # a look that cannot be taken ends the sweep loudly, never a study that fails on every resume
             study.set_user_attr(STOP_ATTR, f"look {k + 1} (n = {design.looks[k]}) cannot be taken: {problem}")

@@ -52,6 +52,7 @@ __all__ = [
     "PairQuestion",
     "PrimaryResult",
     "analyze",
+    "decided_tests",
     "power_note",
     "resolve_targets",
 ]
@@ -621,7 +622,8 @@ def analyze(
         text = _verdict(entry, partial_lr, alpha, len(plan.tests), partial_adjusted)
         notes = _invariance_note(ratio) + _reliability_note(entry) + _flag_note(entry.flagged, exclude_flagged)
         entries.append(dataclasses.replace(entry, verdict=text + notes))
-    primary_results = tuple(_primary_result(h, entries, rows, plan, alpha) for h in plan.hypotheses)
+    by_pair = {(e.measure, e.target): e for e in entries}
+    primary_results = tuple(_primary_result(h, by_pair, adjusted, plan, alpha) for h in plan.hypotheses)
     if plan.sequential is not None:  # the verdicts of record are the looks' (none yet: undecided, an interim report)
         primary_results = tuple(_sequential_result(p, sequential or {}) for p in primary_results)
     pairs = ()
@@ -645,14 +647,20 @@ _SEQUENTIAL_VERDICTS = {
 }
 
 
-def _sequential_result(result: PrimaryResult, sequential: Mapping[str, Any]) -> PrimaryResult:
-    """A primary verdict from the group-sequential decisions of its two tests (the last entry of each test over the
-    looks: a decided test keeps the look that decided it)."""
+def decided_tests(sequential: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each primary test of an ``--until-decided`` sweep at the look that decided it (its last look while it is
+    open), with that look's ``n``: a decided test is carried into later looks, so the first decision is kept."""
     decisions: dict[str, dict[str, Any]] = {}
-    for look in sequential.get("looks", []):  # a decided test is carried into later looks: keep the first decision
+    for look in sequential.get("looks", []):
         for h in look["hypotheses"]:
             if decisions.get(h["name"], {}).get("decision", "continue") == "continue":
                 decisions[h["name"]] = {**h, "n": look["n"]}
+    return decisions
+
+
+def _sequential_result(result: PrimaryResult, sequential: Mapping[str, Any]) -> PrimaryResult:
+    """A primary verdict from the group-sequential decisions of its two tests (``decided_tests``)."""
+    decisions = decided_tests(sequential)
     raw = decisions.get(result.hypothesis.name, {})
     partial = decisions.get(result.hypothesis.name + "|train_loss", {})
     pair = (raw.get("decision", "continue"), partial.get("decision", "continue"))
@@ -689,21 +697,19 @@ def _family_adjusted(rows: Sequence[CorrelationRow], plan: AnalysisPlan) -> dict
 
 def _primary_result(
     hypothesis: Hypothesis,
-    entries: Sequence[CorrelationEntry],
-    rows: Sequence[CorrelationRow],
+    entries: Mapping[tuple[str, str], CorrelationEntry],
+    adjusted: Mapping[tuple[str, ...], float],
     plan: AnalysisPlan,
     alpha: float,
 ) -> PrimaryResult:
-    """The verdict on one primary hypothesis: its raw and its given-train-loss test, Holm over the primary tests."""
-    row = next((r for r in rows if (r.measure, r.target) == (hypothesis.measure, hypothesis.target)), None)
-    entry = next((e for e in entries if (e.measure, e.target) == (hypothesis.measure, hypothesis.target)), None)
-    tests = plan.tests
-    by_pair = {(r.measure, r.target): r for r in rows}
-    adjusted = holm([_primary_p(by_pair.get((t.hypothesis.measure, t.hypothesis.target)), t) for t in tests])
-    mine = {t.adjustment: float(p) for t, p in zip(tests, adjusted, strict=True) if t.hypothesis == hypothesis}
-    if entry is None or row is None:
-        missing = _missing_entry(hypothesis)
-        return PrimaryResult(hypothesis, missing, _NAN, _NAN, _NAN, _NAN, "not measured", None)
+    """The verdict on one primary hypothesis: its raw and its given-train-loss test, read at their Holm-adjusted p
+    over the primary tests (``adjusted``, from ``_family_adjusted``)."""
+    pair = (hypothesis.measure, hypothesis.target)
+    entry = entries.get(pair)
+    if entry is None:
+        return PrimaryResult(hypothesis, _missing_entry(hypothesis), _NAN, _NAN, _NAN, _NAN, "not measured", None)
+    row = entry.row
+    mine = {"raw": adjusted[pair], "train_loss": adjusted[(*pair, "train_loss")]}
     signed = hypothesis.direction * row.spearman
     signed_partial = hypothesis.direction * row.partial_spearman
     raw_sig = mine["raw"] < alpha and math.isfinite(signed) and signed != 0
@@ -724,11 +730,11 @@ def _primary_result(
     if verdict != "undecided":
         needed: int | None = 0
     elif math.isfinite(rho) and 0 < abs(rho) < 1:
-        needed = n_needed(abs(rho), len(tests), alpha)
+        needed = n_needed(abs(rho), len(plan.tests), alpha)
     else:
         needed = None
     return PrimaryResult(
-        hypothesis, entry, _primary_p(row, tests[0]), row.partial_p, mine["raw"], mine["train_loss"], verdict, needed
+        hypothesis, entry, row.verdict_p, row.partial_p, mine["raw"], mine["train_loss"], verdict, needed
     )
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "simpson_flag",
     "permutations_for",
     "spearman_critical_value",
+    "spearman_along",
     "spearman_permutation_p",
     "verdict",
     "within_group_spearman",
@@ -217,7 +218,7 @@ def _pearson_along(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
-def _spearman_along(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+def spearman_along(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     """Spearman rho along ``axis``: Pearson r of average ranks (what scipy.stats.spearmanr computes)."""
     return _pearson_along(stats.rankdata(a, axis=axis), stats.rankdata(b, axis=axis), axis=axis)
 
@@ -873,7 +874,7 @@ def bootstrap_spearman_ci(
 def _ci_clean(
     x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_boot: int, alpha: float, seed: int
 ) -> BootstrapCI:
-    rho = float(_spearman_along(x, y)) if x.shape[0] >= 2 else _NAN
+    rho = float(spearman_along(x, y)) if x.shape[0] >= 2 else _NAN
     if not math.isfinite(rho):
         return BootstrapCI(_NAN, _NAN, "undefined")
     degenerate = BootstrapCI(rho, rho, "degenerate")
@@ -884,7 +885,7 @@ def _ci_clean(
         res = _quiet(
             stats.bootstrap,
             (x, y),
-            _spearman_along,
+            spearman_along,
             paired=True,
             vectorized=True,
             method="BCa",
@@ -903,7 +904,7 @@ def _ci_clean(
         rhos = np.empty(n_boot)
         for b in range(n_boot):
             idx = np.concatenate([members[g] for g in draws[b]])
-            rhos[b] = _spearman_along(x[idx], y[idx])
+            rhos[b] = spearman_along(x[idx], y[idx])
         method = "cluster_percentile"
     rhos = rhos[np.isfinite(rhos)]
     if rhos.size == 0:

@@ -28,6 +28,7 @@ import numpy as np
 from scipy import stats
 
 from tracking.population import Population
+from tracking.population_stats import spearman_along
 
 __all__ = [
     "RETEST_SECONDS",
@@ -96,14 +97,8 @@ def retest_reliability(measure: str, first: np.ndarray, second: np.ndarray, *, n
     within = float(np.mean((a - b) ** 2) / 2)
     between = float(np.var((a + b) / 2, ddof=1))
     ratio = within / between if between > 0 else math.inf
-    rng = np.random.default_rng(0)
-    index = rng.integers(0, n, size=(n_boot, n))
-    ranks_a = stats.rankdata(a[index], axis=1)
-    ranks_b = stats.rankdata(b[index], axis=1)
-    ranks_a -= ranks_a.mean(axis=1, keepdims=True)
-    ranks_b -= ranks_b.mean(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = (ranks_a * ranks_b).sum(1) / np.sqrt((ranks_a**2).sum(1) * (ranks_b**2).sum(1))
+    index = np.random.default_rng(0).integers(0, n, size=(n_boot, n))
+    boot = spearman_along(a[index], b[index], axis=1)
     boot = boot[np.isfinite(boot)]
     low, high = np.percentile(boot, [2.5, 97.5]) if boot.size else (math.nan, math.nan)
     return Reliability(measure, rho, ratio, n, float(low), float(high))

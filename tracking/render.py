@@ -28,7 +28,7 @@ from rich.text import Text
 
 from landscape_core import keys
 from landscape_core.invariance import INVARIANT_RATIO
-from tracking.correlation import CorrelationEntry, CorrelationReport, PrimaryResult
+from tracking.correlation import CorrelationEntry, CorrelationReport, PrimaryResult, decided_tests
 from tracking.invariance import format_ratio
 from tracking.reliability import LOW_RELIABILITY
 
@@ -66,7 +66,7 @@ def _coef(value: float | None, significant: bool = False) -> Text:
 def _p(value: float, alpha: float, holm: bool = False) -> Text:
     if not math.isfinite(value):
         return Text("–", style="dim")
-    text = f"{value:.2g}" if value >= 1e-3 else f"{value:.0e}"
+    text = _fmt_p(value)
     if value < alpha:
         return Text(text, style="bold green" if holm else "green")
     return Text(text, style="dim")
@@ -322,11 +322,7 @@ def _sequential_line(report: CorrelationReport) -> Text:
         stop or "INTERIM: not a decision yet (" + (looks[-1]["reason"] if looks else "no look yet") + ")",
         style="bold" if stop else "bold yellow",
     )
-    decided: dict[str, dict] = {}
-    for look in looks:  # each test at the look that decided it (or the last one)
-        for h in look["hypotheses"]:
-            if decided.get(h["name"], {}).get("decision", "continue") == "continue":
-                decided[h["name"]] = {**h, "n": look["n"]}
+    decided = decided_tests(report.sequential)
     if decided:
         parts = [
             f"{name.split(':')[0].rsplit('/', 1)[-1]}{'|TL' if '|' in name else ''} {h['decision']} at n={h['n']} "

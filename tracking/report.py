@@ -422,9 +422,7 @@ def report_html(
         _claims_table(claims(population, correlation)),
         "<h2>The paper's figures, over the population</h2>",
     ]
-    for caption, figure in _figures(data).items():
-        parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(figure)}">')
-        parts.append(f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts += [_figure_html(caption, figure) for caption, figure in _figures(data).items()]
     parts.append("<h2>Does sharpness predict generalization? (correlation report)</h2>")
     if correlation is not None and correlation.entries:
         parts += _correlation_section(correlation, population)
@@ -443,6 +441,15 @@ def _figure_html(caption: str, figure: Figure) -> str:
     )
 
 
+#: The CSS class of a primary verdict in report.html (every other verdict: ``no-evidence``).
+_VERDICT_CLASS = {
+    "supported": "supported",
+    "contradicted": "refuted",
+    "contradicted given train loss": "refuted",
+    "not supported": "refuted",
+}
+
+
 def _primary_html(correlation: CorrelationReport) -> str:
     """The primary hypotheses' verdicts as a table (the summary's, in HTML)."""
     columns = (
@@ -459,10 +466,7 @@ def _primary_html(correlation: CorrelationReport) -> str:
     body = []
     for p in correlation.primary:
         row = p.entry.row
-        verdict = p.verdict.split(",")[0].split(" (")[0]
-        css = {"supported": "supported", "contradicted": "refuted", "not supported": "refuted"}.get(
-            verdict, "no-evidence"
-        )
+        css = _VERDICT_CLASS.get(p.verdict, "no-evidence")
         n = "–" if p.n_to_decide is None else ("decided" if p.n_to_decide == 0 else str(p.n_to_decide))
         body.append(
             f"<tr><td>{html.escape(p.hypothesis.claim)}</td><td>{_fmt(row.spearman)} [{_fmt(row.ci_low)}, "

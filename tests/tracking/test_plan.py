@@ -17,7 +17,7 @@ from scipy import stats
 
 from landscape_core import keys
 from landscape_core.errors import UsageError
-from tracking.correlation import analyze
+from tracking.correlation import analyze, decided_tests
 from tracking.plan import AnalysisPlan, Hypothesis, SequentialPlan, log_plan, parse_primary, read_plan
 from tracking.population import Population, PopulationRun, load_population
 from tracking.population_stats import benjamini_hochberg, holm
@@ -265,6 +265,13 @@ def test_under_a_sequential_plan_the_verdicts_are_the_looks_decisions_at_the_loo
     # lambda_max's raw test was decided at n = 20 and carried on: the pair is decided at the later of its two tests
     assert verdicts[keys.LAMBDA_MAX] == ("supported", 30)
     assert verdicts[keys.WEIGHT_NORM] == ("undecided (going on)", None)
+    # each test at the look that decided it: lambda_max's raw test at n = 20, though carried into the look at 30
+    assert {name: h["n"] for name, h in decided_tests({"looks": looks}).items()} == {
+        lam: 20,
+        lam_tl: 30,
+        norm: 30,
+        norm_tl: 30,
+    }
     first_only = analyze(population, n_boot=50, plan=plan, sequential={"looks": looks[:1]})
     assert first_only.primary[0].verdict == "undecided (going on)"
     # no look yet: an interim report decides nothing, whatever the fixed-design p-values say
