@@ -66,7 +66,7 @@ def paper_trial(ctx: Context) -> dict[str, Any]:
         epochs = 1 if ctx.quick else protocol.epochs
         config = dataclasses.replace(protocol, seed=1, epochs=epochs, device=str(ctx.device))
         splits = TrialData.build(ctx.dataset, config)
-        tracker = LambdaMaxTracker(splits, PRESETS["paper"].analysis.hessian, lr=config.lr, momentum=config.momentum)
+        tracker = LambdaMaxTracker(splits, PRESETS["paper"].analysis.hessian, threshold=config.stability_threshold)
         ctx.log(f"  training the paper CNN ({epochs} epoch(s) of 60,000 images) ...")
         seconds, trained = timed(lambda: train(config, splits, on_epoch=tracker), ctx.device)
         # any other minimum serves the barriers' timing: seed 2, one epoch (a sweep's reference is trained by the same

@@ -124,7 +124,7 @@ def lambda_max_vs_power_double_backward(ctx: Context) -> list[Result]:
     train_size = config.train_size
     # The per-epoch lambda_max tracker of a trial, on the same train subset train() will use.
     splits = TrialData.build(ctx.dataset, config)
-    tracker = LambdaMaxTracker(splits, preset.analysis.hessian, lr=config.lr, momentum=config.momentum)
+    tracker = LambdaMaxTracker(splits, preset.analysis.hessian, threshold=config.stability_threshold)
     trained = train(config, splits, on_epoch=tracker)
     model = trained.model
     data = (splits.train[0][:hessian_size], splits.train[1][:hessian_size])

@@ -13,6 +13,7 @@ from landscape_core.errors import UsageError
 from landscape_core.models import MODELS
 
 __all__ = [
+    "OPTIMIZERS",
     "PRESETS",
     "AnalysisConfig",
     "ConnectivityConfig",
@@ -44,6 +45,12 @@ ANALYSES = (
     "reliability",
 )
 
+#: How a trial trains (``TrainConfig.optimizer``): ``sgd`` mini-batch SGD with heavy-ball momentum (the paper's),
+#: ``gd`` full-batch gradient descent with the same momentum (one step per epoch; ``batch_size`` and the batch order
+#: play no part), ``adam`` Adam with ``adam_betas`` (``momentum`` plays no part), ``sam`` sharpness-aware
+#: minimization (Foret et al. 2021) with radius ``sam_rho`` over mini-batch SGD with momentum.
+OPTIMIZERS = ("sgd", "gd", "adam", "sam")
+
 
 def _check(condition: bool, name: str, expectation: str, value: Any) -> None:
     """A config field a user set, checked: a ``UsageError`` (one line, exit 2 in the CLIs) when it is off."""
@@ -71,7 +78,7 @@ def _non_negative(obj: Any, *names: str) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How one trial trains: SGD with momentum over in-memory batches of Fashion-MNIST."""
+    """How one trial trains: by default SGD with momentum over in-memory batches of Fashion-MNIST (``OPTIMIZERS``)."""
 
     seed: int = 1
     lr: float = 0.01
@@ -93,8 +100,16 @@ class TrainConfig:
     #: order of the mini-batches. None (the default): ``seed`` does both, so every existing number stays the same.
     init_seed: int | None = None
     order_seed: int | None = None
+    optimizer: str = "sgd"  # a name in OPTIMIZERS
+    sam_rho: float = 0.05  # sam: the radius of the ascent step (Foret et al. 2021's default)
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # adam: the moment decays (torch's defaults)
 
     def __post_init__(self) -> None:
+        _check(self.optimizer in OPTIMIZERS, "optimizer", f"in {OPTIMIZERS}", self.optimizer)
+        _finite_positive(self, "sam_rho")
+        betas = tuple(self.adam_betas)
+        _check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "adam_betas", "two values in [0, 1)", betas)
+        object.__setattr__(self, "adam_betas", (float(betas[0]), float(betas[1])))
         _positive(self, "epochs", "batch_size", "train_size", "test_size", "eval_chunk")
         for name in ("init_seed", "order_seed"):
             value = getattr(self, name)
@@ -110,8 +125,24 @@ class TrainConfig:
     @property
     def noise_scale(self) -> float:
         """The SGD noise scale of Jastrzebski et al. 2017, lr / B, with heavy-ball momentum's effective learning rate
-        lr / (1 - momentum): ``lr / (B (1 - momentum))``. Their claim: it sets the sharpness SGD ends in."""
+        lr / (1 - momentum): ``lr / (B (1 - momentum))``. Their claim: it sets the sharpness SGD ends in.
+
+        Full-batch GD has no gradient noise: 0 (their ``lr / B (1 - B / N)`` at B = N). Adam's step is per
+        coordinate, so no single scale describes it: NaN."""
+        if self.optimizer == "gd":
+            return 0.0
+        if self.optimizer == "adam":
+            return math.nan
         return self.lr / (self.batch_size * (1.0 - self.momentum))
+
+    @property
+    def stability_threshold(self) -> float:
+        """Where gradient descent on a quadratic of curvature lambda leaves the stable regime: ``2 / lr`` without
+        momentum, ``(2 + 2 beta) / lr`` with heavy-ball momentum beta (Cohen et al. 2021, the edge of stability).
+        NaN for Adam, whose threshold depends on its preconditioner."""
+        if self.optimizer == "adam":
+            return math.nan
+        return (2.0 + 2.0 * self.momentum) / self.lr
 
     @property
     def weights_seed(self) -> int:
@@ -145,10 +176,12 @@ class HessianConfig:
     density_steps: int = 30
     track_subset: int = 256  # per-epoch lambda_max tracking during training
     track_iter: int = 10
+    #: Track lambda_max every ``track_every`` optimizer steps too (the edge-of-stability figure); None: per epoch only.
+    track_every: int | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "subset", "chunk_size", "top_k", "max_iter", "trace_probes", "density_probes")
-        _positive(self, "density_steps", "track_subset", "track_iter")
+        _positive(self, "density_steps", "track_subset", "track_iter", "track_every")
         _finite_positive(self, "tol")
 
 

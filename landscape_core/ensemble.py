@@ -55,12 +55,18 @@ MEMBER_FIELDS = ("seed", "lr", "init_seed", "order_seed")
 
 
 def check_ensemble_configs(configs: Sequence[TrainConfig]) -> None:
-    """Raise ``ValueError`` unless ``configs`` is non-empty and its members differ only in ``MEMBER_FIELDS``."""
+    """Raise ``ValueError`` unless ``configs`` is non-empty, trains with SGD (the only update rule an ensemble
+    implements) and its members differ only in ``MEMBER_FIELDS``."""
     if len(configs) == 0:
         raise ValueError("Expected at least one TrainConfig, got 0")
     for config in configs:
         if not isinstance(config, TrainConfig):
             raise ValueError(f"Expected TrainConfig objects, got {type(config).__name__}")
+        if config.optimizer != "sgd":
+            raise ValueError(
+                f"ensemble training (--batch-trials) implements optimizer sgd only, got {config.optimizer!r}: "
+                "train it with --batch-trials 1"
+            )
     for f in dataclasses.fields(TrainConfig):
         if f.name in MEMBER_FIELDS:
             continue

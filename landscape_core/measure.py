@@ -483,19 +483,25 @@ def retest(
 
 
 class LambdaMaxTracker:
-    """Per-epoch hook: lambda_max on a small fixed train subset, warm-started from the previous epoch's eigenvector.
+    """lambda_max during training on a small fixed train subset (``HessianConfig.track_subset``), each run of Lanczos
+    warm-started from the previous one's eigenvector.
 
-    Returns ``{keys.LAMBDA_MAX_EPOCH: ..., keys.EOS_THRESHOLD: (2 + 2 beta) / lr}`` each epoch; the
-    threshold is where full-batch SGD with heavy-ball momentum beta leaves the stable regime (Cohen et al. 2021).
+    As an epoch hook (``tracker(epoch, model)``) it returns ``{keys.LAMBDA_MAX_EPOCH: ..., keys.EOS_THRESHOLD:
+    threshold}``: ``threshold`` is ``TrainConfig.stability_threshold``, where gradient descent with heavy-ball
+    momentum beta leaves the stable regime, (2 + 2 beta) / lr (Cohen et al. 2021). With ``HessianConfig.track_every``
+    = K it is also an update hook (``tracker.update(step, model)``): every K optimizer steps it appends ``(step,
+    lambda_max)`` to ``steps``, the edge-of-stability figure's curve.
     """
 
-    def __init__(self, data: TrialData, config: HessianConfig, *, lr: float, momentum: float) -> None:
+    def __init__(self, data: TrialData, config: HessianConfig, *, threshold: float) -> None:
         self.data = data.subset("tracking", config.track_subset)
         self.config, self.seed = config, data.direction_seed("probes")
-        self.threshold = (2.0 + 2.0 * momentum) / lr
+        self.threshold = threshold
         self.vector: torch.Tensor | None = None
+        self.steps: list[tuple[int, float]] = []
 
-    def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
+    def lambda_max(self, model: nn.Module) -> float:
+        """lambda_max of ``model`` on the tracking subset, warm-started from the last eigenvector (kept for the next)."""
         result = hessian.top_eigenvalues(
             hessian.HessianOperator(model, self.data, chunk_size=self.config.chunk_size),
             k=1,
@@ -505,7 +511,16 @@ class LambdaMaxTracker:
             v0=self.vector,
         )
         self.vector = result.eigenvectors[0]
-        return {keys.LAMBDA_MAX_EPOCH: float(result.eigenvalues[0]), keys.EOS_THRESHOLD: self.threshold}
+        return float(result.eigenvalues[0])
+
+    def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        return {keys.LAMBDA_MAX_EPOCH: self.lambda_max(model), keys.EOS_THRESHOLD: self.threshold}
+
+    def update(self, step: int, model: nn.Module) -> None:
+        """The per-step hook (``train``'s ``on_update``): tracks every ``track_every`` steps, when that is set."""
+        every = self.config.track_every
+        if every is not None and step % every == 0:
+            self.steps.append((step, self.lambda_max(model)))
 
 
 def population_barriers(

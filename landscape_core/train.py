@@ -1,24 +1,29 @@
-"""The paper's training: SGD with momentum over in-memory batches, with per-epoch evaluation and divergence checks."""
+"""The paper's training: SGD with momentum over in-memory batches (or another optimizer of ``OPTIMIZERS``), with
+per-epoch evaluation, divergence checks, and a snapshot to branch from (``Snapshot``: Frankle et al. 2020's spawn)."""
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from landscape_core.config import TrainConfig
 from landscape_core.devices import resolve_device
 from landscape_core.functional import Params, evaluate, param_dict
 from landscape_core.models import build_model
+from landscape_core.optimizers import build_optimizer
 from landscape_core.splits import TrialData
 
 __all__ = [
     "DivergenceError",
     "EpochMetrics",
+    "Snapshot",
     "TrainResult",
     "check_data",
     "reached",
@@ -59,14 +64,53 @@ class TrainResult:
     #: True when ``stop_at_train_loss`` was reached (training stopped there), False when the epoch cap came first,
     #: None when no target was set.
     reached_stop_loss: bool | None = None
+    #: Optimizer steps taken since initialization (a branch counts its trunk's).
+    steps: int = 0
+    #: The optimizer's state at the end (momentum buffers, Adam's moments), for a branch to continue from.
+    optimizer_state: dict | None = None
 
     @property
     def final(self) -> EpochMetrics:
         return self.history[-1]
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A training stopped after ``epoch`` epochs, to branch from: the weights, the optimizer's state, the initial
+    weights and the history so far (``train(config, data, start=snapshot)`` continues with ``config``'s batch order).
+
+    ``Snapshot.initial(config, data)`` is epoch 0: the initial weights and a fresh optimizer."""
+
+    epoch: int
+    params: Params
+    optimizer_state: dict | None
+    init_params: Params
+    history: tuple[EpochMetrics, ...]
+    steps: int
+
+    @classmethod
+    def of(cls, result: TrainResult) -> Snapshot:
+        """The end of a finished training (deep copies: the snapshot does not change with the model)."""
+        return cls(
+            epoch=len(result.history),
+            params=param_dict(result.model),
+            optimizer_state=copy.deepcopy(result.optimizer_state),
+            init_params=result.init_params,
+            history=tuple(result.history),
+            steps=result.steps,
+        )
+
+    @classmethod
+    def initial(cls, config: TrainConfig) -> Snapshot:
+        """Epoch 0 of ``config``: its initial weights (``weights_seed``), no optimizer state, no history."""
+        params = param_dict(_initial_model(config))
+        return cls(epoch=0, params=params, optimizer_state=None, init_params=params, history=(), steps=0)
+
+
 EpochCallback = Callable[[int, nn.Module], dict[str, float] | None]
 StepCallback = Callable[[int, int, int, float], None]
+#: Called after every optimizer step as ``on_update(step, model)``, ``step`` counting from 1 at initialization.
+UpdateCallback = Callable[[int, nn.Module], None]
 
 
 def check_data(data: TrialData, config: TrainConfig) -> None:
@@ -79,6 +123,22 @@ def check_data(data: TrialData, config: TrainConfig) -> None:
         )
 
 
+def _initial_model(config: TrainConfig) -> nn.Module:
+    """A fresh model drawn from ``config.weights_seed`` (the global RNG left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.weights_seed)
+        return build_model(config.model, resolve_device(config.device), width=config.width)
+
+
+def _batches(config: TrainConfig, n: int, shuffler: torch.Generator, device: torch.device) -> list[Tensor]:
+    """One epoch's mini-batch indices: a fresh permutation cut into ``batch_size`` pieces; full-batch GD takes all
+    ``n`` images in one step (and draws no permutation)."""
+    if config.optimizer == "gd":
+        return [torch.arange(n, device=device)]
+    order = torch.randperm(n, generator=shuffler).to(device)
+    return list(order.split(config.batch_size))
+
+
 def train(
     config: TrainConfig,
     data: TrialData,
@@ -86,8 +146,10 @@ def train(
     on_epoch: EpochCallback | None = None,
     on_step: StepCallback | None = None,
     on_metrics: Callable[[EpochMetrics], None] | None = None,
+    on_update: UpdateCallback | None = None,
+    start: Snapshot | None = None,
 ) -> TrainResult:
-    """Train a fresh model as ``config`` says and evaluate it after every epoch.
+    """Train a model as ``config`` says and evaluate it after every epoch.
 
     With ``config.stop_at_train_loss`` set, training ends after the first epoch whose train loss is at or below it
     (``reached_stop_loss`` True), or after ``config.epochs`` epochs without reaching it (False): a result, not an
@@ -95,6 +157,8 @@ def train(
 
     Initialization draws from ``config.weights_seed`` and shuffling from ``config.batches_seed`` (both ``config.seed``
     unless ``init_seed`` / ``order_seed`` split its two jobs), so the same config gives the same weights on CPU.
+    ``config.optimizer`` picks the update rule (``landscape_core.optimizers``); full-batch ``gd`` takes one step per
+    epoch on the whole train split, its gradient accumulated over ``eval_chunk`` pieces.
 
     Args:
         config: the training protocol.
@@ -103,6 +167,10 @@ def train(
             in that epoch's ``extra`` metrics (e.g. lambda_max tracking). It must not change the model.
         on_step: called every few steps as ``on_step(epoch, step, steps_per_epoch, loss)`` for live progress.
         on_metrics: called with each epoch's complete metrics as soon as they exist (e.g. to log them live).
+        on_update: called after every optimizer step as ``on_update(step, model)`` (per-step lambda_max tracking,
+            trajectory checkpoints). It must not change the model.
+        start: continue from this snapshot (a branch: its weights, optimizer state and history, then epochs
+            ``start.epoch + 1 .. config.epochs`` in ``config``'s batch order); None starts from initialization.
 
     Raises:
         DivergenceError: a training loss is not finite.
@@ -110,27 +178,34 @@ def train(
     check_data(data, config)
     device = resolve_device(config.device)
     train_data, test_data = data.train, data.test
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.weights_seed)
-        model = build_model(config.model, device, width=config.width)
+    model = _initial_model(config)
     init_params = param_dict(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    optimizer = build_optimizer(model, config)
+    history: list[EpochMetrics] = []
+    global_step, first_epoch = 0, 1
+    if start is not None:
+        if start.epoch > config.epochs:
+            raise ValueError(f"Expected a snapshot at epoch <= `epochs` ({config.epochs}), got epoch {start.epoch}")
+        with torch.no_grad():
+            for name, value in param_dict(model).items():
+                value.copy_(start.params[name])
+        if start.optimizer_state is not None:
+            optimizer.load_state_dict(copy.deepcopy(start.optimizer_state))
+        init_params, history = start.init_params, list(start.history)
+        global_step, first_epoch = start.steps, start.epoch + 1
     shuffler = torch.Generator().manual_seed(config.batches_seed)
     inputs, targets = train_data
     n = inputs.shape[0]
-    steps = math.ceil(n / config.batch_size)
+    steps = 1 if config.optimizer == "gd" else math.ceil(n / config.batch_size)
     report_every = max(1, steps // 20)
-    history: list[EpochMetrics] = []
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
+    for epoch in range(first_epoch, config.epochs + 1):
+        epoch_start = time.perf_counter()
         model.train()
-        order = torch.randperm(n, generator=shuffler).to(device)
-        for step in range(steps):
-            index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            loss = nn.functional.cross_entropy(model(inputs[index]), targets[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for step, index in enumerate(_batches(config, n, shuffler, device)):
+            loss = optimizer.step(_closure(model, optimizer, inputs, targets, index, config.eval_chunk))
+            global_step += 1
+            if on_update is not None:
+                on_update(global_step, model)
             if step % report_every == 0 or step == steps - 1:
                 value = loss.item()
                 if not math.isfinite(value):
@@ -141,7 +216,7 @@ def train(
         if not math.isfinite(train_loss):
             raise DivergenceError(epoch, steps, train_loss)
         test_loss, test_acc = evaluate(model, test_data, chunk_size=config.eval_chunk)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - epoch_start
         extra = (on_epoch(epoch, model) or {}) if on_epoch is not None else {}
         history.append(EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, seconds, dict(extra)))
         if on_metrics is not None:
@@ -149,7 +224,30 @@ def train(
         if reached(config, train_loss):
             break
     model.eval()
-    return TrainResult(model, init_params, history, data, stop_outcome(config, history))
+    state = copy.deepcopy(optimizer.state_dict())
+    return TrainResult(model, init_params, history, data, stop_outcome(config, history), global_step, state)
+
+
+def _closure(
+    model: nn.Module, optimizer: Any, inputs: Tensor, targets: Tensor, index: Tensor, chunk: int
+) -> Callable[[], Tensor]:
+    """The optimizer's closure on one batch: zero the gradients, the mean cross-entropy over the batch, backward.
+    A batch larger than ``chunk`` (full-batch GD) is accumulated over chunks, each weighted by its share."""
+
+    def closure() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        if index.numel() <= chunk:
+            loss = nn.functional.cross_entropy(model(inputs[index]), targets[index])
+            loss.backward()
+            return loss
+        total = torch.zeros((), device=inputs.device)
+        for piece in index.split(chunk):
+            part = nn.functional.cross_entropy(model(inputs[piece]), targets[piece]) * (piece.numel() / index.numel())
+            part.backward()
+            total += part.detach()
+        return total
+
+    return closure
 
 
 def reached(config: TrainConfig, train_loss: float) -> bool:

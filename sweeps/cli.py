@@ -42,6 +42,8 @@ TRAIN_OVERRIDES = (
     "stop_at_train_loss",
     "init_seed",
     "order_seed",
+    "optimizer",
+    "sam_rho",
 )
 #: Seconds per trial (training and every analysis), measured on the 2-core CPU reference machine (README, Presets).
 MEASURED_TRIAL_SECONDS = {("paper", "cpu"): 492.0, ("quick", "cpu"): 45.0, ("smoke", "cpu"): 13.0}
@@ -82,12 +84,28 @@ def base_parser(prog: str, description: str, *, grid: bool = False) -> ArgumentP
     protocol.add_argument("--data-seed", type=int, help="seed of the fixed data subsets shared by all trials")
     protocol.add_argument(
         "--init-seed",
-        type=int,
+        type=str if grid else int,
         help="draw every trial's initial weights from this seed (default: each trial's own seed): a seeds sweep then "
-        "differs only in its batch order",
+        "differs only in its batch order" + ("; a list makes an axis" if grid else ""),
     )
     protocol.add_argument(
-        "--order-seed", type=int, help="draw every trial's batch order from this seed (default: each trial's seed)"
+        "--order-seed",
+        type=str if grid else int,
+        help="draw every trial's batch order from this seed (default: each trial's seed)"
+        + ("; a list makes an axis" if grid else ""),
+    )
+    protocol.add_argument(
+        "--optimizer",
+        type=str,
+        help="sgd (default: SGD with momentum, the paper's), gd (full batch, one step per epoch), adam, sam"
+        + ("; a list (sgd,gd,sam) makes an axis" if grid else ""),
+    )
+    protocol.add_argument("--sam-rho", type=float, help="sam: the radius of the ascent step (default 0.05)")
+    protocol.add_argument(
+        "--track-every",
+        type=int,
+        help="track lambda_max every K optimizer steps during training (the edge-of-stability figure), besides "
+        "once per epoch",
     )
     protocol.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     protocol.add_argument(

@@ -1,11 +1,12 @@
 """``python -m sweeps.grid --lr 0.003,0.01,0.03 --batch-size 32,128,512 --seeds-per-point 2``: a grid of training
 hyperparameters x seeds.
 
-Any of ``--lr``, ``--batch-size``, ``--momentum``, ``--epochs`` and ``--train-size`` takes a comma-separated list;
-each with more than one value is an axis, and the grid is their cross product, every point run with
+Any of ``--lr``, ``--batch-size``, ``--momentum``, ``--epochs``, ``--train-size``, ``--optimizer``, ``--init-seed``
+and ``--order-seed`` takes a comma-separated list; each with more than one value is an axis, and the grid is their cross product, every point run with
 ``--seeds-per-point`` seeds (repetitions inside a cell, not an axis). A single value is an override, as in the other
 sweeps. ``--batch-size 32,512`` alone asks Keskar et al. 2017's large-batch question. Add ``--stop-at-train-loss X``
-to compare the models at one train loss (Jiang et al. 2019). The sweep runs like the others: its points are
+to compare the models at one train loss (Jiang et al. 2019). ``--optimizer sgd,gd,sam`` asks the paper's "why SGD"
+question (``make optimizers``). The sweep runs like the others: its points are
 enqueued, it resumes, it takes workers, and it has its own experiment, ``grid``.
 """
 
@@ -23,7 +24,16 @@ from sweeps.space import GRID_FIELDS, SweepSpace
 __all__ = ["build_options", "main", "parse_axis", "parser"]
 
 #: How each grid option's values are read.
-_TYPES = {"lr": float, "batch_size": int, "momentum": float, "epochs": int, "train_size": int}
+_TYPES = {
+    "lr": float,
+    "batch_size": int,
+    "momentum": float,
+    "epochs": int,
+    "train_size": int,
+    "optimizer": str,
+    "init_seed": int,
+    "order_seed": int,
+}
 
 
 def parser() -> ArgumentParser:
@@ -38,13 +48,13 @@ def parser() -> ArgumentParser:
     return p
 
 
-def parse_axis(name: str, text: str | None) -> tuple[float, ...] | None:
+def parse_axis(name: str, text: str | None) -> tuple[float | str, ...] | None:
     """``--batch-size 32,128`` -> ``(32, 128)``; None when the option is absent. Bad values are a ``UsageError``."""
     if text is None:
         return None
     option = f"--{name.replace('_', '-')}"
     try:
-        values = tuple(_TYPES[name](part) for part in text.split(","))
+        values = tuple(_TYPES[name](part.strip()) for part in text.split(","))
     except ValueError:
         raise UsageError(
             f"Expected `{option}` a comma-separated list of {_TYPES[name].__name__}s, got {text!r}"
@@ -70,8 +80,9 @@ def build_options(args: argparse.Namespace) -> SweepOptions:
             axes.append((name, values))
     if not axes:
         raise UsageError(
-            "a grid needs at least one axis: give one of --lr, --batch-size, --momentum, --epochs, "
-            "--train-size a comma-separated list"
+            "a grid needs at least one axis: give one of "
+            + ", ".join(f"--{name.replace('_', '-')}" for name in GRID_FIELDS)
+            + " a comma-separated list"
         )
     preset = preset_from_args(args)
     for name, values in axes:  # every value of every axis must make a valid config

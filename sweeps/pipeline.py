@@ -220,7 +220,7 @@ def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | 
         return None
     config = preset.train
     data = context.data_for(config)
-    return LambdaMaxTracker(data, preset.analysis.hessian, lr=config.lr, momentum=config.momentum)
+    return LambdaMaxTracker(data, preset.analysis.hessian, threshold=config.stability_threshold)
 
 
 def _run_tags(trial: optuna.Trial, preset: Preset, context: TrialContext) -> dict[str, object]:
@@ -245,8 +245,12 @@ def _run_tags(trial: optuna.Trial, preset: Preset, context: TrialContext) -> dic
 def _run_name(trial: optuna.Trial, preset: Preset, context: TrialContext) -> str:
     config = preset.train
     width = f"-w{config.width:g}" if context.space.widths is not None else ""
-    grid = "".join(f"-{name}{getattr(config, name):g}" for name, _ in context.space.grid if name != "lr")
+    grid = "".join(f"-{name}{_label(getattr(config, name))}" for name, _ in context.space.grid if name != "lr")
     return f"trial-{trial.number:03d}-seed{config.seed}-lr{config.lr:.3g}{grid}{width}"
+
+
+def _label(value: float | int | str) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def _train_measure_log(

@@ -16,8 +16,9 @@ from landscape_core.errors import UsageError
 
 __all__ = ["GRID_FIELDS", "REFERENCE_SEED", "SweepSpace", "configs_from_trial", "lr_grid", "point_key"]
 
-#: The TrainConfig fields a grid sweep can make axes of (Jiang et al. 2019's kind of hyperparameters).
-GRID_FIELDS = ("lr", "batch_size", "momentum", "epochs", "train_size")
+#: The TrainConfig fields a grid sweep can make axes of: Jiang et al. 2019's kind of hyperparameters, the update rule
+#: (issue 22: sgd against full-batch gd, adam, sam), and the seed's two jobs apart (issue 23: init against order).
+GRID_FIELDS = ("lr", "batch_size", "momentum", "epochs", "train_size", "optimizer", "init_seed", "order_seed")
 
 #: The seed of the study's reference minimum for the barriers (``sweeps.reference``): no sweep may draw it.
 REFERENCE_SEED = 1_000_003
@@ -42,7 +43,7 @@ class SweepSpace:
     widths: tuple[float, ...] | None = None
     #: A grid sweep's hyperparameter axes: ``((field, values), ...)`` over ``GRID_FIELDS`` of TrainConfig, crossed
     #: with each other (and the widths) and run with every seed.
-    grid: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    grid: tuple[tuple[str, tuple[float | str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -99,8 +100,14 @@ def lr_grid(n: int, lr_min: float, lr_max: float, sampler: str = "grid", seed: i
 
 def point_key(params: dict) -> tuple:
     """A hashable identity of a trial's point: its seed and every axis it sets (``lr``, ``width``, grid axes)."""
-    axes = tuple(sorted((name, round(float(value), 12)) for name, value in params.items() if name != "seed"))
+    axes = tuple(sorted((name, _identity(value)) for name, value in params.items() if name != "seed"))
     return (int(params["seed"]), axes)
+
+
+def _identity(value: float | int | str) -> float | str:
+    """An axis value as a point's identity: numbers rounded (a float read back from storage may differ in its last
+    bits), names (``optimizer``) as they are."""
+    return value if isinstance(value, str) else round(float(value), 12)
 
 
 def configs_from_trial(trial: optuna.trial.BaseTrial, space: SweepSpace, preset: Preset) -> Preset:

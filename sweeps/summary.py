@@ -41,7 +41,7 @@ def print_trials(study: optuna.Study, console: Console, *, full: bool = False) -
     preset_lr = json.loads(study.user_attrs.get("config", "{}")).get("train.lr")
 
     def order(trial: optuna.trial.FrozenTrial) -> tuple:
-        return (*(float(trial.params.get(name, 0)) for name in axes), trial.params.get("seed", 0), trial.number)
+        return (*(_sortable(trial.params.get(name, 0)) for name in axes), trial.params.get("seed", 0), trial.number)
 
     for trial in sorted(rows, key=order):
         attrs = trial.user_attrs
@@ -50,7 +50,7 @@ def print_trials(study: optuna.Study, console: Console, *, full: bool = False) -
         cells = [str(trial.number), str(trial.params.get("seed"))]
         for name in axes:
             value = trial.params.get(name, preset_lr if name == "lr" else None)
-            cells.append(f"{float(value):.3g}" if value else "-")
+            cells.append(value if isinstance(value, str) else f"{float(value):.3g}" if value else "-")
         cells += [
             f"{attrs['test_acc']:.4f}" if "test_acc" in attrs else "-",
             f"{trial.value:.4f}" if trial.value is not None else "-",
@@ -59,6 +59,11 @@ def print_trials(study: optuna.Study, console: Console, *, full: bool = False) -
         ]
         table.add_row(*cells)
     console.print(table)
+
+
+def _sortable(value: float | str) -> tuple[int, float | str]:
+    """Axis values in order: numbers by value, names (``optimizer``) after them by name."""
+    return (1, value) if isinstance(value, str) else (0, float(value))
 
 
 def _status(trial: optuna.trial.FrozenTrial) -> str:

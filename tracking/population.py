@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from landscape_core import keys
+from landscape_core.config import OPTIMIZERS
 from landscape_core.errors import UsageError
 from tracking.store import DEFAULT_ROOT, StoreError, TrackingStore
 
@@ -39,7 +40,7 @@ __all__ = [
 #: Experiments read when neither an experiment, a study nor a parent run is given.
 DEFAULT_EXPERIMENTS = ("seeds", "lr", "grid")
 #: The axes of a point besides seed and lr, tagged on a trial's run when its sweep varies them.
-POINT_AXES = ("width", "batch_size", "momentum", "epochs", "train_size")
+POINT_AXES = ("width", "batch_size", "momentum", "epochs", "train_size", "optimizer", "init_seed", "order_seed")
 #: Hyperparameter axes the correlation analysis can granulate over (read from the runs' params).
 HYPERPARAMETERS = ("lr", *POINT_AXES)
 #: Runs per ``search_runs`` page (MLflow's maximum); a module constant so tests can page through small stores.
@@ -114,7 +115,11 @@ class Population:
         return np.array([run.lr for run in self.runs], dtype=float)
 
     def hyperparameter(self, name: str) -> np.ndarray:
-        """Shape (n,) float values of a training hyperparameter per run (its logged param; NaN when missing)."""
+        """Shape (n,) float values of a training hyperparameter per run (its logged param; NaN when missing). A named
+        one (``optimizer``) reads as its index in ``OPTIMIZERS``: a label, so that it groups like any other axis."""
+        if name == "optimizer":
+            codes = {label: float(i) for i, label in enumerate(OPTIMIZERS)}
+            return np.array([codes.get(run.params.get(name, ""), math.nan) for run in self.runs], dtype=float)
         return np.array([_float(run.params.get(name)) for run in self.runs], dtype=float)
 
     def varying_hyperparameters(self) -> list[str]:

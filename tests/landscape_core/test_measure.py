@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from landscape_core import connectivity, keys
-from landscape_core.config import ANALYSES, AnalysisConfig, HessianConfig, InvarianceConfig, get_preset
+from landscape_core.config import ANALYSES, AnalysisConfig, HessianConfig, InvarianceConfig, TrainConfig, get_preset
 from landscape_core.functional import param_dict
 from landscape_core.hessian import HessianOperator, top_eigenvalues
 from landscape_core.measure import LambdaMaxTracker, measure, population_barriers
@@ -51,7 +51,7 @@ def test_a_warm_start_gives_the_same_top_eigenvalue_in_fewer_hvps(trained_tiny, 
 def test_the_tracker_follows_the_exact_top_eigenvalue_on_its_own_subset(trained_tiny, learnable_data) -> None:
     data = TrialData(train=learnable_data, test=learnable_data, seed=3)
     config = HessianConfig(track_subset=48, track_iter=60, tol=1e-8, chunk_size=48)
-    tracker = LambdaMaxTracker(data, config, lr=0.05, momentum=0.9)
+    tracker = LambdaMaxTracker(data, config, threshold=TrainConfig(lr=0.05, momentum=0.9).stability_threshold)
     subset = data.subset("tracking", 48)
     assert torch.equal(tracker.data[0], subset[0])  # the subset named "tracking", not another draw
     dense = dense_hessian(trained_tiny, subset)
@@ -96,7 +96,7 @@ def test_a_fixed_smoke_trial_logs_the_same_numbers_as_before(fashion) -> None:
     preset = get_preset("smoke")
     first, second = preset.replace(seed=1, device="cpu").train, preset.replace(seed=2, device="cpu").train
     data = TrialData.build(fashion, first)
-    tracker = LambdaMaxTracker(data, preset.analysis.hessian, lr=first.lr, momentum=first.momentum)
+    tracker = LambdaMaxTracker(data, preset.analysis.hessian, threshold=first.stability_threshold)
     # Recorded with 2 threads; on one thread (this module's) the summation order moves values by < 1e-5 relative.
     trained = train(first, data, on_epoch=tracker)
     reference = train(second, data).model
