@@ -30,6 +30,7 @@ __all__ = [
     "align",
     "apply_permutations",
     "barrier",
+    "barriers_between",
     "interpolate",
     "spec_of",
     "weight_matching",
@@ -173,6 +174,33 @@ def barrier(result: InterpolationResult) -> BarrierResult:
         peak_loss=float(loss.max()),
         argmax_alpha=float(alphas[k]),
     )
+
+
+def barriers_between(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    sets: Mapping[str, Data],
+    *,
+    points: int,
+    align_b: bool,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+) -> dict[tuple[str, bool], tuple[InterpolationResult, BarrierResult]]:
+    """The linear path from A to B on each named data set, raw and (with ``align_b``) with B weight-matched to A.
+
+    Returns:
+        ``{(set name, aligned): (path, barriers)}`` over ``points`` evenly spaced ``a`` in [0, 1].
+    """
+    alphas = torch.linspace(0.0, 1.0, points, dtype=torch.float64).tolist()
+    endpoints = {False: model_b}
+    if align_b:
+        endpoints[True] = align(model_a, model_b, seed=seed)
+    out = {}
+    for aligned, endpoint in endpoints.items():
+        for name, data in sets.items():
+            path = interpolate(model_a, endpoint, data, alphas, dtype=dtype)
+            out[(name, aligned)] = (path, barrier(path))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- weight matching

@@ -401,23 +401,17 @@ def _measure_barriers(
     stage: Stage | None,
 ) -> None:
     k = config.connectivity
-    alphas = torch.linspace(0.0, 1.0, k.points, dtype=torch.float64).tolist()
     sets = {"train": data.subset("barrier_train", k.train_subset), "test": data.subset("barrier_test", k.test_subset)}
-    candidates = {"": model}
-    if k.align:
-        with out.timed("align", stage):
-            candidates["_aligned"] = connectivity.align(reference, model, seed=data.direction_seed("probes"))
-    paths: dict[str, Any] = {}
     with out.timed("barriers", stage):
-        for suffix, endpoint in candidates.items():
-            for split, data in sets.items():
-                path = connectivity.interpolate(reference, endpoint, data, alphas, dtype=dtype)
-                result = connectivity.barrier(path)
-                aligned = bool(suffix)
-                out.scalars[keys.barrier(split, "loss", aligned)] = result.loss_barrier
-                out.scalars[keys.barrier(split, "error", aligned)] = result.error_barrier
-                out.scalars[keys.barrier(split, "peak_loss", aligned)] = result.peak_loss
-                paths[f"{split}{suffix}"] = {**path.to_dict(), **result.to_dict()}
+        results = connectivity.barriers_between(
+            reference, model, sets, points=k.points, align_b=k.align, seed=data.direction_seed("probes"), dtype=dtype
+        )
+    paths: dict[str, Any] = {}
+    for (split, aligned), (path, result) in results.items():
+        out.scalars[keys.barrier(split, "loss", aligned)] = result.loss_barrier
+        out.scalars[keys.barrier(split, "error", aligned)] = result.error_barrier
+        out.scalars[keys.barrier(split, "peak_loss", aligned)] = result.peak_loss
+        paths[f"{split}{'_aligned' if aligned else ''}"] = {**path.to_dict(), **result.to_dict()}
     out.arrays["interpolation"] = paths
 
 
@@ -501,7 +495,7 @@ class LambdaMaxTracker:
         self.steps: list[tuple[int, float]] = []
 
     def lambda_max(self, model: nn.Module) -> float:
-        """lambda_max of ``model`` on the tracking subset, warm-started from the last eigenvector (kept for the next)."""
+        """lambda_max of ``model`` on the tracking subset, warm-started from the last eigenvector (kept)."""
         result = hessian.top_eigenvalues(
             hessian.HessianOperator(model, self.data, chunk_size=self.config.chunk_size),
             k=1,

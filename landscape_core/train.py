@@ -187,7 +187,7 @@ def train(
         if start.epoch > config.epochs:
             raise ValueError(f"Expected a snapshot at epoch <= `epochs` ({config.epochs}), got epoch {start.epoch}")
         with torch.no_grad():
-            for name, value in param_dict(model).items():
+            for name, value in model.named_parameters():
                 value.copy_(start.params[name])
         if start.optimizer_state is not None:
             optimizer.load_state_dict(copy.deepcopy(start.optimizer_state))

@@ -86,9 +86,7 @@ def test_the_edge_of_stability_panel_is_drawn_from_what_the_tracker_writes(fashi
     """The real chain: LambdaMaxTracker -> train -> training_curves, with no key typed by the test."""
     config = TrainConfig(epochs=2, batch_size=64, train_size=256, test_size=128, device="cpu")
     data = TrialData.build(fashion, config)
-    tracker = LambdaMaxTracker(
-        data, HessianConfig(track_subset=32, track_iter=3), threshold=config.stability_threshold
-    )
+    tracker = LambdaMaxTracker(data, HessianConfig(track_subset=32, track_iter=3), threshold=config.stability_threshold)
     history = train(config, data, on_epoch=tracker).history
     fig = training_curves(history)
     assert len(fig.axes) == 3 and fig.axes[2].get_title() == "Edge of stability"
