@@ -17,6 +17,7 @@ __all__ = [
     "PRESETS",
     "AnalysisConfig",
     "ConnectivityConfig",
+    "CurveConfig",
     "CurvatureConfig",
     "FlatnessConfig",
     "HessianConfig",
@@ -26,6 +27,7 @@ __all__ = [
     "SharpnessConfig",
     "SliceConfig",
     "TrainConfig",
+    "TrajectoryConfig",
     "get_preset",
 ]
 
@@ -43,6 +45,8 @@ ANALYSES = (
     "tracking",
     "invariance",
     "reliability",
+    "curve",
+    "trajectory",
 )
 
 #: How a trial trains (``TrainConfig.optimizer``): ``sgd`` mini-batch SGD with heavy-ball momentum (the paper's),
@@ -310,6 +314,47 @@ class ConnectivityConfig:
 
 
 @dataclass(frozen=True)
+class CurveConfig:
+    """A quadratic Bezier curve with one trained bend between the trial's minimum and the study's reference minimum
+    (Garipov et al. 2018), raw and after weight matching: is the barrier on the line a wall, or a bend away?
+
+    The bend starts at the midpoint (the curve starts as the line) and is trained by SGD with momentum on
+    ``E_t L(theta(t))``, a fresh t per mini-batch, for ``epochs`` passes over ``train_subset`` training images. The
+    curve is evaluated at the line's points (``ConnectivityConfig.points``) on the connectivity subsets (train and
+    test), and the loss over the plane through both minima and the bend at ``plane_points`` x ``plane_points`` points
+    (the figure)."""
+
+    train_subset: int = 8192
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    plane_points: int = 21
+
+    def __post_init__(self) -> None:
+        _positive(self, "train_subset", "epochs", "batch_size")
+        _finite_positive(self, "lr")
+        _check(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        _check(self.plane_points >= 2, "plane_points", ">= 2", self.plane_points)
+
+
+@dataclass(frozen=True)
+class TrajectoryConfig:
+    """The training trajectory on its principal plane (Li et al. 2018): ``checkpoints`` flat copies of the weights
+    kept evenly along training (plus the initial weights), and the loss over that plane at ``points`` x ``points``
+    points on ``subset`` training images."""
+
+    checkpoints: int = 24
+    points: int = 21
+    subset: int = 2048
+
+    def __post_init__(self) -> None:
+        _check(self.checkpoints >= 2, "checkpoints", ">= 2", self.checkpoints)
+        _check(self.points >= 2, "points", ">= 2", self.points)
+        _positive(self, "subset")
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     """Which geometry measures a trial runs after training, and how big each is."""
 
@@ -321,6 +366,8 @@ class AnalysisConfig:
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
     connectivity: ConnectivityConfig = field(default_factory=ConnectivityConfig)
     invariance: InvarianceConfig = field(default_factory=InvarianceConfig)
+    curve: CurveConfig = field(default_factory=CurveConfig)
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     skip: frozenset[str] = frozenset()
     #: The arithmetic of the forward-only evaluations (slices, weight noise, PAC-Bayes, barrier paths): ``auto``
     #: (bfloat16 where the hardware has it, ``devices.forward_dtype``), ``float32`` or ``bfloat16``. Gradients, HVPs
@@ -382,6 +429,8 @@ PRESETS: dict[str, Preset] = {
             slices=SliceConfig(subset=128, points_1d=15, points_2d=7),
             curvature=CurvatureConfig(subset=128, directions=2),
             connectivity=ConnectivityConfig(train_subset=256, test_subset=256, points=25),
+            curve=CurveConfig(train_subset=2048, epochs=2, plane_points=11),
+            trajectory=TrajectoryConfig(checkpoints=16, points=11, subset=256),
             skip=frozenset({"density"}),
         ),
     ),
@@ -407,6 +456,8 @@ PRESETS: dict[str, Preset] = {
             curvature=CurvatureConfig(subset=64, directions=1),
             connectivity=ConnectivityConfig(train_subset=64, test_subset=64, points=5),
             invariance=InvarianceConfig(factors=(10.0,)),
+            curve=CurveConfig(train_subset=64, epochs=1, batch_size=32, plane_points=3),
+            trajectory=TrajectoryConfig(checkpoints=4, points=3, subset=64),
             retest_trials=0,  # tests ask for it (--retest-trials): 2-epoch minima need no reliability audit
             forward_dtype="float32",  # the golden smoke trial's numbers must not depend on the CPU's bf16 support
         ),

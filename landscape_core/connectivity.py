@@ -182,19 +182,17 @@ def barriers_between(
     sets: Mapping[str, Data],
     *,
     points: int,
-    align_b: bool,
-    seed: int = 0,
+    aligned_b: nn.Module | None = None,
     dtype: torch.dtype | None = None,
 ) -> dict[tuple[str, bool], tuple[InterpolationResult, BarrierResult]]:
-    """The linear path from A to B on each named data set, raw and (with ``align_b``) with B weight-matched to A.
+    """The linear path from A to B on each named data set, and from A to ``aligned_b`` (B weight-matched to A by
+    :func:`align`) when given.
 
     Returns:
         ``{(set name, aligned): (path, barriers)}`` over ``points`` evenly spaced ``a`` in [0, 1].
     """
     alphas = torch.linspace(0.0, 1.0, points, dtype=torch.float64).tolist()
-    endpoints = {False: model_b}
-    if align_b:
-        endpoints[True] = align(model_a, model_b, seed=seed)
+    endpoints = {False: model_b} | ({True: aligned_b} if aligned_b is not None else {})
     out = {}
     for aligned, endpoint in endpoints.items():
         for name, data in sets.items():

@@ -19,6 +19,10 @@ __all__ = [
     "TARGETS",
     "analysis_of",
     "barrier",
+    "curve_barrier",
+    "instability",
+    "LAMBDA_MAX_STEP",
+    "TRAJECTORY_EXPLAINED",
     "is_measure",
     "perturb",
     "sigma_label",
@@ -29,6 +33,10 @@ TRAIN_LOSS, TRAIN_ACC, TEST_LOSS, TEST_ACC = "train/loss", "train/acc", "test/lo
 EPOCH_SECONDS = "time/epoch_s"
 #: lambda_max on the tracking subset after each epoch, and the edge-of-stability threshold (2 + 2 beta) / lr.
 LAMBDA_MAX_EPOCH, EOS_THRESHOLD = "hessian/lambda_max_epoch", "hessian/eos_threshold"
+#: lambda_max on the tracking subset every ``HessianConfig.track_every`` optimizer steps (MLflow step = that step).
+LAMBDA_MAX_STEP = "hessian/lambda_max_step"
+#: The share of the trajectory's variance along its first two principal directions (Li et al. 2018).
+TRAJECTORY_EXPLAINED = ("trajectory/explained_pc1", "trajectory/explained_pc2")
 
 # ---------------------------------------------------------------------------------------------- final (step 0)
 FINAL_TRAIN_LOSS, FINAL_TRAIN_ACC = "final/train_loss", "final/train_acc"
@@ -87,6 +95,16 @@ def perturb(quantity: str, sigma: float) -> str:
 def barrier(split: str, quantity: str, aligned: bool = False) -> str:
     """A barrier on the linear path: ``split`` train or test, ``quantity`` loss, error or peak_loss."""
     return f"barrier/{split}_{quantity}{'_aligned' if aligned else ''}"
+
+
+def curve_barrier(split: str, quantity: str, aligned: bool = False) -> str:
+    """A barrier on the trained Bezier curve to the reference minimum (``barrier/curve_test_loss_aligned``)."""
+    return f"barrier/curve_{split}_{quantity}{'_aligned' if aligned else ''}"
+
+
+def instability(split: str, quantity: str, aligned: bool = False) -> str:
+    """A barrier between the two branches of an instability pair (``instability/test_error``)."""
+    return f"instability/{split}_{quantity}{'_aligned' if aligned else ''}"
 
 
 def slice_at_span(direction: str) -> str:
@@ -158,7 +176,9 @@ ANALYSIS_PREFIXES = (
     ("perturb/train", "noise"),
     ("perturb/test", "noise_test"),
     ("curvature/", "curvature"),
+    ("barrier/curve_", "curve"),
     ("barrier/", "connectivity"),
+    ("trajectory/", "trajectory"),
 )
 
 

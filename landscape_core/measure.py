@@ -20,6 +20,7 @@ from torch import nn
 
 from landscape_core import (
     connectivity,
+    curves,
     devices,
     directions,
     flatness,
@@ -32,8 +33,11 @@ from landscape_core import (
     slices,
 )
 from landscape_core.config import AnalysisConfig, HessianConfig
-from landscape_core.functional import Data, Params
+from landscape_core.functional import Data, Params, flatten, param_dict
 from landscape_core.splits import TrialData
+from landscape_core.trajectory import Checkpoints, trajectory_plane_loss
+from landscape_core.trajectory import pca_trajectory as trajectory_pca
+from landscape_core.trajectory import plane_grid as trajectory_grid
 
 __all__ = [
     "AUDIT_SKIPS",
@@ -89,6 +93,7 @@ def measure(
     reference: nn.Module | None = None,
     stage: Stage | None = None,
     v0: torch.Tensor | None = None,
+    trajectory: Checkpoints | None = None,
 ) -> Measurements:
     """Run every analysis in ``config`` (minus ``config.skip``) on ``model`` at its current weights.
 
@@ -103,6 +108,8 @@ def measure(
         v0: a start vector for the top eigenvalues' Lanczos, e.g. ``LambdaMaxTracker.vector``, the top eigenvector
             of the last epoch on the tracking subset: it lies close to the final one, so Lanczos meets its residual
             test in fewer HVPs (measured: ``benchmarks`` row ``lambda_max_vs_power_double_backward``). None: random.
+        trajectory: the weights kept along training (``trajectory.Checkpoints``, the initial ones included), for the
+            trajectory's principal plane; None (or fewer than 3): not drawn.
 
     Returns:
         Measurements with scalars, arrays and per-analysis seconds.
@@ -246,7 +253,15 @@ def measure(
         _measure_slices(model, data, config, top, dtype, out, stage)
 
     if config.runs("connectivity") and reference is not None:
-        _measure_barriers(model, reference, data, config, dtype, out, stage)
+        aligned = None
+        if config.connectivity.align:
+            with out.timed("align", stage):
+                aligned = connectivity.align(reference, model, seed=seed)
+        _measure_barriers(model, reference, aligned, data, config, dtype, out, stage)
+        if config.runs("curve"):
+            _measure_curves(model, reference, aligned, data, config, dtype, out, stage)
+    if config.runs("trajectory") and trajectory is not None and len(trajectory) >= 3:
+        _measure_trajectory(model, trajectory, data, config, dtype, out, stage)
     return out
 
 
@@ -394,6 +409,7 @@ def _measure_slices(
 def _measure_barriers(
     model: nn.Module,
     reference: nn.Module,
+    aligned: nn.Module | None,
     data: TrialData,
     config: AnalysisConfig,
     dtype: torch.dtype | None,
@@ -403,16 +419,100 @@ def _measure_barriers(
     k = config.connectivity
     sets = {"train": data.subset("barrier_train", k.train_subset), "test": data.subset("barrier_test", k.test_subset)}
     with out.timed("barriers", stage):
-        results = connectivity.barriers_between(
-            reference, model, sets, points=k.points, align_b=k.align, seed=data.direction_seed("probes"), dtype=dtype
-        )
+        results = connectivity.barriers_between(reference, model, sets, points=k.points, aligned_b=aligned, dtype=dtype)
     paths: dict[str, Any] = {}
-    for (split, aligned), (path, result) in results.items():
-        out.scalars[keys.barrier(split, "loss", aligned)] = result.loss_barrier
-        out.scalars[keys.barrier(split, "error", aligned)] = result.error_barrier
-        out.scalars[keys.barrier(split, "peak_loss", aligned)] = result.peak_loss
-        paths[f"{split}{'_aligned' if aligned else ''}"] = {**path.to_dict(), **result.to_dict()}
+    for (split, is_aligned), (path, result) in results.items():
+        out.scalars[keys.barrier(split, "loss", is_aligned)] = result.loss_barrier
+        out.scalars[keys.barrier(split, "error", is_aligned)] = result.error_barrier
+        out.scalars[keys.barrier(split, "peak_loss", is_aligned)] = result.peak_loss
+        paths[f"{split}{'_aligned' if is_aligned else ''}"] = {**path.to_dict(), **result.to_dict()}
     out.arrays["interpolation"] = paths
+
+
+def _measure_curves(
+    model: nn.Module,
+    reference: nn.Module,
+    aligned: nn.Module | None,
+    data: TrialData,
+    config: AnalysisConfig,
+    dtype: torch.dtype | None,
+    out: Measurements,
+    stage: Stage | None,
+) -> None:
+    """Garipov et al. 2018: a Bezier curve with one bend trained from the reference minimum (t = 0) to this one (t =
+    1), raw and to its weight-matched copy; the curve's barriers on the connectivity subsets; the loss over the plane
+    through the reference, the raw curve's bend and this minimum."""
+    c, k = config.curve, config.connectivity
+    sets = {"train": data.subset("barrier_train", k.train_subset), "test": data.subset("barrier_test", k.test_subset)}
+    ts = torch.linspace(0.0, 1.0, k.points, dtype=torch.float64).tolist()  # the line's points: one figure for both
+    start = param_dict(reference)
+    ends = {False: model} | ({True: aligned} if aligned is not None else {})
+    paths: dict[str, Any] = {}
+    with out.timed("curve", stage):
+        for is_aligned, endpoint in ends.items():
+            end = param_dict(endpoint)
+            bend = curves.train_bend(
+                reference,
+                start,
+                end,
+                data.subset("curve", c.train_subset),
+                epochs=c.epochs,
+                batch_size=c.batch_size,
+                lr=c.lr,
+                momentum=c.momentum,
+                generator=torch.Generator().manual_seed(data.direction_seed("curve")),
+            )
+            for split, subset in sets.items():
+                path = curves.curve_path(reference, start, bend, end, subset, ts, dtype=dtype)
+                result = connectivity.barrier(path)
+                out.scalars[keys.curve_barrier(split, "loss", is_aligned)] = result.loss_barrier
+                out.scalars[keys.curve_barrier(split, "error", is_aligned)] = result.error_barrier
+                out.scalars[keys.curve_barrier(split, "peak_loss", is_aligned)] = result.peak_loss
+                paths[f"{split}{'_aligned' if is_aligned else ''}"] = {**path.to_dict(), **result.to_dict()}
+            if not is_aligned:
+                plane = curves.plane_through(start, bend, end)
+                xs, ys = curves.plane_grid(plane, c.plane_points)
+                loss, _ = curves.plane_loss(reference, plane, sets["train"], xs, ys, dtype=dtype)
+                paths["plane"] = {
+                    "xs": xs.tolist(),
+                    "ys": ys.tolist(),
+                    "loss": loss.tolist(),
+                    "curve_xy": plane.curve_xy(ts).tolist(),
+                    "points_xy": {
+                        label: list(plane.points_xy[name])
+                        for name, label in (("start", "reference"), ("bend", "bend"), ("end", "this minimum"))
+                    },
+                }
+    out.arrays["curve"] = paths
+
+
+def _measure_trajectory(
+    model: nn.Module,
+    trajectory: Checkpoints,
+    data: TrialData,
+    config: AnalysisConfig,
+    dtype: torch.dtype | None,
+    out: Measurements,
+    stage: Stage | None,
+) -> None:
+    """Li et al. 2018: the kept weights' differences to the final ones on their first two principal directions, and
+    the train loss over that plane."""
+    t = config.trajectory
+    with out.timed("trajectory", stage):
+        final = param_dict(model)
+        pca = trajectory_pca(trajectory.stack(), flatten(final).detach().to("cpu", torch.float32))
+        xs, ys = trajectory_grid(pca, t.points)
+        loss = trajectory_plane_loss(model, final, pca, data.subset("trajectory", t.subset), xs, ys, dtype=dtype)
+    for key, share in zip(keys.TRAJECTORY_EXPLAINED, pca.explained.tolist()):
+        out.scalars[key] = share
+    out.arrays["trajectory"] = {
+        "steps": trajectory.steps,
+        "coords": pca.coords.tolist(),
+        "explained": pca.explained.tolist(),
+        "xs": xs.tolist(),
+        "ys": ys.tolist(),
+        "loss": loss.tolist(),
+    }
 
 
 def audit_invariance(

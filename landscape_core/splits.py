@@ -63,6 +63,8 @@ SUBSETS: dict[str, Draw] = {
     "barrier_train": Draw("train", 5, "train-loss barriers on the linear path to another minimum"),
     "barrier_test": Draw("test", 6, "test-loss barriers (the paper's figure; never a predictor), the barrier matrix"),
     "tracking": Draw("train", 8, "per-epoch lambda_max during training"),
+    "curve": Draw("train", 9, "training the bend of the curve to the reference minimum"),
+    "trajectory": Draw("train", 10, "the loss on the training trajectory's principal plane"),
 }
 
 #: Seed offsets of random directions (added to ``data_seed``; the i-th of several directions adds ``i`` too).
@@ -73,6 +75,7 @@ DIRECTION_SEEDS: dict[str, int] = {
     "curvature": 100,
     "trace": 200,  # Hutchinson probes: drawn apart from the Lanczos start whose Krylov basis deflates them
     "density": 300,  # SLQ probes beyond the one the top-k Lanczos run provides
+    "curve": 400,  # the curve's mini-batch order and its t draws
 }
 
 
@@ -90,6 +93,8 @@ def subsets_used(config: AnalysisConfig) -> dict[str, int | None]:
         "barrier_train": (c.connectivity.train_subset, c.runs("connectivity")),
         "barrier_test": (c.connectivity.test_subset, c.runs("connectivity")),
         "tracking": (c.hessian.track_subset, c.runs("tracking") and c.runs("hessian")),
+        "curve": (c.curve.train_subset, c.runs("curve") and c.runs("connectivity")),
+        "trajectory": (c.trajectory.subset, c.runs("trajectory")),
     }
     return {name: size for name, (size, used) in candidates.items() if used}
 

@@ -109,7 +109,7 @@ class Snapshot:
 
 EpochCallback = Callable[[int, nn.Module], dict[str, float] | None]
 StepCallback = Callable[[int, int, int, float], None]
-#: Called after every optimizer step as ``on_update(step, model)``, ``step`` counting from 1 at initialization.
+#: Called as ``on_update(step, model)`` before the first optimizer step (step 0 at initialization) and after each.
 UpdateCallback = Callable[[int, nn.Module], None]
 
 
@@ -167,8 +167,9 @@ def train(
             in that epoch's ``extra`` metrics (e.g. lambda_max tracking). It must not change the model.
         on_step: called every few steps as ``on_step(epoch, step, steps_per_epoch, loss)`` for live progress.
         on_metrics: called with each epoch's complete metrics as soon as they exist (e.g. to log them live).
-        on_update: called after every optimizer step as ``on_update(step, model)`` (per-step lambda_max tracking,
-            trajectory checkpoints). It must not change the model.
+        on_update: called as ``on_update(step, model)`` before the first optimizer step and after every one, with the
+            steps taken so far (0 at initialization): per-step lambda_max tracking, trajectory checkpoints. It must
+            not change the model.
         start: continue from this snapshot (a branch: its weights, optimizer state and history, then epochs
             ``start.epoch + 1 .. config.epochs`` in ``config``'s batch order); None starts from initialization.
 
@@ -198,6 +199,8 @@ def train(
     n = inputs.shape[0]
     steps = 1 if config.optimizer == "gd" else math.ceil(n / config.batch_size)
     report_every = max(1, steps // 20)
+    if on_update is not None:
+        on_update(global_step, model)
     for epoch in range(first_epoch, config.epochs + 1):
         epoch_start = time.perf_counter()
         model.train()

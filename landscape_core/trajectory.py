@@ -54,15 +54,18 @@ class Checkpoints:
         self._flats: list[Tensor] = []
 
     def __call__(self, step: int, model: nn.Module) -> None:
-        """The per-update hook: ``step`` is the 1-based optimizer step count just taken."""
+        """The per-update hook (``train``'s ``on_update``): ``step`` is the optimizer steps taken so far (0 at
+        initialization)."""
         if step % self.every == 0:
             self.add(step, model)
 
-    def add(self, step: int, model: nn.Module) -> None:
-        """Keep a copy of the model's parameters at ``step`` (>= 0), whatever ``every`` says."""
+    def add(self, step: int, model: nn.Module | Params) -> None:
+        """Keep a copy of the model's parameters (or of a parameter dict) at ``step`` (>= 0), whatever ``every``
+        says."""
         check_count("step", step, minimum=0)
+        params = dict(model.named_parameters()) if isinstance(model, nn.Module) else model
         with torch.no_grad():
-            flat = flatten(dict(model.named_parameters())).to(device="cpu", dtype=torch.float32)  # cat copies
+            flat = flatten(params).to(device="cpu", dtype=torch.float32)  # cat copies
         if self._flats:
             size = self._flats[0].numel()
             check(flat.numel() == size, "model", f"with {size} parameters, as before", flat.numel())

@@ -223,6 +223,10 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     analysis = dataclasses.replace(preset.analysis, skip=frozenset(skip))
     if getattr(args, "retest_trials", None) is not None:
         analysis = dataclasses.replace(analysis, retest_trials=args.retest_trials)
+    if getattr(args, "track_every", None) is not None:
+        analysis = dataclasses.replace(
+            analysis, hessian=dataclasses.replace(analysis.hessian, track_every=args.track_every)
+        )
     return dataclasses.replace(preset, analysis=analysis)
 
 

@@ -2,12 +2,12 @@
 hyperparameters x seeds.
 
 Any of ``--lr``, ``--batch-size``, ``--momentum``, ``--epochs``, ``--train-size``, ``--optimizer``, ``--init-seed``
-and ``--order-seed`` takes a comma-separated list; each with more than one value is an axis, and the grid is their cross product, every point run with
-``--seeds-per-point`` seeds (repetitions inside a cell, not an axis). A single value is an override, as in the other
-sweeps. ``--batch-size 32,512`` alone asks Keskar et al. 2017's large-batch question. Add ``--stop-at-train-loss X``
-to compare the models at one train loss (Jiang et al. 2019). ``--optimizer sgd,gd,sam`` asks the paper's "why SGD"
-question (``make optimizers``). The sweep runs like the others: its points are
-enqueued, it resumes, it takes workers, and it has its own experiment, ``grid``.
+and ``--order-seed`` takes a comma-separated list; each with more than one value is an axis, and the grid is their
+cross product, every point run with ``--seeds-per-point`` seeds (repetitions inside a cell, not an axis). A single
+value is an override, as in the other sweeps. ``--batch-size 32,512`` alone asks Keskar et al. 2017's large-batch
+question. Add ``--stop-at-train-loss X`` to compare the models at one train loss (Jiang et al. 2019).
+``--optimizer sgd,gd,sam`` asks the paper's "why SGD" question (``make optimizers``). The sweep runs like the
+others: its points are enqueued, it resumes, it takes workers, and it has its own experiment, ``grid``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ audit, a second measurement of their minimum on independent images, logged as ``
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -25,7 +26,8 @@ from landscape_core.devices import resolve_device
 from landscape_core.ensemble import train_ensemble
 from landscape_core.measure import LambdaMaxTracker, audit_invariance, measure, retest
 from landscape_core.splits import TrialData, subsets_used
-from landscape_core.train import DivergenceError, TrainResult, train
+from landscape_core.train import DivergenceError, TrainResult, UpdateCallback, train
+from landscape_core.trajectory import Checkpoints
 from sweeps.claims import OWNER, this_worker
 from sweeps.progress import SweepProgress
 from sweeps.reference import ReferenceModels
@@ -35,7 +37,7 @@ from tracking.provenance import log_datasets, provenance_tags, system_metrics
 from tracking.reliability import RETEST_SECONDS, retest_key
 from tracking.runs import RunLogger, flatten_config, start_child
 from tracking.store import TrackingStore
-from tracking.trial_log import log_epoch, log_measurements, log_model, log_training
+from tracking.trial_log import log_epoch, log_measurements, log_model, log_sharpness_steps, log_training
 
 __all__ = [
     "NotPlanned",
@@ -223,6 +225,30 @@ def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | 
     return LambdaMaxTracker(data, preset.analysis.hessian, threshold=config.stability_threshold)
 
 
+def trajectory_checkpoints(preset: Preset, data: TrialData) -> Checkpoints | None:
+    """The trajectory's kept weights (``TrajectoryConfig.checkpoints`` evenly over the steps ``epochs`` allow, the
+    initial weights included), unless the trajectory is skipped."""
+    if not preset.analysis.runs("trajectory"):
+        return None
+    config = preset.train
+    per_epoch = 1 if config.optimizer == "gd" else math.ceil(data.train[0].shape[0] / config.batch_size)
+    return Checkpoints(max(1, config.epochs * per_epoch // preset.analysis.trajectory.checkpoints))
+
+
+def _updates(tracker: LambdaMaxTracker | None, checkpoints: Checkpoints | None) -> UpdateCallback | None:
+    """``train``'s per-step hook: the tracker's (when it tracks every K steps) and the checkpoints'."""
+    per_step = tracker.update if tracker is not None and tracker.config.track_every else None
+    hooks = [hook for hook in (per_step, checkpoints) if hook is not None]
+    if not hooks:
+        return None
+
+    def update(step: int, model: nn.Module) -> None:
+        for hook in hooks:
+            hook(step, model)
+
+    return update
+
+
 def _run_tags(trial: optuna.Trial, preset: Preset, context: TrialContext) -> dict[str, object]:
     config = preset.train
     tags: dict[str, object] = {
@@ -269,13 +295,16 @@ def _train_measure_log(
     log_datasets(run, context.data_for(config), subsets_used(preset.analysis))
     if progress:
         progress.trial_started(f"trial {trial.number} seed {config.seed} lr {config.lr:.3g}", config.epochs)
+    checkpoints = None
     if trained is None:
+        checkpoints = trajectory_checkpoints(preset, context.data_for(config))
         result = train(
             config,
             context.data_for(config),
             on_epoch=tracker,
             on_step=progress.step if progress else None,
             on_metrics=lambda metrics: log_epoch(run, metrics),
+            on_update=_updates(tracker, checkpoints),
         )
     elif isinstance(trained, DivergenceError):
         raise trained
@@ -284,6 +313,8 @@ def _train_measure_log(
         for metrics in result.history:
             log_epoch(run, metrics)
     log_training(run, result, config)
+    if tracker is not None and tracker.steps:
+        log_sharpness_steps(run, tracker.steps, tracker.threshold)
     reference = _reference(trial, preset, context)
     stage = progress.stage if progress else None
     measurements = measure(
@@ -294,6 +325,7 @@ def _train_measure_log(
         reference=reference,
         stage=stage,
         v0=tracker.vector if tracker is not None else None,
+        trajectory=checkpoints,
     )
     log_measurements(run, measurements)
     if preset.analysis.runs("invariance") and _is_audited(trial, context):

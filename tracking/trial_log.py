@@ -16,11 +16,11 @@ from landscape_core import keys
 from landscape_core.config import TrainConfig
 from landscape_core.measure import Measurements
 from landscape_core.plots.geometry import geometry_figures
-from landscape_core.plots.training import training_curves
+from landscape_core.plots.training import edge_of_stability_figure, training_curves
 from landscape_core.train import EpochMetrics, TrainResult
 from tracking.runs import RunLogger
 
-__all__ = ["final_metrics", "log_epoch", "log_measurements", "log_model", "log_training"]
+__all__ = ["final_metrics", "log_epoch", "log_measurements", "log_model", "log_sharpness_steps", "log_training"]
 
 
 def log_epoch(run: RunLogger, metrics: EpochMetrics) -> None:
@@ -60,6 +60,15 @@ def log_training(run: RunLogger, result: TrainResult, config: TrainConfig) -> No
     run.figure(training_curves(result.history), "training_curves")
     run.json([dataclasses.asdict(m) for m in result.history], "history")
     run.checkpoint(result.model.state_dict())
+
+
+def log_sharpness_steps(run: RunLogger, steps: list[tuple[int, float]], threshold: float) -> None:
+    """lambda_max tracked every K optimizer steps (``keys.LAMBDA_MAX_STEP``, MLflow step = the optimizer step), as
+    JSON, and the edge-of-stability figure: the curve against the threshold (Cohen et al. 2021)."""
+    for step, value in steps:
+        run.metrics({keys.LAMBDA_MAX_STEP: value}, step=step)
+    run.json({"steps": [s for s, _ in steps], "lambda_max": [v for _, v in steps], "threshold": threshold}, "sharpness")
+    run.figure(edge_of_stability_figure([s for s, _ in steps], [v for _, v in steps], threshold), "edge_of_stability")
 
 
 def log_measurements(run: RunLogger, measurements: Measurements) -> None:

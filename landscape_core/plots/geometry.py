@@ -13,6 +13,9 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from landscape_core.plots.curves import curve_plane_figure, three_paths_figure
+from landscape_core.plots.trajectory import trajectory_figure
+
 __all__ = [
     "barrier_matrix_plot",
     "eigenvalue_plot",
@@ -259,7 +262,8 @@ def geometry_figures(arrays: Mapping[str, Any]) -> dict[str, Figure]:
             other entries (trace, sharpness, flatness, curvature) have none.
 
     Returns:
-        ``{"eigenvalues", "slice_1d", "slice_2d", "interpolation", "weight_noise"}`` (those supported) -> Figure.
+        ``{"eigenvalues", "slice_1d", "slice_2d", "interpolation", "weight_noise", "paths", "curve_plane",
+        "trajectory"}`` (those supported) -> Figure.
     """
     figures = {}
     if "eigenvalues" in arrays:
@@ -292,4 +296,30 @@ def geometry_figures(arrays: Mapping[str, Any]) -> dict[str, Figure]:
         figures["weight_noise"] = noise_plot(
             n["sigmas"], n["loss_mean"], n["loss_stderr"], n["acc_mean"], n["acc_stderr"]
         )
+    if "curve" in arrays and "interpolation" in arrays:
+        figures.update(_curve_figures(arrays["interpolation"], arrays["curve"]))
+    if "trajectory" in arrays:
+        t = arrays["trajectory"]
+        figures["trajectory"] = trajectory_figure(t["xs"], t["ys"], t["loss"], t["coords"], t["explained"], t["steps"])
     return figures
+
+
+def _curve_figures(lines: Mapping[str, Any], curve: Mapping[str, Any]) -> dict[str, Figure]:
+    """The three paths to the reference minimum (line, weight-matched line, trained curve; raw and weight-matched)
+    per split, and the plane through the reference, the raw curve's bend and this minimum."""
+    names = {"": "line", "_aligned": "line, weight-matched"}
+    panels = {}
+    for split in ("train", "test"):
+        panel = {label: lines[split + suffix]["loss"] for suffix, label in names.items() if split + suffix in lines}
+        for suffix, label in (("", "curve"), ("_aligned", "curve, weight-matched")):
+            if split + suffix in curve:
+                panel[label] = curve[split + suffix]["loss"]
+        panels[f"{split} loss"] = panel
+    title = "Loss along the paths from the reference minimum (t = 0) to this one (t = 1)"
+    out = {"paths": three_paths_figure(lines["train"]["alphas"], panels, title=title)}
+    if "plane" in curve:
+        p = curve["plane"]
+        out["curve_plane"] = curve_plane_figure(
+            p["xs"], p["ys"], p["loss"], p["curve_xy"], p["points_xy"], title="Train loss over the plane of the curve"
+        )
+    return out

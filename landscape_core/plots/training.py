@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from landscape_core.keys import EOS_THRESHOLD, LAMBDA_MAX_EPOCH
 
-__all__ = ["training_curves"]
+__all__ = ["edge_of_stability_figure", "training_curves"]
 
 
 def _extra(entry: Any, key: str) -> float:
@@ -66,4 +66,33 @@ def training_curves(history: Sequence[Any]) -> Figure:
 
     for ax in axes:
         ax.grid(alpha=0.3)
+    return fig
+
+
+def edge_of_stability_figure(steps: Sequence[int], lambda_max: Sequence[float], threshold: float) -> Figure:
+    """lambda_max every K optimizer steps against the stability threshold (Cohen et al. 2021): under full-batch GD it
+    rises to ``2 / lr`` (``(2 + 2 beta) / lr`` with heavy-ball momentum) and hovers there; under SGD it stays below.
+
+    Args:
+        steps: the optimizer steps at which lambda_max was tracked ``[K]``.
+        lambda_max: its values ``[K]``.
+        threshold: ``TrainConfig.stability_threshold`` (NaN for Adam: no line is drawn).
+
+    Returns:
+        A Figure with one axis.
+    """
+    if len(steps) != len(lambda_max) or len(steps) == 0:
+        raise ValueError(f"Expected `steps` and `lambda_max` of one non-zero length, got {len(steps)}, {len(lambda_max)}")
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(list(steps), list(lambda_max), ".-", lw=1, markersize=3, label=r"$\lambda_{max}$ (tracking subset)")
+    if math.isfinite(threshold):
+        ax.axhline(threshold, color="black", ls="--", label=f"threshold $(2 + 2\\beta) / \\eta$ = {threshold:.3g}")
+        above = sum(v >= threshold for v in lambda_max)
+        ax.set_title(f"Sharpness during training: {above} of {len(steps)} tracked steps at or above the threshold")
+    else:
+        ax.set_title("Sharpness during training")
+    ax.set(xlabel="optimizer step", ylabel="top Hessian eigenvalue")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return fig

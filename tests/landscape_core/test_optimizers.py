@@ -126,7 +126,7 @@ def test_per_step_tracking_is_the_dense_hessians_top_eigenvalue_at_the_tracked_s
             copies[step] = copy.deepcopy(model).double().to(memory_format=torch.contiguous_format)
 
     train(config, data, on_update=update)
-    assert [s for s, _ in tracker.steps] == [3, 6]
+    assert [s for s, _ in tracker.steps] == [0, 3, 6]  # at initialization, then every 3 steps
     subset = tuple(t.double() if t.is_floating_point() else t for t in data.subset("tracking", 32))
     for step, value in tracker.steps:
         exact = float(torch.linalg.eigvalsh(dense_hessian_tiny(copies[step], subset))[-1])
@@ -144,7 +144,7 @@ def test_a_tiny_full_batch_gd_run_sharpens_to_the_edge_of_stability_and_hovers_t
     tracker = LambdaMaxTracker(data, hessian, threshold=config.stability_threshold)
     result = train(config, data, on_update=tracker.update)
     lam = torch.tensor([value for _, value in tracker.steps])
-    assert lam.shape == (150,)
+    assert lam.shape == (151,)  # at initialization and after each step
     assert float(lam[:10].max()) < 0.3 * config.stability_threshold  # starts far below
     crossed = int(torch.nonzero(lam >= config.stability_threshold)[0])  # reaches it
     after = lam[crossed:]
