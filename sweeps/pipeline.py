@@ -21,9 +21,11 @@ import optuna
 from optuna.trial import TrialState
 from torch import nn
 
+from landscape_core import connectivity, keys
 from landscape_core.config import Preset, TrainConfig
 from landscape_core.devices import resolve_device
 from landscape_core.ensemble import train_ensemble
+from landscape_core.instability import train_branches
 from landscape_core.measure import LambdaMaxTracker, audit_invariance, measure, retest
 from landscape_core.splits import TrialData, subsets_used
 from landscape_core.train import DivergenceError, TrainResult, UpdateCallback, train
@@ -37,7 +39,14 @@ from tracking.provenance import log_datasets, provenance_tags, system_metrics
 from tracking.reliability import RETEST_SECONDS, retest_key
 from tracking.runs import RunLogger, flatten_config, start_child
 from tracking.store import TrackingStore
-from tracking.trial_log import log_epoch, log_measurements, log_model, log_sharpness_steps, log_training
+from tracking.trial_log import (
+    final_metrics,
+    log_epoch,
+    log_measurements,
+    log_model,
+    log_sharpness_steps,
+    log_training,
+)
 
 __all__ = [
     "NotPlanned",
@@ -265,6 +274,8 @@ def _run_tags(trial: optuna.Trial, preset: Preset, context: TrialContext) -> dic
         tags["width"] = config.width
     for name, _ in context.space.grid:
         tags[name] = getattr(config, name)
+    if context.space.spawn_epochs is not None:
+        tags["spawn_epoch"] = trial.params["spawn_epoch"]
     return tags
 
 
@@ -272,7 +283,8 @@ def _run_name(trial: optuna.Trial, preset: Preset, context: TrialContext) -> str
     config = preset.train
     width = f"-w{config.width:g}" if context.space.widths is not None else ""
     grid = "".join(f"-{name}{_label(getattr(config, name))}" for name, _ in context.space.grid if name != "lr")
-    return f"trial-{trial.number:03d}-seed{config.seed}-lr{config.lr:.3g}{grid}{width}"
+    spawn = f"-spawn{trial.params['spawn_epoch']}" if context.space.spawn_epochs is not None else ""
+    return f"trial-{trial.number:03d}-seed{config.seed}-lr{config.lr:.3g}{grid}{width}{spawn}"
 
 
 def _label(value: float | int | str) -> str:
@@ -354,6 +366,52 @@ def _train_measure_log(
     return result
 
 
+def _train_branches_log(trial: optuna.Trial, preset: Preset, context: TrialContext, run: RunLogger) -> TrainResult:
+    """The body of an instability trial (``sweeps.spawn``): the trunk to the trial's spawn epoch, two branches in
+    different batch orders to the end (``landscape_core.instability``), and the barriers on the line between the
+    branches (``keys.instability``), on the barrier train subset and the whole test split, raw and weight-matched.
+    Branch A's epochs and final metrics are the run's; branch B's final test metrics are ``branch_b/...``."""
+    config, progress = preset.train, context.progress
+    spawn_epoch = int(trial.params["spawn_epoch"])
+    data = context.data_for(config)
+    run.params({"preset": preset.name, "spawn_epoch": spawn_epoch, **flatten_config(config)})
+    if progress:
+        progress.trial_started(f"trial {trial.number} pair {config.seed} spawn epoch {spawn_epoch}", config.epochs)
+    branches = train_branches(
+        config,
+        data,
+        spawn_epoch,
+        on_epoch=(lambda part, epoch: progress.stage(f"{part}, epoch {epoch}")) if progress else None,
+    )
+    for metrics in branches.a.history:
+        log_epoch(run, metrics)
+    run.metrics(
+        final_metrics(branches.a)
+        | {"branch_b/test_loss": branches.b.final.test_loss, "branch_b/test_acc": branches.b.final.test_acc}
+    )
+    k = preset.analysis.connectivity
+    if progress:
+        progress.stage("barrier between the branches")
+    aligned = (
+        connectivity.align(branches.a.model, branches.b.model, seed=data.direction_seed("probes")) if k.align else None
+    )
+    sets = {"train": data.subset("barrier_train", k.train_subset), "test": data.test}
+    results = connectivity.barriers_between(
+        branches.a.model, branches.b.model, sets, points=k.points, aligned_b=aligned
+    )
+    paths = {}
+    for (split, is_aligned), (path, barrier) in results.items():
+        run.metrics(
+            {
+                keys.instability(split, "loss", is_aligned): barrier.loss_barrier,
+                keys.instability(split, "error", is_aligned): barrier.error_barrier,
+            }
+        )
+        paths[f"{split}{'_aligned' if is_aligned else ''}"] = {**path.to_dict(), **barrier.to_dict()}
+    run.json(paths, "instability_paths")
+    return branches.a
+
+
 def run_trial(
     study: optuna.Study,
     trial: optuna.Trial,
@@ -382,7 +440,10 @@ def run_trial(
     progress = context.progress
     try:
         with system_metrics(run, context.store.tracking_uri):
-            result = _train_measure_log(study, trial, preset, context, run, trained, tracker)
+            if context.space.spawn_epochs is not None:
+                result = _train_branches_log(trial, preset, context, run)
+            else:
+                result = _train_measure_log(study, trial, preset, context, run, trained, tracker)
     except DivergenceError as error:
         run.tags({"failure": "diverged", "failure_reason": str(error), "failure_epoch": error.epoch})
         run.finish("FAILED")

@@ -26,6 +26,7 @@ from sweeps.summary import print_trials
 from sweeps.workers import run_workers, trial_context, work
 from tracking.correlate import report_sweep
 from tracking.export import log_population
+from tracking.instability import log_instability_report
 from tracking.population import load_population
 from tracking.report import log_html_report
 from tracking.runs import RunLogger
@@ -95,7 +96,10 @@ def run_sweep(options: SweepOptions, console: Console | None = None, headline: s
         print_trials(study, console)
         if stopped(study):
             console.print(f"[bold]Until decided:[/] {stopped(study)}", highlight=False)
-        if complete:
+        if complete and space.kind == "spawn":
+            log_instability_report(sweep.store, parent.run_id, console)
+            console.print(f"report.html logged to parent run {parent.run_id}", highlight=False)
+        elif complete:
             correlation = report_sweep(
                 sweep.store,
                 experiment_id=sweep.experiment_id,

@@ -33,7 +33,7 @@ class SweepSpace:
     ``widths`` (either sweep) adds the architecture's width multiplier as an axis: every point is run at each width.
     """
 
-    kind: str  # "seeds", "lr" or "grid"
+    kind: str  # "seeds", "lr", "grid" or "spawn"
     seeds: tuple[int, ...]
     lrs: tuple[float, ...] | None = None
     lr_min: float | None = None
@@ -44,12 +44,21 @@ class SweepSpace:
     #: A grid sweep's hyperparameter axes: ``((field, values), ...)`` over ``GRID_FIELDS`` of TrainConfig, crossed
     #: with each other (and the widths) and run with every seed.
     grid: tuple[tuple[str, tuple[float | str, ...]], ...] = ()
+    #: An instability sweep's spawn epochs (``landscape_core.instability``; -1: the independent pair), each run with
+    #: every seed (a pair's trunk): a trial trains two branches and measures the barrier between them.
+    spawn_epochs: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise UsageError("Expected at least one seed, got none")
         if REFERENCE_SEED in self.seeds:
             raise UsageError(f"seed {REFERENCE_SEED} is the reference minimum's (sweeps.reference); choose others")
+        if self.spawn_epochs is not None and (
+            not self.spawn_epochs
+            or min(self.spawn_epochs) < -1
+            or len(set(self.spawn_epochs)) != len(self.spawn_epochs)
+        ):
+            raise UsageError(f"Expected distinct spawn epochs >= 0 (or -1: independent), got {self.spawn_epochs}")
         if self.widths is not None and (not self.widths or min(self.widths) <= 0):
             raise UsageError(f"Expected widths > 0, got {self.widths}")
         for name, values in self.grid:
@@ -81,8 +90,14 @@ class SweepSpace:
             dict(zip((n for n, _ in self.grid), values)) for values in itertools.product(*(v for _, v in self.grid))
         ]
         widths = [{"width": w} for w in self.widths] if self.widths is not None else [{}]
+        spawns = [{"spawn_epoch": k} for k in self.spawn_epochs] if self.spawn_epochs is not None else [{}]
         return [
-            {**lr, **cell, **width, "seed": s} for lr in lrs for cell in cells for width in widths for s in self.seeds
+            {**lr, **cell, **width, **spawn, "seed": s}
+            for lr in lrs
+            for cell in cells
+            for width in widths
+            for spawn in spawns
+            for s in self.seeds
         ]
 
 
@@ -122,4 +137,6 @@ def configs_from_trial(trial: optuna.trial.BaseTrial, space: SweepSpace, preset:
     if "lr" in grid:
         lr = grid.pop("lr")
     width = trial.suggest_categorical("width", space.widths) if space.widths is not None else None
+    if space.spawn_epochs is not None:  # read by the trial's body (sweeps.pipeline), not a training field
+        trial.suggest_categorical("spawn_epoch", space.spawn_epochs)
     return preset.replace(seed=seed, lr=lr, width=width, **grid)

@@ -32,7 +32,7 @@ def print_trials(study: optuna.Study, console: Console, *, full: bool = False) -
     if len(rows) > MAX_TABLE_ROWS and not full:
         _print_counts(study.study_name, rows, console)
         return
-    axes = [name for name in ("lr", *GRID_FIELDS, "width") if any(name in t.params for t in rows)]
+    axes = [name for name in ("lr", *GRID_FIELDS, "width", "spawn_epoch") if any(name in t.params for t in rows)]
     axes = list(dict.fromkeys(["lr", *axes]))  # lr always shows (the preset's when not an axis)
     table = Table(title=f"study {study.study_name}", show_lines=False)
     columns = ("trial", "seed", *axes, "test acc", "test loss", "gap", "status")
@@ -50,7 +50,7 @@ def print_trials(study: optuna.Study, console: Console, *, full: bool = False) -
         cells = [str(trial.number), str(trial.params.get("seed"))]
         for name in axes:
             value = trial.params.get(name, preset_lr if name == "lr" else None)
-            cells.append(value if isinstance(value, str) else f"{float(value):.3g}" if value else "-")
+            cells.append(value if isinstance(value, str) else "-" if value is None else f"{float(value):.3g}")
         cells += [
             f"{attrs['test_acc']:.4f}" if "test_acc" in attrs else "-",
             f"{trial.value:.4f}" if trial.value is not None else "-",

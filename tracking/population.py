@@ -40,7 +40,17 @@ __all__ = [
 #: Experiments read when neither an experiment, a study nor a parent run is given.
 DEFAULT_EXPERIMENTS = ("seeds", "lr", "grid")
 #: The axes of a point besides seed and lr, tagged on a trial's run when its sweep varies them.
-POINT_AXES = ("width", "batch_size", "momentum", "epochs", "train_size", "optimizer", "init_seed", "order_seed")
+POINT_AXES = (
+    "width",
+    "batch_size",
+    "momentum",
+    "epochs",
+    "train_size",
+    "optimizer",
+    "init_seed",
+    "order_seed",
+    "spawn_epoch",
+)
 #: Hyperparameter axes the correlation analysis can granulate over (read from the runs' params).
 HYPERPARAMETERS = ("lr", *POINT_AXES)
 #: Runs per ``search_runs`` page (MLflow's maximum); a module constant so tests can page through small stores.

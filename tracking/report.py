@@ -54,7 +54,20 @@ from tracking.render import render
 from tracking.runs import RunLogger
 from tracking.store import TrackingStore
 
-__all__ = ["Claim", "PopulationArrays", "claims", "gather", "log_html_report", "main", "report_html"]
+__all__ = [
+    "CSS",
+    "Claim",
+    "PopulationArrays",
+    "claims",
+    "claims_table",
+    "figure_html",
+    "gather",
+    "log_html_report",
+    "main",
+    "report_html",
+    "t_interval",
+    "threshold_verdict",
+]
 
 #: The arrays each trial's run holds under ``data/`` that the figures read.
 ARRAYS = ("history", "slice_1d", "slice_2d", "interpolation", "noise")
@@ -123,17 +136,21 @@ class Claim:
     note: str
 
 
-def _t_interval(values: np.ndarray) -> tuple[float, float, float]:
+def t_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """The mean of the finite values and its 95% t-interval (NaN where too few)."""
     v = values[np.isfinite(values)]
     if v.size == 0:
         return math.nan, math.nan, math.nan
     if v.size == 1:
         return float(v[0]), math.nan, math.nan
+    if np.all(v == v[0]):  # no spread: the interval is the point (scipy would return NaN, with a warning)
+        return float(v[0]), float(v[0]), float(v[0])
     low, high = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v))
     return float(v.mean()), float(low), float(high)
 
 
-def _threshold_verdict(low: float, high: float, threshold: float, above_supports: bool) -> str:
+def threshold_verdict(low: float, high: float, threshold: float, above_supports: bool) -> str:
+    """``supported`` / ``refuted`` when the CI [low, high] lies wholly on one side of ``threshold``."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return "no evidence"
     if low > threshold:
@@ -146,9 +163,9 @@ def _threshold_verdict(low: float, high: float, threshold: float, above_supports
 def _mean_claim(
     claim: str, quantity: str, values: np.ndarray, threshold: float, above_supports: bool, criterion: str
 ) -> Claim:
-    value, low, high = _t_interval(values)
+    value, low, high = t_interval(values)
     n = int(np.isfinite(values).sum())
-    verdict = _threshold_verdict(low, high, threshold, above_supports)
+    verdict = threshold_verdict(low, high, threshold, above_supports)
     return Claim(claim, quantity, value, low, high, criterion, verdict, f"n = {n}")
 
 
@@ -163,7 +180,7 @@ def _spread_claim(lam: np.ndarray) -> Claim:
         (v,), lambda x, axis: x.std(ddof=1, axis=axis) / x.mean(axis=axis), method="percentile", random_state=0
     )
     low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
-    verdict = _threshold_verdict(low, high, SHARPNESS_SPREAD, above_supports=True)
+    verdict = threshold_verdict(low, high, SHARPNESS_SPREAD, above_supports=True)
     note = f"n = {v.size}; lambda_max from {v.min():.3g} to {v.max():.3g}"
     return Claim(claim, "coefficient of variation of lambda_max", cv, low, high, criterion, verdict, note)
 
@@ -370,7 +387,7 @@ def _png(figure: Figure) -> str:
 
 # -------------------------------------------------------------------------------------------------------- html
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;max-width:1100px;color:#222}
 h1{font-size:22px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}
@@ -383,7 +400,7 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if math.isfinite(value) else "–"
 
 
-def _claims_table(rows: list[Claim]) -> str:
+def claims_table(rows: list[Claim]) -> str:
     columns = ("claim of the paper", "population number", "95% CI", "verdict", "criterion", "n, power")
     head = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
     body = "".join(
@@ -414,15 +431,15 @@ def report_html(
     counts = population.counts()
     parts = [
         f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
         f"<p>{len(population.runs)} finished trials ({html.escape(population.source)}); not finished: "
         f"{html.escape(json.dumps(counts.get('n_not_finished') or {}))}; duplicate retries dropped: "
         f"{counts.get('n_duplicates', 0)}.</p>",
         "<h2>The paper's claims, asked of the population</h2>",
-        _claims_table(claims(population, correlation)),
+        claims_table(claims(population, correlation)),
         "<h2>The paper's figures, over the population</h2>",
     ]
-    parts += [_figure_html(caption, figure) for caption, figure in _figures(data).items()]
+    parts += [figure_html(caption, figure) for caption, figure in _figures(data).items()]
     parts.append("<h2>Does sharpness predict generalization? (correlation report)</h2>")
     if correlation is not None and correlation.entries:
         parts += _correlation_section(correlation, population)
@@ -434,7 +451,7 @@ def report_html(
     return "\n".join(parts)
 
 
-def _figure_html(caption: str, figure: Figure) -> str:
+def figure_html(caption: str, figure: Figure) -> str:
     alt = html.escape(caption)
     return (
         f'<figure><img alt="{alt}" src="data:image/png;base64,{_png(figure)}"><figcaption>{alt}</figcaption></figure>'
@@ -547,7 +564,7 @@ def _correlation_section(correlation: CorrelationReport, population: Population)
         y = population.column(keys.TARGETS[p.hypothesis.target])
         figure = primary_scatter(x, y, train_loss, measure=p.hypothesis.measure, target=p.hypothesis.target)
         caption = f"Primary: {p.hypothesis.name}, raw (left) and given train loss (right): {p.verdict}"
-        parts.append(_figure_html(caption, figure))
+        parts.append(figure_html(caption, figure))
     rows = [
         ForestRow(
             measure=e.measure,
@@ -570,7 +587,7 @@ def _correlation_section(correlation: CorrelationReport, population: Population)
             "star: primary; hollow diamond: rho disattenuated for the measure's reliability; filled: significant in "
             "its family (Holm over the primary tests, Benjamini-Hochberg q for exploratory rows)"
         )
-        parts.append(_figure_html(caption, forest_plot(rows)))
+        parts.append(figure_html(caption, forest_plot(rows)))
         measures = [m for m in correlation.measures if m != keys.CONTROL]
         targets = list(correlation.targets)
         by = {(e.measure, e.target): e for e in correlation.entries}
@@ -578,7 +595,7 @@ def _correlation_section(correlation: CorrelationReport, population: Population)
         significant = [[by[(m, t)].significant for t in targets] for m in measures]
         primary = [[by[(m, t)].primary for t in targets] for m in measures]
         caption = "Heatmap: Spearman rho of each measure (rows) with each target (columns); * significant in its family"
-        parts.append(_figure_html(caption, correlation_heatmap(measures, targets, rho, significant, primary)))
+        parts.append(figure_html(caption, correlation_heatmap(measures, targets, rho, significant, primary)))
     console = Console(record=True, width=170, file=io.StringIO())
     render(correlation, console, full=True)
     tables = console.export_html(inline_styles=True, code_format='<pre style="font-size:11px">{code}</pre>')

@@ -180,3 +180,49 @@ def barrier_population_figure(
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     return fig
+
+
+def instability_figure(
+    spawn_epochs: Sequence[int],
+    barriers: Sequence[Any],
+    independent: Any,
+    *,
+    threshold: float,
+    ylabel: str = "test error barrier",
+) -> Figure:
+    """Frankle et al. 2020's instability plot: the barrier between two branches against the epoch they were spawned
+    at, each pair a dot, the mean with its 95% t-band, the independent pair's barrier (no shared epoch, two
+    initializations) as a grey band, and the stability threshold dashed.
+
+    Args:
+        spawn_epochs: the spawn epochs ``[E]`` (>= 0).
+        barriers: per spawn epoch, the pairs' barriers (``[E]`` lists).
+        independent: the independent pairs' barriers.
+        threshold: below it a pair counts as in one basin (Frankle et al.: 2% test error).
+        ylabel: the y axis's label.
+    """
+    if len(spawn_epochs) != len(barriers) or not len(spawn_epochs):
+        raise ValueError(f"Expected one list of barriers per spawn epoch, got {len(barriers)} for {len(spawn_epochs)}")
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.subplots()
+    xs = np.asarray(spawn_epochs, dtype=float)
+    bands = []
+    for x, values in zip(xs, barriers):
+        v = np.asarray(values, dtype=float).reshape(-1)
+        ax.plot(np.full(v.size, x), v, "o", color="tab:blue", alpha=0.45, markersize=5)
+        bands.append([float(b[0]) for b in mean_band(v[:, None])] if v.size else [np.nan] * 3)
+    means, lows, highs = np.array(bands).T
+    ax.plot(xs, means, "-", color="tab:blue", lw=2, label="branches of one trunk (mean, 95% band)")
+    ax.fill_between(xs, lows, highs, color="tab:blue", alpha=0.2)
+    ind = np.asarray(independent, dtype=float)
+    ind = ind[np.isfinite(ind)]
+    if ind.size:
+        ax.axhspan(ind.min(), ind.max(), color="grey", alpha=0.2)
+        ax.axhline(ind.mean(), color="grey", lw=1.5, label=f"independent runs (mean of {ind.size}, range shaded)")
+    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"stability threshold {threshold:g}")
+    ax.set(xlabel="spawn epoch k (epochs shared before the branches part)", ylabel=ylabel)
+    ax.set_title("Instability: does SGD noise after epoch k change the basin?")
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

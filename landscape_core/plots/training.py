@@ -82,7 +82,9 @@ def edge_of_stability_figure(steps: Sequence[int], lambda_max: Sequence[float], 
         A Figure with one axis.
     """
     if len(steps) != len(lambda_max) or len(steps) == 0:
-        raise ValueError(f"Expected `steps` and `lambda_max` of one non-zero length, got {len(steps)}, {len(lambda_max)}")
+        raise ValueError(
+            f"Expected `steps` and `lambda_max` of one non-zero length, got {len(steps)}, {len(lambda_max)}"
+        )
     fig = Figure(figsize=(6.0, 3.6), layout="constrained")
     ax = fig.subplots()
     ax.plot(list(steps), list(lambda_max), ".-", lw=1, markersize=3, label=r"$\lambda_{max}$ (tracking subset)")
