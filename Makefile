@@ -8,7 +8,7 @@ N      ?= 20
 PYTEST_ARGS ?=
 DATA   := $(PY) -c "import sys; from landscape_core.data import main; sys.exit(main(sys.argv[1:]))"
 
-.PHONY: sweep grid test install data slurm chromium ui lint bench clean-store
+.PHONY: sweep grid optimizers spawn test install data slurm chromium ui lint bench clean-store
 
 sweep: install data
 	$(PY) -m sweeps.seeds --n $(N) --preset $(PRESET)
@@ -18,6 +18,20 @@ sweep: install data
 GRID_ARGS ?= --lr 0.01,0.03 --batch-size 64,256 --seeds-per-point 2 --stop-at-train-loss 0.35 --epochs 10
 grid: install data
 	$(PY) -m sweeps.grid $(GRID_ARGS) --preset $(PRESET)
+
+# The paper's "why SGD" question (issue 22): SGD against full-batch GD and SAM at one lr and momentum, 3 seeds each
+# (same seed: same initialization and data), all trained to one train loss on 1,000 images, lambda_max tracked every 5
+# steps (the edge-of-stability figure). Quick preset's analyses; measured on the 2-core CPU: README, "Why SGD".
+OPTIMIZER_ARGS ?= --optimizer sgd,gd,sam --seeds-per-point 3 --lr 0.05 --train-size 1000 --test-size 2000 \
+	--stop-at-train-loss 0.5 --epochs 150 --track-every 5 --retest-trials 0
+optimizers: install data
+	$(PY) -m sweeps.grid $(OPTIMIZER_ARGS) --preset $(PRESET) --study-name optimizers-$(PRESET)
+
+# Where minima come from (issue 23): instability analysis, a trunk to epoch k and two branches in different batch
+# orders, k = 0, 1, 2, 3 pairs each, beside 3 independent pairs. Measured on the 2-core CPU: README, "Where minima".
+SPAWN_ARGS ?= --spawn-epochs 0,1,2 --pairs 3
+spawn: install data
+	$(PY) -m sweeps.spawn $(SPAWN_ARGS) --preset $(PRESET)
 
 test: install data slurm chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)

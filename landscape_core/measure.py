@@ -50,11 +50,12 @@ __all__ = [
     "retest",
 ]
 
-#: Analyses the invariance audit leaves out: figures (slices, the test-set noise), training-time work and PAC-Bayes
-#: flatness (not in the table: ``keys.NOT_IN_TABLE``); what remains is every measure of the correlation table. The
-#: density stays when the config runs it: it shapes the top-k Lanczos run (its first probe), whose Krylov basis
-#: deflates the trace, so the audit measures as the trial did; with one probe it costs no HVP of its own.
-AUDIT_SKIPS = frozenset({"slices", "noise_test", "tracking", "invariance", "flatness"})
+#: Analyses the invariance audit leaves out: figures (slices, the test-set noise, the curve and the trajectory
+#: planes), training-time work and PAC-Bayes flatness (not in the table: ``keys.NOT_IN_TABLE``); what remains is every
+#: measure of the correlation table. The density stays when the config runs it: it shapes the top-k Lanczos run (its
+#: first probe), whose Krylov basis deflates the trace, so the audit measures as the trial did; with one probe it costs
+#: no HVP of its own.
+AUDIT_SKIPS = frozenset({"slices", "noise_test", "tracking", "invariance", "flatness", "curve", "trajectory"})
 
 #: What the reliability audit's second measurement leaves out besides ``AUDIT_SKIPS``: the barriers (their weight
 #: matching is most of their cost; their reliability is not audited) and the density (a figure).

@@ -44,9 +44,11 @@ from scipy import stats
 
 from landscape_core import keys
 from landscape_core.cli import ArgumentParser, require_writable, run_command
+from landscape_core.config import OPTIMIZERS
 from landscape_core.errors import UsageError
 from landscape_core.plots import population as figures
 from landscape_core.plots.correlation import ForestRow, correlation_heatmap, forest_plot, primary_scatter, scatter_grid
+from landscape_core.plots.curves import barrier_population_figure, three_paths_figure
 from tracking.correlate import analyze_population
 from tracking.correlation import CorrelationReport
 from tracking.population import Population, add_selection_options, select_population
@@ -70,7 +72,7 @@ __all__ = [
 ]
 
 #: The arrays each trial's run holds under ``data/`` that the figures read.
-ARRAYS = ("history", "slice_1d", "slice_2d", "interpolation", "noise")
+ARRAYS = ("history", "slice_1d", "slice_2d", "interpolation", "noise", "curve")
 SHARPNESS_SPREAD, LARGE_BARRIER, SMALL_NOISE_EFFECT, COLLAPSED_ACCURACY = 0.05, 0.1, 0.05, 0.5
 
 
@@ -259,6 +261,96 @@ def _noise_scale_claim(noise_scale: np.ndarray, lam: np.ndarray) -> Claim:
     return Claim(claim, quantity, rho, low, high, criterion, verdict, f"n = {n}, p = {p:.2g}")
 
 
+#: The paths between a trial's minimum and the study's reference minimum: (label, key of the test-loss barrier).
+PATHS = (
+    ("line", keys.barrier("test", "loss")),
+    ("line, weight-matched", keys.barrier("test", "loss", aligned=True)),
+    ("trained curve", keys.curve_barrier("test", "loss")),
+    ("trained curve, weight-matched", keys.curve_barrier("test", "loss", aligned=True)),
+)
+
+
+def _barrier_claims(population: Population) -> list[Claim]:
+    """ "Minima from different seeds are separated by large barriers", asked of every path the population measured
+    (line, weight-matched line, trained Bezier curve, raw and weight-matched), then which reading they support: the
+    paper's "isolated minima" holds only if even the lowest path crosses a large barrier (Garipov et al. 2018 and
+    Draxler et al. 2018 found curves without one)."""
+    rows = []
+    for label, key in PATHS:
+        values = population.column(key)
+        if np.isfinite(values).any():
+            rows.append(
+                _mean_claim(
+                    f"Minima from different seeds are separated by large barriers ({label})",
+                    f"mean {key} to the reference minimum",
+                    values,
+                    LARGE_BARRIER,
+                    True,
+                    f"supported when the CI lies above {LARGE_BARRIER:g}, refuted below",
+                )
+            )
+    if len(rows) < 2:
+        return rows
+    lowest = min(rows, key=lambda c: c.value if math.isfinite(c.value) else math.inf)
+    low_path = lowest.claim.rsplit("(", 1)[-1].rstrip(")")
+    if all(c.verdict == "supported" for c in rows):
+        verdict, reading = "supported", "every path measured crosses a large barrier: isolated minima"
+    elif lowest.verdict == "refuted":
+        verdict, reading = "refuted", f"the {low_path} has no large barrier: the minima are connected"
+    else:
+        verdict, reading = "no evidence", "the lowest path's barrier is not decided against the threshold"
+    numbers = "; ".join(f"{c.claim.rsplit('(', 1)[-1].rstrip(')')} {c.value:.3g}" for c in rows)
+    rows.append(
+        Claim(
+            "The paper's reading: minima are isolated (no low path between them)",
+            f"the lowest path's mean test-loss barrier ({low_path})",
+            lowest.value,
+            lowest.low,
+            lowest.high,
+            f"supported when every path's CI lies above {LARGE_BARRIER:g}; refuted when the lowest path's lies below",
+            verdict,
+            f"{reading} ({numbers})",
+        )
+    )
+    return rows
+
+
+def _sgd_versus_gd_claim(population: Population) -> Claim:
+    """The paper's conclusion 3, "SGD converges to flatter minima": per seed (same initialization, same data), the
+    paired difference lambda_max(GD) - lambda_max(SGD) between the full-batch GD run and the SGD run of that seed,
+    with a t-interval; the invariant sharpness's difference in the note. Supported when the CI lies above 0, refuted
+    below. At equal train loss when the sweep stopped both at one (``--stop-at-train-loss``); the note gives the mean
+    train-loss difference."""
+    claim = "SGD reaches flatter minima than full-batch GD at equal train loss"
+    quantity = "mean paired lambda_max(GD) - lambda_max(SGD), same seed"
+    criterion = "supported when the CI lies above 0, refuted below (a paired t-interval over seeds)"
+    optimizer = population.hyperparameter("optimizer")
+    seeds = np.array([run.seed for run in population.runs])
+    pairs = []
+    for seed in sorted(set(seeds.tolist())):
+        sgd = np.flatnonzero((seeds == seed) & (optimizer == OPTIMIZERS.index("sgd")))
+        gd = np.flatnonzero((seeds == seed) & (optimizer == OPTIMIZERS.index("gd")))
+        if sgd.size == 1 and gd.size == 1:
+            pairs.append((int(gd[0]), int(sgd[0])))
+    if len(pairs) < 2:
+        why = f"{len(pairs)} seed(s) with both an sgd and a gd run: run --optimizer sgd,gd (make optimizers)"
+        return Claim(claim, quantity, math.nan, math.nan, math.nan, criterion, "no evidence", why)
+    gd, sgd = (np.array(index) for index in zip(*pairs))
+
+    def difference(key: str) -> np.ndarray:
+        column = population.column(key)
+        return column[gd] - column[sgd]
+
+    value, low, high = t_interval(difference(keys.LAMBDA_MAX))
+    invariant, inv_low, inv_high = t_interval(difference(keys.ADAPTIVE_SHARPNESS_LINF))
+    train_gap = float(np.nanmean(difference(keys.FINAL_TRAIN_LOSS)))
+    note = (
+        f"n = {len(pairs)} seeds; adaptive L-inf sharpness GD - SGD {invariant:.3g} [{inv_low:.3g}, {inv_high:.3g}]; "
+        f"train loss GD - SGD {train_gap:+.3g}"
+    )
+    return Claim(claim, quantity, value, low, high, criterion, threshold_verdict(low, high, 0.0, True), note)
+
+
 def claims(population: Population, correlation: CorrelationReport | None) -> list[Claim]:
     """Each claim of the paper's Overall Summary, answered by the population (criteria in the module docstring)."""
     noise_keys = sorted(
@@ -270,19 +362,8 @@ def claims(population: Population, correlation: CorrelationReport | None) -> lis
         _generalization_claim(correlation),
         _noise_scale_claim(population.column(keys.NOISE_SCALE), population.column(keys.LAMBDA_MAX)),
     ]
-    for aligned in (False, True):
-        key = keys.barrier("test", "loss", aligned)
-        out.append(
-            _mean_claim(
-                "Minima from different seeds are separated by large barriers"
-                + (" (after weight matching)" if aligned else " (raw)"),
-                f"mean {key} to the reference minimum",
-                population.column(key),
-                LARGE_BARRIER,
-                True,
-                f"supported when the CI lies above {LARGE_BARRIER:g}, refuted below",
-            )
-        )
+    out += _barrier_claims(population)
+    out.append(_sgd_versus_gd_claim(population))
     if noise_keys:
         smallest = noise_keys[0]
         out.append(
@@ -331,6 +412,13 @@ def _figures(data: PopulationArrays) -> dict[str, Figure]:
         out[
             "Sharpness against the SGD noise scale lr / (B (1 - momentum)) (Jastrzebski et al. 2017), coloured by lr"
         ] = scatter_grid({"noise scale": noise_scale}, sharpness, color_by=data.population.lrs, color_label="lr")
+    optimizer = data.population.hyperparameter("optimizer")
+    labels = [o for i, o in enumerate(OPTIMIZERS) if (optimizer == i).any()]
+    if len(labels) > 1 and np.isfinite(lam).any():
+        sharpness = {o: lam[optimizer == OPTIMIZERS.index(o)] for o in labels}
+        out["Sharpness by optimizer (each trial a dot; mean and 95% CI): does SGD end flatter than GD?"] = (
+            barrier_population_figure(sharpness, ylabel="lambda_max", title="lambda_max of the minimum, by optimizer")
+        )
     if np.isfinite(lam).any():
         out["Figure 2: lambda_max of every trial, with the paper's models A (13) and B (15.6)"] = (
             figures.lambda_max_figure(lam)
@@ -343,6 +431,7 @@ def _figures(data: PopulationArrays) -> dict[str, Figure]:
     planes = data.stack(lambda a: a["slice_2d"]["loss"])
     if planes.size:
         _add_slice_2d(data, planes, out)
+    _add_paths_between_minima(data, out)
     paths = {
         name: data.stack(lambda a, split=split: a["interpolation"][split]["loss"])
         for name, split in (("raw", "test"), ("aligned", "test_aligned"))
@@ -360,6 +449,30 @@ def _figures(data: PopulationArrays) -> dict[str, Figure]:
         noise_acc = data.stack(lambda a: a["noise"]["acc_mean"])
         out[caption + "; the paper's sigma 0.1 point"] = figures.noise_figure(sigmas, noise_loss, noise_acc)
     return out
+
+
+def _add_paths_between_minima(data: PopulationArrays, out: dict[str, Figure]) -> None:
+    """Question 4, what lies between minima: each path's barrier per trial, and the mean loss along the line and the
+    trained curve (raw and weight-matched) over the population."""
+    barriers = {label: data.population.column(key) for label, key in PATHS}
+    barriers = {label: v for label, v in barriers.items() if np.isfinite(v).any()}
+    if len(barriers) > 2:
+        out["Test-loss barrier to the reference minimum along each path, each trial a dot (mean, 95% CI)"] = (
+            barrier_population_figure(barriers, title="Isolated or connected? The barrier along each path")
+        )
+    panels: dict[str, dict[str, np.ndarray]] = {}
+    for split in ("train", "test"):
+        for source, name in (("interpolation", "line"), ("curve", "curve")):
+            for suffix, extra in (("", ""), ("_aligned", ", weight-matched")):
+                stack = data.stack(lambda a, key=split + suffix, source=source: a[source][key]["loss"])
+                if stack.size:
+                    panels.setdefault(f"{split} loss", {})[name + extra] = stack
+    alphas = next((a["curve"]["train"]["alphas"] for a in data.arrays.values() if "curve" in a), None)
+    if alphas is not None and panels and all(v.shape[1] == len(alphas) for p in panels.values() for v in p.values()):
+        out[
+            "Loss along the line and the trained curve from the reference minimum (t = 0) to each minimum, mean "
+            "with a 95% band"
+        ] = three_paths_figure(alphas, panels)
 
 
 def _add_slice_2d(data: PopulationArrays, planes: np.ndarray, out: dict[str, Figure]) -> None:

@@ -59,8 +59,10 @@ def test_the_claims_follow_their_stated_criteria():
     assert verdicts == {
         "Different seeds reach minima of different sharpness": "supported",
         "Flatter minima generalize better": "no evidence",  # no correlation report given
-        "Minima from different seeds are separated by large barriers (raw)": "supported",
-        "Minima from different seeds are separated by large barriers (after weight matching)": "refuted",
+        "Minima from different seeds are separated by large barriers (line)": "supported",
+        "Minima from different seeds are separated by large barriers (line, weight-matched)": "refuted",
+        "The paper's reading: minima are isolated (no low path between them)": "refuted",  # the aligned line is low
+        "SGD reaches flatter minima than full-batch GD at equal train loss": "no evidence",  # no optimizer axis
         "Minima are robust to small weight noise": "supported",
         "Minima collapse under weight noise of sigma 0.1": "supported",
         "Sharpness follows the SGD noise scale (larger lr / B, flatter minimum)": "no evidence",  # no noise scale
@@ -73,6 +75,43 @@ def test_the_claims_follow_their_stated_criteria():
     unknown = by_claim(population_of({keys.LAMBDA_MAX: [13.0, 13.5]}))
     assert all(c.verdict == "no evidence" for c in unknown.values())
     assert math.isnan(unknown["Minima collapse under weight noise of sigma 0.1"].value)
+
+
+def test_the_isolated_minima_reading_follows_the_lowest_path_and_names_it():
+    rng = np.random.default_rng(2)
+    n = 10
+    high = list(1.2 + 0.1 * rng.standard_normal(n))
+    columns = {keys.barrier("test", "loss"): high, keys.barrier("test", "loss", aligned=True): high}
+    isolated = by_claim(population_of({**columns, keys.curve_barrier("test", "loss"): high}))
+    reading = "The paper's reading: minima are isolated (no low path between them)"
+    assert isolated[reading].verdict == "supported"
+    low = list(0.02 + 0.01 * rng.random(n))
+    connected = by_claim(population_of({**columns, keys.curve_barrier("test", "loss"): low}))[reading]
+    assert connected.verdict == "refuted" and "trained curve" in connected.note
+    assert connected.value == pytest.approx(np.mean(low))
+    assert "Minima from different seeds are separated by large barriers (trained curve)" in by_claim(
+        population_of({**columns, keys.curve_barrier("test", "loss"): low})
+    )
+
+
+def test_sgd_versus_gd_is_the_paired_difference_over_seeds_with_a_t_interval():
+    rng = np.random.default_rng(3)
+    runs, gd_minus_sgd = [], []
+    for seed in range(1, 7):
+        sgd = 10 + rng.random()
+        gd = sgd + 2 + 0.3 * rng.standard_normal()
+        gd_minus_sgd.append(gd - sgd)
+        for optimizer, lam in (("sgd", sgd), ("gd", gd), ("sam", sgd - 1)):
+            metrics = {keys.LAMBDA_MAX: lam, keys.ADAPTIVE_SHARPNESS_LINF: lam / 100, keys.FINAL_TRAIN_LOSS: 0.35}
+            runs.append(
+                PopulationRun(f"{optimizer}{seed}", "s", len(runs), seed, 0.05, metrics, params={"optimizer": optimizer})
+            )
+    claim = {c.claim: c for c in claims(Population(runs, source="hand-made"), None)}[
+        "SGD reaches flatter minima than full-batch GD at equal train loss"
+    ]
+    want = stats.t.interval(0.95, 5, loc=np.mean(gd_minus_sgd), scale=stats.sem(gd_minus_sgd))
+    assert claim.value == pytest.approx(np.mean(gd_minus_sgd)) and (claim.low, claim.high) == pytest.approx(want)
+    assert claim.verdict == "supported" and "n = 6 seeds" in claim.note
 
 
 def test_the_noise_scale_claim_is_spearmans_rho_with_a_fisher_z_interval():
@@ -110,7 +149,7 @@ def test_the_sweep_logs_a_self_contained_report_with_the_six_figures(seed_sweep,
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in images)
     assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing to fetch
     verdicts = re.findall(r'<td class="(supported|refuted|no-evidence)">', page)
-    assert len(verdicts) == 7
+    assert len(verdicts) == 11  # 3 + the 4 paths and their reading + SGD vs GD + 2 on weight noise
     assert "smoke" in page and "versions.torch" in page
 
 
