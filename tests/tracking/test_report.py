@@ -104,7 +104,9 @@ def test_sgd_versus_gd_is_the_paired_difference_over_seeds_with_a_t_interval():
         for optimizer, lam in (("sgd", sgd), ("gd", gd), ("sam", sgd - 1)):
             metrics = {keys.LAMBDA_MAX: lam, keys.ADAPTIVE_SHARPNESS_LINF: lam / 100, keys.FINAL_TRAIN_LOSS: 0.35}
             runs.append(
-                PopulationRun(f"{optimizer}{seed}", "s", len(runs), seed, 0.05, metrics, params={"optimizer": optimizer})
+                PopulationRun(
+                    f"{optimizer}{seed}", "s", len(runs), seed, 0.05, metrics, params={"optimizer": optimizer}
+                )
             )
     claim = {c.claim: c for c in claims(Population(runs, source="hand-made"), None)}[
         "SGD reaches flatter minima than full-batch GD at equal train loss"
