@@ -28,7 +28,7 @@ from tracking.correlate import report_sweep
 from tracking.export import log_population
 from tracking.instability import log_instability_report
 from tracking.population import load_population
-from tracking.report import log_html_report
+from tracking.report import log_html_report, print_answers
 from tracking.runs import RunLogger
 
 __all__ = ["SweepOptions", "SweepOutcome", "run_sweep"]
@@ -110,6 +110,7 @@ def run_sweep(options: SweepOptions, console: Console | None = None, headline: s
             population = load_population(sweep.store, parent_run_id=parent.run_id)
             log_population(sweep.store, parent.run_id, population)
             log_html_report(sweep.store, parent.run_id, population, correlation)
+            print_answers(population, console)
             console.print(f"report.html logged to parent run {parent.run_id}", highlight=False)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -66,6 +66,7 @@ __all__ = [
     "gather",
     "log_html_report",
     "main",
+    "print_answers",
     "report_html",
     "t_interval",
     "threshold_verdict",
@@ -349,6 +350,26 @@ def _sgd_versus_gd_claim(population: Population) -> Claim:
         f"train loss GD - SGD {train_gap:+.3g}"
     )
     return Claim(claim, quantity, value, low, high, criterion, threshold_verdict(low, high, 0.0, True), note)
+
+
+#: The claims a sweep prints at its end, when its population can say anything about them: the answers to the
+#: paper's questions 1 and 4 (question 3 is the correlation summary above them; question 2: ``sweeps.spawn``).
+ANSWERED_AT_THE_END = (
+    "SGD reaches flatter minima than full-batch GD at equal train loss",
+    "The paper's reading: minima are isolated (no low path between them)",
+)
+
+
+def print_answers(population: Population, console: Console) -> None:
+    """One line per ``ANSWERED_AT_THE_END`` claim the population has a number for: verdict, number, CI, note."""
+    for c in claims(population, None):
+        if c.claim in ANSWERED_AT_THE_END and math.isfinite(c.value):
+            style = {"supported": "green", "refuted": "red"}.get(c.verdict, "yellow")
+            console.print(
+                f"[bold]{c.claim}[/]: [{style}]{c.verdict}[/] ({c.quantity} {c.value:.3g} [{c.low:.3g}, "
+                f"{c.high:.3g}]; {c.note})",
+                highlight=False,
+            )
 
 
 def claims(population: Population, correlation: CorrelationReport | None) -> list[Claim]:
