@@ -418,16 +418,39 @@ def _measure_barriers(
     stage: Stage | None,
 ) -> None:
     k = config.connectivity
-    sets = {"train": data.subset("barrier_train", k.train_subset), "test": data.subset("barrier_test", k.test_subset)}
     with out.timed("barriers", stage):
-        results = connectivity.barriers_between(reference, model, sets, points=k.points, aligned_b=aligned, dtype=dtype)
+        results = connectivity.barriers_between(
+            reference, model, _barrier_sets(data, config), points=k.points, aligned_b=aligned, dtype=dtype
+        )
     paths: dict[str, Any] = {}
     for (split, is_aligned), (path, result) in results.items():
-        out.scalars[keys.barrier(split, "loss", is_aligned)] = result.loss_barrier
-        out.scalars[keys.barrier(split, "error", is_aligned)] = result.error_barrier
-        out.scalars[keys.barrier(split, "peak_loss", is_aligned)] = result.peak_loss
-        paths[f"{split}{'_aligned' if is_aligned else ''}"] = {**path.to_dict(), **result.to_dict()}
+        _record_path(out, paths, keys.barrier, split, is_aligned, path, result)
     out.arrays["interpolation"] = paths
+
+
+def _barrier_sets(data: TrialData, config: AnalysisConfig) -> dict[str, Data]:
+    """The paths' evaluation sets: the connectivity subsets of the train and the test split."""
+    k = config.connectivity
+    return {"train": data.subset("barrier_train", k.train_subset), "test": data.subset("barrier_test", k.test_subset)}
+
+
+def _record_path(
+    out: Measurements,
+    paths: dict[str, Any],
+    key: Callable[[str, str, bool], str],
+    split: str,
+    aligned: bool,
+    path: connectivity.InterpolationResult,
+    result: connectivity.BarrierResult,
+) -> None:
+    """A path's loss, error and peak-loss barriers as scalars named by ``key``, and the path itself in ``paths``."""
+    for quantity, value in (
+        ("loss", result.loss_barrier),
+        ("error", result.error_barrier),
+        ("peak_loss", result.peak_loss),
+    ):
+        out.scalars[key(split, quantity, aligned)] = value
+    paths[f"{split}{'_aligned' if aligned else ''}"] = {**path.to_dict(), **result.to_dict()}
 
 
 def _measure_curves(
@@ -444,7 +467,7 @@ def _measure_curves(
     1), raw and to its weight-matched copy; the curve's barriers on the connectivity subsets; the loss over the plane
     through the reference, the raw curve's bend and this minimum."""
     c, k = config.curve, config.connectivity
-    sets = {"train": data.subset("barrier_train", k.train_subset), "test": data.subset("barrier_test", k.test_subset)}
+    sets = _barrier_sets(data, config)
     ts = torch.linspace(0.0, 1.0, k.points, dtype=torch.float64).tolist()  # the line's points: one figure for both
     start = param_dict(reference)
     ends = {False: model} | ({True: aligned} if aligned is not None else {})
@@ -465,11 +488,7 @@ def _measure_curves(
             )
             for split, subset in sets.items():
                 path = curves.curve_path(reference, start, bend, end, subset, ts, dtype=dtype)
-                result = connectivity.barrier(path)
-                out.scalars[keys.curve_barrier(split, "loss", is_aligned)] = result.loss_barrier
-                out.scalars[keys.curve_barrier(split, "error", is_aligned)] = result.error_barrier
-                out.scalars[keys.curve_barrier(split, "peak_loss", is_aligned)] = result.peak_loss
-                paths[f"{split}{'_aligned' if is_aligned else ''}"] = {**path.to_dict(), **result.to_dict()}
+                _record_path(out, paths, keys.curve_barrier, split, is_aligned, path, connectivity.barrier(path))
             if not is_aligned:
                 plane = curves.plane_through(start, bend, end)
                 xs, ys = curves.plane_grid(plane, c.plane_points)
