@@ -275,6 +275,16 @@ def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Prese
         require(fine, option, "a non-empty name without surrounding spaces", value)
     require(args.root.strip() != "", "--root", "a directory", args.root)
     require(args.data_dir is None or args.data_dir.strip() != "", "--data-dir", "a directory", args.data_dir)
+    if args.batch_trials > 1:  # an ensemble trains SGD, with no per-step hook
+        optimizers = {preset.train.optimizer, *dict(space.grid).get("optimizer", ())}
+        require(
+            optimizers == {"sgd"},
+            "--optimizer",
+            "sgd with --batch-trials > 1 (ensembles train SGD only)",
+            args.optimizer,
+        )
+        every = preset.analysis.hessian.track_every
+        require(every is None, "--track-every", "not given with --batch-trials > 1", every)
     resolve_device(preset.train.device)
     check_storage_url(args.storage)
     check_tracking_uri(args.tracking_uri)
