@@ -47,12 +47,17 @@ class Branches:
 
 
 def branch_configs(config: TrainConfig, spawn_epoch: int) -> tuple[TrainConfig, TrainConfig]:
-    """The two branches' training configs: ``config`` with the branch batch orders (and, for ``INDEPENDENT``, the
-    second network's own initialization)."""
+    """The two branches' training configs: ``config`` with the branch batch orders and without a stop rule (both
+    train to ``epochs``, so that they differ in their batch order only), and, for ``INDEPENDENT``, the second
+    network's own initialization. The independent pair's first network is the k = 0 pair's first network: the two
+    pairs differ in the second network's initialization only (a paired comparison)."""
     if spawn_epoch < INDEPENDENT or spawn_epoch > config.epochs:
         raise ValueError(f"Expected a spawn epoch in [0, {config.epochs}] or {INDEPENDENT}, got {spawn_epoch}")
     seed = config.weights_seed
-    a, b = (dataclasses.replace(config, init_seed=seed, order_seed=config.seed + o) for o in BRANCH_ORDER_OFFSETS)
+    a, b = (
+        dataclasses.replace(config, init_seed=seed, order_seed=config.seed + o, stop_at_train_loss=None)
+        for o in BRANCH_ORDER_OFFSETS
+    )
     if spawn_epoch == INDEPENDENT:
         b = dataclasses.replace(b, init_seed=seed + INDEPENDENT_INIT_OFFSET)
     return a, b

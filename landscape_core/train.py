@@ -4,6 +4,7 @@ per-epoch evaluation, divergence checks, and a snapshot to branch from (``Snapsh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -77,9 +78,11 @@ class TrainResult:
 @dataclass(frozen=True)
 class Snapshot:
     """A training stopped after ``epoch`` epochs, to branch from: the weights, the optimizer's state, the initial
-    weights and the history so far (``train(config, data, start=snapshot)`` continues with ``config``'s batch order).
+    weights and the history so far. ``train(config, data, start=snapshot)`` continues it for epochs ``epoch + 1 ..
+    config.epochs``, their batch orders drawn afresh from ``config.batches_seed`` (a branch's own order, Frankle et
+    al. 2020: not the order the uninterrupted run would have drawn next, except for full-batch GD, which has none).
 
-    ``Snapshot.initial(config, data)`` is epoch 0: the initial weights and a fresh optimizer."""
+    ``Snapshot.initial(config)`` is epoch 0: the initial weights and a fresh optimizer."""
 
     epoch: int
     params: Params
@@ -192,7 +195,8 @@ def train(
                 value.copy_(start.params[name])
         if start.optimizer_state is not None:
             optimizer.load_state_dict(copy.deepcopy(start.optimizer_state))
-        init_params, history = start.init_params, list(start.history)
+        init_params = {k: v.clone() for k, v in start.init_params.items()}
+        history = [dataclasses.replace(m, extra=dict(m.extra)) for m in start.history]
         global_step, first_epoch = start.steps, start.epoch + 1
     shuffler = torch.Generator().manual_seed(config.batches_seed)
     inputs, targets = train_data

@@ -241,7 +241,7 @@ def trajectory_checkpoints(preset: Preset, data: TrialData) -> Checkpoints | Non
         return None
     config = preset.train
     per_epoch = 1 if config.optimizer == "gd" else math.ceil(data.train[0].shape[0] / config.batch_size)
-    return Checkpoints(max(1, config.epochs * per_epoch // preset.analysis.trajectory.checkpoints))
+    return Checkpoints(max(1, math.ceil(config.epochs * per_epoch / preset.analysis.trajectory.checkpoints)))
 
 
 def _updates(tracker: LambdaMaxTracker | None, checkpoints: Checkpoints | None) -> UpdateCallback | None:

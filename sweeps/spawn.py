@@ -38,7 +38,7 @@ def parser() -> ArgumentParser:
     p.add_argument(
         "--spawn-epochs",
         default="0,1,2",
-        help="the epochs k to branch at, comma-separated (default 0,1,2; each <= --epochs); the independent pair "
+        help="the epochs k to branch at, comma-separated (default 0,1,2; each < --epochs); the independent pair "
         "(no shared epoch, two initializations) always runs too",
     )
     p.add_argument("--pairs", type=int, default=3, help="pairs (trunks) per spawn epoch (default 3)")
@@ -53,13 +53,19 @@ def parse_spawn_epochs(text: str, epochs: int) -> tuple[int, ...]:
     except ValueError:
         raise UsageError(f"Expected `--spawn-epochs` a comma-separated list of integers, got {text!r}") from None
     require(len(set(values)) == len(values), "--spawn-epochs", "distinct values", text)
-    for k in values:
-        require(0 <= k <= epochs, "--spawn-epochs", f"each in [0, {epochs}] (--epochs)", text)
+    for k in values:  # at k = epochs both branches would be the trunk itself: nothing to ask
+        require(0 <= k < epochs, "--spawn-epochs", f"each in [0, {epochs - 1}] (below --epochs)", text)
     return (INDEPENDENT, *sorted(values))
 
 
 def build_options(args: argparse.Namespace) -> SweepOptions:
     require(args.pairs >= 1, "--pairs", ">= 1", args.pairs)
+    require(
+        args.batch_trials == 1,
+        "--batch-trials",
+        "1 (a spawn trial trains its own trunk and branches)",
+        args.batch_trials,
+    )
     require(args.seed_start >= 0, "--seed-start", ">= 0", args.seed_start)
     for option in ("until_decided", "primary", "width"):
         if getattr(args, option):

@@ -37,6 +37,8 @@ __all__ = ["STABLE_ERROR", "InstabilityReport", "instability_report", "log_insta
 
 #: Frankle et al. 2020: a pair is stable (one linearly connected basin) when its test-error barrier is below 2%.
 STABLE_ERROR = 0.02
+#: The fewest pairs a verdict reads (fewer: no evidence; two equal barriers would make a zero-width interval).
+MIN_PAIRS = 3
 #: The table's columns: (header, key).
 COLUMNS = (
     ("test error barrier", keys.instability("test", "error")),
@@ -76,13 +78,15 @@ def _init_claim(values: dict[int, dict[str, np.ndarray]], key: str) -> Claim:
     if 0 not in values:
         return Claim(claim, quantity, math.nan, math.nan, math.nan, criterion, "no evidence", "no spawn at epoch 0")
     mean, low, high = t_interval(values[0][key])
-    note = f"n = {int(np.isfinite(values[0][key]).sum())} pairs"
+    n = int(np.isfinite(values[0][key]).sum())
+    note = f"n = {n} pairs" + ("" if n >= MIN_PAIRS else f" (a verdict needs {MIN_PAIRS}: --pairs)")
     if INDEPENDENT in values:
         independent, _, _ = t_interval(values[INDEPENDENT][key])
         note += f"; independent runs (different inits): {independent:.3g}"
         if math.isfinite(independent) and independent > 0:
             note += f", so epoch 0 keeps {mean / independent:.0%} of it"
-    return Claim(claim, quantity, mean, low, high, criterion, threshold_verdict(low, high, STABLE_ERROR, False), note)
+    verdict = threshold_verdict(low, high, STABLE_ERROR, False) if n >= MIN_PAIRS else "no evidence"
+    return Claim(claim, quantity, mean, low, high, criterion, verdict, note)
 
 
 def _stable_epoch_claim(values: dict[int, dict[str, np.ndarray]], key: str) -> Claim:
@@ -92,10 +96,10 @@ def _stable_epoch_claim(values: dict[int, dict[str, np.ndarray]], key: str) -> C
     spawned = sorted(k for k in values if k != INDEPENDENT)
     for k in spawned:
         mean, low, high = t_interval(values[k][key])
-        if math.isfinite(high) and high < STABLE_ERROR:
+        if np.isfinite(values[k][key]).sum() >= MIN_PAIRS and math.isfinite(high) and high < STABLE_ERROR:
             note = f"stable from epoch {k} on the spawned epochs {spawned}; barrier there {mean:.3g}"
             return Claim(claim, quantity, float(k), math.nan, math.nan, criterion, "supported", note)
-    note = f"no spawned epoch of {spawned} is stable: spawn later (--spawn-epochs) or add pairs (--pairs)"
+    note = f"no spawned epoch of {spawned} is stable with {MIN_PAIRS}+ pairs: spawn later (--spawn-epochs) or add pairs"
     return Claim(claim, quantity, math.nan, math.nan, math.nan, criterion, "no evidence", note)
 
 

@@ -95,8 +95,8 @@ def curve_plane_figure(
     """The loss over the plane through two minima and the bend, with the curve and the straight line drawn on it.
 
     Filled contours of ``log10`` of the loss (floored at 1e-12), the curve as a solid red line, the straight segment
-    between its two ends (the linear path) dashed, and each point marked and labelled on the map. Equal aspect:
-    distances and angles in the plane are those in parameter space.
+    between its two ends (the linear path) dashed, and each point marked and labelled on the map. The axes are not to
+    scale (a bend a few units off a line tens long would be a strip).
 
     Args:
         xs: ``[X]`` coordinates along the plane's first axis (``Plane.u``).
@@ -125,14 +125,28 @@ def curve_plane_figure(
     ax.plot(curve[:, 0], curve[:, 1], "-", color="tab:red", lw=2.0, label="Bezier curve")
     for label, (px, py) in points_xy.items():  # labelled on the map, not in the legend
         ax.plot([px], [py], "o", color="white", markeredgecolor="black", markersize=8)
-        ax.annotate(label, (px, py), xytext=(6, 6), textcoords="offset points", color="white", fontweight="bold")
-    ax.set(xlabel=r"$x$ (along end $-$ start)", ylabel=r"$y$ (towards the bend)", title=title, aspect="equal")
-    ax.legend(fontsize=7)
+        right = px > (x[0] + x[-1]) / 2  # labels of points on the right half grow leftwards, inside the map
+        ax.annotate(
+            label,
+            (px, py),
+            xytext=(-6 if right else 6, 6),
+            textcoords="offset points",
+            ha="right" if right else "left",
+            color="white",
+            fontweight="bold",
+        )
+    # the bend lies a few units off a line that is tens long: equal axes would flatten the map to a strip
+    ax.set(xlabel=r"$x$ (along end $-$ start)", ylabel=r"$y$ (towards the bend; axes not to scale)", title=title)
+    ax.legend(fontsize=7, loc="lower center", framealpha=0.8)
     return fig
 
 
 def barrier_population_figure(
-    barriers: Mapping[str, Any], *, ylabel: str = "loss barrier", title: str = "Barriers across the population"
+    barriers: Mapping[str, Any],
+    *,
+    ylabel: str = "loss barrier",
+    xlabel: str = "path",
+    title: str = "Barriers across the population",
 ) -> Figure:
     """The barrier of every trial per kind of path, each trial a dot, with the mean and its 95% t-interval.
 
@@ -176,7 +190,7 @@ def barrier_population_figure(
             )
     ax.axhline(0.0, color="k", lw=0.6, alpha=0.5)
     ax.set_xticks(range(len(ticks)), labels=ticks)
-    ax.set(xlabel="path", ylabel=ylabel, title=title, xlim=(-0.6, len(ticks) - 0.3))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(-0.6, len(ticks) - 0.3))
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     return fig

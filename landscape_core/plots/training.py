@@ -87,9 +87,14 @@ def edge_of_stability_figure(steps: Sequence[int], lambda_max: Sequence[float], 
         )
     fig = Figure(figsize=(6.0, 3.6), layout="constrained")
     ax = fig.subplots()
-    ax.plot(list(steps), list(lambda_max), ".-", lw=1, markersize=3, label=r"$\lambda_{max}$ (tracking subset)")
+    ax.plot(list(steps), list(lambda_max), ".-", lw=1, markersize=3, label=r"$\lambda_{max}$ on the tracking subset")
     if math.isfinite(threshold):
-        ax.axhline(threshold, color="black", ls="--", label=f"threshold $(2 + 2\\beta) / \\eta$ = {threshold:.3g}")
+        ax.axhline(
+            threshold,
+            color="black",
+            ls="--",
+            label=f"full-batch GD's stability threshold $(2 + 2\\beta) / \\eta$ = {threshold:.3g}",
+        )
         above = sum(v >= threshold for v in lambda_max)
         ax.set_title(f"Sharpness during training: {above} of {len(steps)} tracked steps at or above the threshold")
     else:

@@ -64,6 +64,9 @@ def test_a_spawn_at_epoch_0_shares_only_the_initialization_and_the_independent_p
     assert _same(independent.a.init_params, zero.a.init_params)
     with pytest.raises(ValueError, match="spawn epoch"):
         branch_configs(CONFIG, 4)
+    # spawned at the last epoch, both branches are the trunk itself, bit for bit
+    last = train_branches(CONFIG, data, CONFIG.epochs)
+    assert _same(param_dict(last.a.model), param_dict(last.b.model))
 
 
 def test_training_resumed_from_a_snapshot_is_the_uninterrupted_training(data) -> None:

@@ -14,7 +14,7 @@ from tracking.store import TrackingStore
 
 def test_a_spawn_sweep_measures_each_pair_and_reports_the_barrier_against_the_spawn_epoch(tmp_path):
     root = tmp_path / "mlruns"
-    args = ["--spawn-epochs", "0,2", "--pairs", "2", *SMOKE, "--test-size", "128", "--root", str(root)]
+    args = ["--spawn-epochs", "0,1", "--pairs", "2", *SMOKE, "--test-size", "128", "--root", str(root)]
     result = run_cli("sweeps.spawn", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
@@ -23,15 +23,14 @@ def test_a_spawn_sweep_measures_each_pair_and_reports_the_barrier_against_the_sp
     assert out.index("The initialization determines the minimum") < out.index("Barrier between the two runs")
     store = TrackingStore.resolve(None, str(root))
     population = load_population(store, experiment="spawn")
-    assert len(population.runs) == 3 * 2  # the independent pair, spawn at 0 and at 2, two pairs each
+    assert len(population.runs) == 3 * 2  # the independent pair, spawn at 0 and at 1, two pairs each
     report = instability_report(population)
-    assert sorted(report.values) == [-1, 0, 2] and report.spawn_epochs == [0, 2]
+    assert sorted(report.values) == [-1, 0, 1] and report.spawn_epochs == [0, 1]
     error = keys.instability("test", "error")
     for k, columns in report.values.items():
         assert columns[error].shape == (2,) and np.isfinite(columns[error]).all(), k
         assert (columns[error] >= 0).all()
-    # spawned at the last epoch (smoke trains 2), both branches are the trunk itself: no barrier at all
-    assert (report.values[2][error] == 0).all() and (report.values[2][keys.instability("test", "loss")] == 0).all()
+    assert all(c.verdict == "no evidence" for c in report.claims)  # two pairs decide nothing
     client = client_for(root)
     parent = population.runs[0].parent_run_id
     assert "report.html" in {a.path for a in client.list_artifacts(parent)}
@@ -40,7 +39,7 @@ def test_a_spawn_sweep_measures_each_pair_and_reports_the_barrier_against_the_sp
 
 
 def test_spawn_epochs_beyond_the_training_are_refused_in_one_line(tmp_path):
-    result = run_cli("sweeps.spawn", "--spawn-epochs", "0,3", *SMOKE, "--root", str(tmp_path / "mlruns"))
-    assert result.returncode == 2 and "`--spawn-epochs` each in [0, 2]" in result.stdout
+    result = run_cli("sweeps.spawn", "--spawn-epochs", "0,2", *SMOKE, "--root", str(tmp_path / "mlruns"))
+    assert result.returncode == 2 and "`--spawn-epochs` each in [0, 1] (below --epochs)" in result.stdout
     assert len([line for line in result.stdout.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "mlruns").exists()

@@ -95,25 +95,29 @@ def test_the_isolated_minima_reading_follows_the_lowest_path_and_names_it():
 
 
 def test_sgd_versus_gd_is_the_paired_difference_over_seeds_with_a_t_interval():
+    """Pairs: the gd and the sgd run of one config but for the optimizer, both at the stop loss."""
     rng = np.random.default_rng(3)
     runs, gd_minus_sgd = [], []
+
+    def run(optimizer: str, seed: int, lam: float, *, reached: float = 1.0, lr: str = "0.05") -> PopulationRun:
+        metrics = {keys.LAMBDA_MAX: lam, keys.ADAPTIVE_SHARPNESS_LINF: lam / 100, keys.FINAL_TRAIN_LOSS: 0.35}
+        metrics[keys.REACHED_STOP_LOSS] = reached
+        params = {"optimizer": optimizer, "seed": str(seed), "lr": lr}
+        return PopulationRun(f"{optimizer}{seed}{lr}", "s", len(runs), seed, float(lr), metrics, params=params)
+
     for seed in range(1, 7):
         sgd = 10 + rng.random()
         gd = sgd + 2 + 0.3 * rng.standard_normal()
         gd_minus_sgd.append(gd - sgd)
-        for optimizer, lam in (("sgd", sgd), ("gd", gd), ("sam", sgd - 1)):
-            metrics = {keys.LAMBDA_MAX: lam, keys.ADAPTIVE_SHARPNESS_LINF: lam / 100, keys.FINAL_TRAIN_LOSS: 0.35}
-            runs.append(
-                PopulationRun(
-                    f"{optimizer}{seed}", "s", len(runs), seed, 0.05, metrics, params={"optimizer": optimizer}
-                )
-            )
+        runs += [run("sgd", seed, sgd), run("gd", seed, gd), run("sam", seed, sgd - 1)]
+    # not pairs: a gd run at another lr, and a gd run that never reached the stop loss
+    runs += [run("gd", 1, 99.0, lr="0.1"), run("gd", 7, 99.0, reached=0.0), run("sgd", 7, 1.0)]
     claim = {c.claim: c for c in claims(Population(runs, source="hand-made"), None)}[
         "SGD reaches flatter minima than full-batch GD at equal train loss"
     ]
     want = stats.t.interval(0.95, 5, loc=np.mean(gd_minus_sgd), scale=stats.sem(gd_minus_sgd))
     assert claim.value == pytest.approx(np.mean(gd_minus_sgd)) and (claim.low, claim.high) == pytest.approx(want)
-    assert claim.verdict == "supported" and "n = 6 seeds" in claim.note
+    assert claim.verdict == "supported" and "n = 6 seeds (of 7: both at the stop loss)" in claim.note
 
 
 def test_the_noise_scale_claim_is_spearmans_rho_with_a_fisher_z_interval():
