@@ -96,9 +96,9 @@ def edge_of_stability_figure(steps: Sequence[int], lambda_max: Sequence[float], 
             label=f"full-batch GD's stability threshold $(2 + 2\\beta) / \\eta$ = {threshold:.3g}",
         )
         above = sum(v >= threshold for v in lambda_max)
-        ax.set_title(f"Sharpness during training: {above} of {len(steps)} tracked steps at or above the threshold")
+        ax.set_title(f"Sharpness during training ({above} of {len(steps)} tracked steps >= threshold)", fontsize=10)
     else:
-        ax.set_title("Sharpness during training")
+        ax.set_title("Sharpness during training", fontsize=10)
     ax.set(xlabel="optimizer step", ylabel="top Hessian eigenvalue")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
