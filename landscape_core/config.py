@@ -340,9 +340,9 @@ class CurveConfig:
 
 @dataclass(frozen=True)
 class TrajectoryConfig:
-    """The training trajectory on its principal plane (Li et al. 2018): ``checkpoints`` flat copies of the weights
-    kept evenly along training (plus the initial weights), and the loss over that plane at ``points`` x ``points``
-    points on ``subset`` training images."""
+    """The training trajectory on its principal plane (Li et al. 2018): between ``checkpoints`` and twice as many
+    flat copies of the weights, evenly spaced over however many steps training takes (the initial weights first), and
+    the loss over that plane at ``points`` x ``points`` points on ``subset`` training images."""
 
     checkpoints: int = 24
     points: int = 21

@@ -43,13 +43,19 @@ class Checkpoints:
     unconditionally (the initial weights as step 0, the final ones). A step stored twice keeps the later copy once, so
     the final weights can be added whether or not the hook kept them already. The model is only read.
 
+    With ``limit``, a training of unknown length (a stop rule under an epoch cap) keeps between ``limit / 2`` and
+    ``limit`` evenly spaced copies: when the hook's copies exceed ``limit``, every other one is dropped and ``every``
+    doubles.
+
     Args:
         every: Keep a copy every ``every`` optimizer steps (>= 1).
+        limit: The most copies the hook keeps (>= 2); None: no limit.
     """
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, limit: int | None = None) -> None:
         check_count("every", every)
-        self.every = every
+        check(limit is None or limit >= 2, "limit", ">= 2 or None", limit)
+        self.every, self.limit = every, limit
         self._steps: list[int] = []
         self._flats: list[Tensor] = []
 
@@ -58,6 +64,11 @@ class Checkpoints:
         initialization)."""
         if step % self.every == 0:
             self.add(step, model)
+            if self.limit is not None and len(self._steps) > self.limit:
+                self.every *= 2
+                kept = [i for i, s in enumerate(self._steps) if s % self.every == 0]
+                self._steps = [self._steps[i] for i in kept]
+                self._flats = [self._flats[i] for i in kept]
 
     def add(self, step: int, model: nn.Module | Params) -> None:
         """Keep a copy of the model's parameters (or of a parameter dict) at ``step`` (>= 0), whatever ``every``

@@ -10,7 +10,6 @@ audit, a second measurement of their minimum on independent images, logged as ``
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
@@ -234,14 +233,13 @@ def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | 
     return LambdaMaxTracker(data, preset.analysis.hessian, threshold=config.stability_threshold)
 
 
-def trajectory_checkpoints(preset: Preset, data: TrialData) -> Checkpoints | None:
-    """The trajectory's kept weights (``TrajectoryConfig.checkpoints`` evenly over the steps ``epochs`` allow, the
-    initial weights included), unless the trajectory is skipped."""
+def trajectory_checkpoints(preset: Preset) -> Checkpoints | None:
+    """The trajectory's kept weights, unless the trajectory is skipped: between ``TrajectoryConfig.checkpoints``
+    and twice that, evenly spaced over however many steps the training takes (a stop rule may end it early), the
+    initial weights included."""
     if not preset.analysis.runs("trajectory"):
         return None
-    config = preset.train
-    per_epoch = 1 if config.optimizer == "gd" else math.ceil(data.train[0].shape[0] / config.batch_size)
-    return Checkpoints(max(1, math.ceil(config.epochs * per_epoch / preset.analysis.trajectory.checkpoints)))
+    return Checkpoints(1, limit=2 * preset.analysis.trajectory.checkpoints)
 
 
 def _updates(tracker: LambdaMaxTracker | None, checkpoints: Checkpoints | None) -> UpdateCallback | None:
@@ -309,7 +307,7 @@ def _train_measure_log(
         progress.trial_started(f"trial {trial.number} seed {config.seed} lr {config.lr:.3g}", config.epochs)
     checkpoints = None
     if trained is None:
-        checkpoints = trajectory_checkpoints(preset, context.data_for(config))
+        checkpoints = trajectory_checkpoints(preset)
         result = train(
             config,
             context.data_for(config),

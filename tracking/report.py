@@ -342,7 +342,10 @@ def _sgd_versus_gd_claim(population: Population) -> Claim:
     both reached the sweep's ``--stop-at-train-loss`` count: without one, or with no such pair, no evidence."""
     claim = "SGD reaches flatter minima than full-batch GD at equal train loss"
     quantity = "mean paired lambda_max(GD) - lambda_max(SGD), same seed and config"
-    criterion = "supported when the CI lies above 0, refuted below (a paired t-interval over seeds)"
+    criterion = (
+        "supported when the CI lies above 0 and the invariant sharpness's does too, refuted when both lie below "
+        "(paired t-intervals over seeds)"
+    )
     by_point: dict[tuple, dict[str, int]] = {}
     for i, run in enumerate(population.runs):
         rest = tuple(sorted((k, v) for k, v in run.params.items() if k not in OPTIMIZER_PARAMS))
@@ -365,11 +368,14 @@ def _sgd_versus_gd_claim(population: Population) -> Claim:
     value, low, high = t_interval(difference(keys.LAMBDA_MAX))
     invariant, inv_low, inv_high = t_interval(difference(keys.ADAPTIVE_SHARPNESS_LINF))
     train_gap = float(np.nanmean(difference(keys.FINAL_TRAIN_LOSS)))
+    raw, rescaled = threshold_verdict(low, high, 0.0, True), threshold_verdict(inv_low, inv_high, 0.0, True)
     note = (
-        f"n = {len(pairs)} seeds (of {len(candidates)}: both at the stop loss); adaptive L-inf sharpness GD - SGD "
-        f"{invariant:.3g} [{inv_low:.3g}, {inv_high:.3g}]; train loss GD - SGD {train_gap:+.3g}"
+        f"n = {len(pairs)} seeds (of {len(candidates)}: both at the stop loss); rescaling-invariant adaptive L-inf "
+        f"sharpness GD - SGD {invariant:.3g} [{inv_low:.3g}, {inv_high:.3g}]; train loss GD - SGD {train_gap:+.3g}"
     )
-    return Claim(claim, quantity, value, low, high, criterion, threshold_verdict(low, high, 0.0, True), note)
+    if raw != rescaled:  # lambda_max changes under rescalings that keep the function: both must agree
+        note += f"; lambda_max says {raw}, the invariant sharpness {rescaled}: not decided beyond parametrization"
+    return Claim(claim, quantity, value, low, high, criterion, raw if raw == rescaled else "no evidence", note)
 
 
 #: The claims a sweep prints at its end, when its population can say anything about them: the answers to the

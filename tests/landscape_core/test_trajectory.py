@@ -194,3 +194,16 @@ def test_trajectory_figure():
     fig.savefig(io.BytesIO(), format="png", dpi=30)
     with pytest.raises(ValueError, match="shape"):
         trajectory_figure(xs, ys, loss.T, coords, [0.8, 0.1])
+
+
+def test_a_limit_keeps_between_half_of_it_and_it_evenly_spaced_however_long_training_runs() -> None:
+    model = nn.Linear(3, 2)
+    for steps in (5, 37, 200):
+        kept = Checkpoints(1, limit=8)
+        for step in range(steps + 1):  # step 0 (initialization) and after each step, as train calls it
+            with torch.no_grad():
+                model.weight.fill_(float(step))
+            kept(step, model)
+        assert kept.steps[0] == 0 and len(set(np.diff(kept.steps))) == 1, kept.steps  # evenly spaced from 0
+        assert min(steps + 1, 4) <= len(kept) <= 8, (steps, kept.steps)
+        assert kept.stack()[:, 0].tolist() == [float(s) for s in kept.steps]  # each copy is its step's weights

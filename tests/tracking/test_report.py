@@ -118,6 +118,13 @@ def test_sgd_versus_gd_is_the_paired_difference_over_seeds_with_a_t_interval():
     want = stats.t.interval(0.95, 5, loc=np.mean(gd_minus_sgd), scale=stats.sem(gd_minus_sgd))
     assert claim.value == pytest.approx(np.mean(gd_minus_sgd)) and (claim.low, claim.high) == pytest.approx(want)
     assert claim.verdict == "supported" and "n = 6 seeds (of 7: both at the stop loss)" in claim.note
+    # lambda_max alone is not enough: when the rescaling-invariant sharpness does not differ, nothing is decided
+    for r in runs:
+        r.metrics[keys.ADAPTIVE_SHARPNESS_LINF] = 0.01 + 1e-3 * rng.standard_normal()
+    claim = {c.claim: c for c in claims(Population(runs, source="hand-made"), None)}[
+        "SGD reaches flatter minima than full-batch GD at equal train loss"
+    ]
+    assert claim.verdict == "no evidence" and "not decided beyond parametrization" in claim.note
 
 
 def test_the_noise_scale_claim_is_spearmans_rho_with_a_fisher_z_interval():
