@@ -20,10 +20,10 @@ grid: install data
 	$(PY) -m sweeps.grid $(GRID_ARGS) --preset $(PRESET)
 
 # The paper's "why SGD" question (issue 22): SGD against full-batch GD and SAM at one lr and momentum, 3 seeds each
-# (same seed: same initialization and data), all trained to one train loss on 1,000 images, lambda_max tracked every 5
+# (same seed: same initialization and data), all trained to one train loss on 1,000 images, lambda_max tracked every 2
 # steps (the edge-of-stability figure). Quick preset's analyses; measured on the 2-core CPU: README, "Why SGD".
 OPTIMIZER_ARGS ?= --optimizer sgd,gd,sam --seeds-per-point 3 --lr 0.05 --train-size 1000 --test-size 2000 \
-	--stop-at-train-loss 0.5 --epochs 150 --track-every 5 --retest-trials 0
+	--stop-at-train-loss 0.5 --epochs 150 --track-every 2 --retest-trials 0
 optimizers: install data
 	$(PY) -m sweeps.grid $(OPTIMIZER_ARGS) --preset $(PRESET) --study-name optimizers-$(PRESET)
 

@@ -316,6 +316,8 @@ def _train_measure_log(
             on_metrics=lambda metrics: log_epoch(run, metrics),
             on_update=_updates(tracker, checkpoints),
         )
+        if checkpoints is not None:  # the path ends at the minimum, whichever step the thinning kept last
+            checkpoints.add(result.steps, result.model)
     elif isinstance(trained, DivergenceError):
         raise trained
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from landscape_core import keys
+from sweeps import spawn
 from tests.sweeps.conftest import SMOKE, client_for, run_cli
 from tracking.instability import instability_report
 from tracking.population import load_population
@@ -34,12 +35,11 @@ def test_a_spawn_sweep_measures_each_pair_and_reports_the_barrier_against_the_sp
     client = client_for(root)
     parent = population.runs[0].parent_run_id
     assert "report.html" in {a.path for a in client.list_artifacts(parent)}
-    again = run_cli("sweeps.spawn", *args)
-    assert again.returncode == 0 and "6/6 trials done" in again.stdout, again.stdout[-2000:]
 
 
-def test_spawn_epochs_beyond_the_training_are_refused_in_one_line(tmp_path):
-    result = run_cli("sweeps.spawn", "--spawn-epochs", "0,2", *SMOKE, "--root", str(tmp_path / "mlruns"))
-    assert result.returncode == 2 and "`--spawn-epochs` each in [0, 1] (below --epochs)" in result.stdout
-    assert len([line for line in result.stdout.splitlines() if line.strip()]) == 1
+def test_spawn_epochs_beyond_the_training_are_refused_in_one_line(tmp_path, capsys):
+    assert spawn.main(["--spawn-epochs", "0,2", *SMOKE, "--root", str(tmp_path / "mlruns")]) == 2
+    out = capsys.readouterr().out
+    assert "`--spawn-epochs` each in [0, 1] (below --epochs)" in out
+    assert len([line for line in out.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "mlruns").exists()
