@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landscape_core.config import TrainConfig
+from landscape_core.config import OPTIMIZERS, TrainConfig
 
 __all__ = ["SAM", "Closure", "build_optimizer"]
 
@@ -69,4 +69,4 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         return torch.optim.Adam(params, lr=config.lr, betas=config.adam_betas)
     if config.optimizer == "sam":
         return SAM(params, lr=config.lr, momentum=config.momentum, rho=config.sam_rho)
-    raise ValueError(f"Expected `optimizer` in ('sgd', 'gd', 'adam', 'sam'), got {config.optimizer!r}")
+    raise ValueError(f"Expected `optimizer` in {OPTIMIZERS}, got {config.optimizer!r}")

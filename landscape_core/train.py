@@ -231,7 +231,8 @@ def train(
         if reached(config, train_loss):
             break
     model.eval()
-    state = copy.deepcopy(optimizer.state_dict())
+    # the optimizer ends here, so its state is handed over as it is: Snapshot.of copies it, as train(start=) does
+    state = optimizer.state_dict()
     return TrainResult(model, init_params, history, data, stop_outcome(config, history), global_step, state)
 
 

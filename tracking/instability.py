@@ -114,8 +114,7 @@ def render(report: InstabilityReport, console: Console) -> None:
         answers.add_column(column)
     for c in report.claims:
         ci = f" [{c.low:.3g}, {c.high:.3g}]" if math.isfinite(c.low) else ""
-        style = {"supported": "green", "refuted": "red"}.get(c.verdict, "yellow")
-        answers.add_row(c.claim, f"{c.value:.3g}{ci}", f"[{style}]{c.verdict}[/]", c.note)
+        answers.add_row(c.claim, f"{c.value:.3g}{ci}", f"[{c.style}]{c.verdict}[/]", c.note)
     console.print(answers)
     table = Table(title="Barrier between the two runs of a pair (mean [95% CI] over pairs)")
     table.add_column("pair")
@@ -123,10 +122,7 @@ def render(report: InstabilityReport, console: Console) -> None:
     for header, _ in COLUMNS:
         table.add_column(header, justify="right")
     for k, columns in report.values.items():
-        cells = []
-        for _, key in COLUMNS:
-            mean, low, high = t_interval(columns[key])
-            cells.append(f"{mean:.3g} [{low:.3g}, {high:.3g}]" if math.isfinite(low) else f"{mean:.3g}")
+        cells = [_fmt_ci(columns[key]) for _, key in COLUMNS]
         table.add_row(_label(k), str(int(np.isfinite(columns[COLUMNS[0][1]]).sum())), *cells)
     console.print(table)
 

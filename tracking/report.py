@@ -138,6 +138,11 @@ class Claim:
     verdict: str
     note: str
 
+    @property
+    def style(self) -> str:
+        """The rich style of the verdict: green supported, red refuted, yellow no evidence."""
+        return {"supported": "green", "refuted": "red"}.get(self.verdict, "yellow")
+
 
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """The mean of the finite values and its ``level`` t-interval (NaN where too few)."""
@@ -390,9 +395,8 @@ def print_answers(population: Population, console: Console) -> None:
     """One line per ``ANSWERED_AT_THE_END`` claim the population has a number for: verdict, number, CI, note."""
     for c in claims(population, None):
         if c.claim in ANSWERED_AT_THE_END and math.isfinite(c.value):
-            style = {"supported": "green", "refuted": "red"}.get(c.verdict, "yellow")
             console.print(
-                f"[bold]{c.claim}[/]: [{style}]{c.verdict}[/] ({c.quantity} {c.value:.3g} [{c.low:.3g}, "
+                f"[bold]{c.claim}[/]: [{c.style}]{c.verdict}[/] ({c.quantity} {c.value:.3g} [{c.low:.3g}, "
                 f"{c.high:.3g}]; {c.note})",
                 highlight=False,
             )
