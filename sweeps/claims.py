@@ -28,7 +28,16 @@ from pathlib import Path
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-__all__ = ["CLAIM_PREFIX", "OWNER", "ClaimingStorage", "holders", "is_orphan", "process_fingerprint", "this_worker"]
+__all__ = [
+    "CLAIM_PREFIX",
+    "OWNER",
+    "ClaimingStorage",
+    "holders",
+    "is_dead",
+    "is_orphan",
+    "process_fingerprint",
+    "this_worker",
+]
 
 #: The user attribute naming the process that holds a RUNNING trial, ``<host>:<pid>``.
 OWNER = "worker"
@@ -82,21 +91,21 @@ def _alive(pid: int, fingerprint: str | None) -> bool:
     return fingerprint is None or process_fingerprint(pid) in (None, fingerprint)
 
 
+def is_dead(worker: str, fingerprint: str | None, host: str | None = None) -> bool:
+    """True when process ``worker`` (``<host>:<pid>``) ran on ``host`` (default: this one) and is gone. A process on
+    another host is never dead here: only its own host can tell."""
+    worker_host, _, pid = worker.rpartition(":")
+    return worker_host == (host or socket.gethostname()) and pid.isdigit() and not _alive(int(pid), fingerprint)
+
+
 def is_orphan(trial: FrozenTrial, host: str | None = None) -> bool:
     """True when every process that may hold the RUNNING ``trial`` ran on ``host`` (default: this one) and is gone.
 
     A trial held by a process on another host is never an orphan here (its own host can tell), nor is one that names
     no holder at all (claimed by code other than ``ClaimingStorage``).
     """
-    host = host or socket.gethostname()
     candidates = holders(trial)
-    if not candidates:
-        return False
-    for worker, fingerprint in candidates.items():
-        worker_host, _, pid = worker.rpartition(":")
-        if worker_host != host or not pid.isdigit() or _alive(int(pid), fingerprint):
-            return False
-    return True
+    return bool(candidates) and all(is_dead(worker, fingerprint, host) for worker, fingerprint in candidates.items())
 
 
 def _waiting() -> FrozenTrial:

@@ -9,13 +9,21 @@ workers or on batching: every trial of a study, run anywhere, gets its barrier t
 The reference is logged as a child run of the parent tagged ``run_kind=reference`` (so no population reads it as a
 trial) with its checkpoint, and pinned on the study (``reference_run_id`` or, with a width axis,
 ``reference_run_id_w<width>``). A worker that finds it pinned loads the checkpoint once; one that does not trains it.
-Two workers that start a new study at the same instant may both train it: training is deterministic, and the
-first pin wins for every later trial.
+
+A reference in training is held like a trial (``sweeps.claims``): its run is tagged with the process training it
+(``worker``, ``worker_fingerprint``). Before a worker trains a reference it ends every RUNNING reference run whose
+process on this host is gone as KILLED (a sweep killed while its reference trained leaves nothing RUNNING), and it
+waits for one that a live process on this host is training instead of training a second. A worker on another host
+cannot tell whether a process there is alive, so two hosts that start a new study at the same instant may both train
+it: training is deterministic, and the first pin wins for every later trial.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
+import time
 
 import optuna
 from torch import nn
@@ -24,13 +32,17 @@ from landscape_core.config import Preset
 from landscape_core.devices import resolve_device
 from landscape_core.splits import TrialData
 from landscape_core.train import train
+from sweeps.claims import is_dead, process_fingerprint, this_worker
 from sweeps.space import REFERENCE_SEED
 from tracking.checkpoints import load_run_model
-from tracking.runs import start_child
+from tracking.runs import RunLogger, running_children, start_child
 from tracking.store import TrackingStore
 from tracking.trial_log import log_training
 
 __all__ = ["ReferenceModels", "reference_key"]
+
+#: Seconds between two looks at a reference that another process on this host is training.
+WAIT_POLL = 1.0
 
 
 def reference_key(width: float, by_width: bool) -> str:
@@ -61,11 +73,32 @@ class ReferenceModels:
         """``(run id, model)`` of the reference at ``width``, training and pinning it if the study has none."""
         if width not in self._loaded:
             key = reference_key(width, self.by_width)
-            run_id = self.study.user_attrs.get(key) or self._train(width, key)
+            run_id = self._pinned(width, key) or self._train(width, key)
             config = dataclasses.replace(self.preset.train, width=width)
             model = load_run_model(self.store.client(), run_id, config.model, self.device, width=width)
             self._loaded[width] = (run_id, model)
         return self._loaded[width]
+
+    def _pinned(self, width: float, key: str) -> str | None:
+        """The pinned reference run of ``width``, once no live process on this host is training one (waiting for
+        it); None when this worker should train it. Reference runs of dead processes on this host end KILLED."""
+        host = socket.gethostname()
+        while True:
+            training = False
+            for run_id, tags in running_children(
+                self.store, self.experiment_id, self.parent_run_id, "reference"
+            ).items():
+                worker, fingerprint = tags.get("worker", ""), tags.get("worker_fingerprint") or None
+                if is_dead(worker, fingerprint, host):
+                    run = RunLogger(self.store.client(), run_id)
+                    run.tags({"failure": "worker killed"})
+                    run.finish("KILLED")
+                elif float(tags.get("width", "nan")) == width and worker.rpartition(":")[0] == host:
+                    training |= worker != this_worker()
+            pinned = self.study.user_attrs.get(key)
+            if pinned is not None or not training:
+                return pinned
+            time.sleep(WAIT_POLL)
 
     def _train(self, width: float, key: str) -> str:
         # its own init and batch order, whatever --init-seed / --order-seed the population shares
@@ -77,7 +110,14 @@ class ReferenceModels:
             self.experiment_id,
             self.parent_run_id,
             run_name=f"reference-w{width:g}",
-            tags={"run_kind": "reference", "seed": REFERENCE_SEED, "lr": config.lr, "width": width},
+            tags={
+                "run_kind": "reference",
+                "seed": REFERENCE_SEED,
+                "lr": config.lr,
+                "width": width,
+                "worker": this_worker(),
+                "worker_fingerprint": process_fingerprint(os.getpid()) or "",
+            },
         )
         try:
             log_training(run, train(config, self.data), config)

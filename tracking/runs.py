@@ -18,7 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from landscape_core.common import json_safe
 from tracking.store import TrackingStore
 
-__all__ = ["RunLogger", "find_or_create_parent", "flatten_config", "start_child"]
+__all__ = ["RunLogger", "find_or_create_parent", "flatten_config", "running_children", "start_child"]
 
 # MLflow accepts at most 1000 metrics / 100 params / 100 tags per log_batch call.
 _BATCH = {"metrics": 1000, "params": 100, "tags": 100}
@@ -123,3 +123,17 @@ def start_child(
     all_tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, "run_kind": "trial", **{k: str(v) for k, v in tags.items()}}
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     return RunLogger(client, run.info.run_id)
+
+
+def running_children(
+    store: TrackingStore, experiment_id: str, parent_run_id: str, run_kind: str
+) -> dict[str, dict[str, str]]:
+    """The parent's child runs of ``run_kind`` that are still RUNNING: run id -> tags."""
+    found = store.client().search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.run_kind = '{run_kind}' "
+            "and attributes.status = 'RUNNING'"
+        ),
+    )
+    return {run.info.run_id: dict(run.data.tags) for run in found}

@@ -131,6 +131,43 @@ def test_sigterm_ends_the_trial_cleanly_exits_143_and_a_rerun_completes(tmp_path
     assert_recovered(optuna.load_study(study_name=STUDY, storage=journal(root)), root, victim, 2, "Terminated")
 
 
+def test_sigkill_while_the_reference_trains_leaves_nothing_running_and_one_finished_reference(tmp_path, capsys):
+    """Issue 24: a sweep killed while its study's reference minimum trains used to leave that run RUNNING forever
+    beside the second reference its resumed sweep trained."""
+    root = tmp_path / "mlruns"
+    skip = ",".join(a for a in ANALYSES if a != "connectivity")
+    # a reference that trains for a few seconds, so that the kill lands inside it
+    args = ["--n", "1", *SMOKE, "--train-size", "512", "--test-size", "128", "--epochs", "30", "--skip", skip]
+    args += ["--max-pairs", "0", "--root", str(root)]
+    worker = start_cli("sweeps.seeds", *args)
+    client = client_for(root)
+    deadline = time.monotonic() + 180
+    killed = []
+    while not killed and time.monotonic() < deadline and worker.poll() is None:
+        try:
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            runs = client.search_runs(experiments, filter_string="tags.run_kind = 'reference'") if experiments else []
+        except Exception:  # the store is not created yet
+            runs = []
+        killed = [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
+    assert killed, "the sweep ended before its reference minimum was seen training"
+
+    assert seeds.main(args) == 0, capsys.readouterr().out[-3000:]
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments)
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    references = {r.info.run_id: r for r in runs if r.data.tags.get("run_kind") == "reference"}
+    assert references[killed[0]].info.status == "KILLED"
+    assert references[killed[0]].data.tags["failure"] == "worker killed"
+    assert sorted(r.info.status for r in references.values()) == ["FINISHED", "KILLED"]
+    study = optuna.load_study(study_name=STUDY, storage=journal(root))
+    finished = next(r for r in references.values() if r.info.status == "FINISHED")
+    assert study.user_attrs["reference_run_id"] == finished.info.run_id
+
+
 def test_a_diverging_lr_is_recorded_as_failed_with_its_epoch_and_the_sweep_goes_on(tmp_path, capsys):
     root = tmp_path / "mlruns"
     # lr 1e5 turns the loss to NaN within 4 steps for every seed (lr 1000 leaves seed 2 at a finite 2e22).
