@@ -11,6 +11,7 @@ Entry points stay thin: ``main(argv) -> int`` builds a parser and calls ``run_co
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
@@ -111,6 +112,11 @@ def run_command(
         propagates with its traceback.
     """
     console = console or output_console()
+    if hasattr(signal, "SIGUSR1") and sys.stderr is not None and hasattr(sys.stderr, "fileno"):
+        try:  # `kill -USR1 <pid>` prints every thread's stack to stderr: what a hung command is doing
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+        except (ValueError, OSError, AttributeError):  # stderr without a file descriptor (captured)
+            pass
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, raise_terminated)
     try:

@@ -288,14 +288,27 @@ class CurvatureConfig:
 
 @dataclass(frozen=True)
 class InvarianceConfig:
-    """The once-per-sweep invariance audit: every measure recomputed on function-preserving rescalings of one minimum
-    (each ReLU layer pair: layer i times ``factor``, layer i + 1 divided by it; every pair at every factor)."""
+    """The invariance audit: every measure recomputed on function-preserving rescalings of one minimum (a ReLU layer
+    pair: layer i times ``factor``, layer i + 1 divided by it).
+
+    Its verdict (is a measure's max / min over the copies within 5% of 1?) is a property of the measure and the
+    architecture, not of one minimum's precise value, so it is cheap by design (issue 24):
+
+    - ``combined``: one copy per factor that moves every layer pair at once (``invariance.rescalings``), instead of
+      one copy per pair and factor (3 copies instead of 9 on the paper's CNN);
+    - ``images``: every analysis of the audit sees at most this many images (the original is measured again on them,
+      so that all copies share one protocol); None keeps the trial's subsets. Searches keep their steps and restarts,
+      estimators their probes and draws.
+    """
 
     factors: tuple[float, ...] = (0.5, 2.0, 10.0)
+    combined: bool = True
+    images: int | None = 256
 
     def __post_init__(self) -> None:
         valid = len(self.factors) > 0 and all(math.isfinite(a) and a > 0 and a != 1 for a in self.factors)
         _check(valid, "factors", "non-empty, > 0, finite and != 1", self.factors)
+        _positive(self, "images")
 
 
 @dataclass(frozen=True)
@@ -354,6 +367,10 @@ class TrajectoryConfig:
         _positive(self, "subset")
 
 
+#: The fields of the analysis configs that count images (``AnalysisConfig.capped``); None means every image.
+IMAGE_FIELDS = ("subset", "train_subset", "test_subset", "track_subset", "fd_subset")
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """Which geometry measures a trial runs after training, and how big each is."""
@@ -386,6 +403,24 @@ class AnalysisConfig:
 
     def runs(self, analysis: str) -> bool:
         return analysis not in self.skip
+
+    def capped(self, images: int) -> AnalysisConfig:
+        """This config with every analysis's image subsets (``IMAGE_FIELDS``; None, all images, included) at most
+        ``images``; every other field (steps, restarts, probes, draws, grids) unchanged."""
+        _check(images > 0, "images", "> 0", images)
+        changes = {}
+        for part in dataclasses.fields(self):
+            sub = getattr(self, part.name)
+            if not dataclasses.is_dataclass(sub):
+                continue
+            sizes = {
+                f.name: images if getattr(sub, f.name) is None else min(getattr(sub, f.name), images)
+                for f in dataclasses.fields(sub)
+                if f.name in IMAGE_FIELDS
+            }
+            if sizes:
+                changes[part.name] = dataclasses.replace(sub, **sizes)
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,12 @@ function unchanged, while moving its parameters. A measure that changes under su
 parametrization, not the function: ranking models by it says nothing about their minima (Dinh et al. 2017, "Sharp
 minima can generalize for deep nets"). Each architecture names its layer pairs, ``model.rescaling_pairs()``.
 
-:func:`audit` recomputes a set of measures on rescaled copies of one minimum (every pair at every factor), checks
-first that each copy computes the same function, and reports per measure the ratio max / min over the original and
-its copies: 1 for an invariant measure, 11.7 for lambda_max at a = 10 on a quick SeedCNN.
+:func:`audit` recomputes a set of measures on rescaled copies of one minimum, checks first that each copy computes the
+same function, and reports per measure the ratio max / min over the original and its copies: 1 for an invariant
+measure, 11.7 for lambda_max at a = 10 on a quick SeedCNN. The copies are either every pair at every factor, or (the
+default, ``combined``) one copy per factor that moves every pair at once: pair k of n at ``a ** min(k, n + 1 - k)``,
+so that on a chain of layers every layer's weights move by ``a`` or ``1 / a`` (on the paper's CNN: conv1 and conv2
+times a, fc1 and fc2 divided by a; the biases times a, a^2, a).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from landscape_core.functional import Params
 __all__ = [
     "INVARIANT_RATIO",
     "InvarianceAudit",
+    "CombinedRescaling",
     "Rescaling",
     "audit",
     "ratio",
@@ -56,30 +60,61 @@ class Rescaling:
     def label(self) -> str:
         return f"{self.scaled}x{self.factor:g}/{self.divided}"
 
+    @property
+    def steps(self) -> tuple[Rescaling, ...]:
+        return (self,)
 
-def rescalings(model: nn.Module, factors: Sequence[float]) -> list[Rescaling]:
-    """Every layer pair of ``model.rescaling_pairs()`` at every factor (> 0)."""
+
+@dataclass(frozen=True)
+class CombinedRescaling:
+    """Several pair rescalings applied in order: one function-preserving rescaling of the whole network."""
+
+    steps: tuple[Rescaling, ...]
+    factor: float
+
+    @property
+    def label(self) -> str:
+        return f"all pairs x{self.factor:g}"
+
+
+def rescalings(
+    model: nn.Module, factors: Sequence[float], *, combined: bool = False
+) -> list[Rescaling | CombinedRescaling]:
+    """Every layer pair of ``model.rescaling_pairs()`` at every factor (> 0); with ``combined``, one rescaling per
+    factor a that moves pair k of n at ``a ** min(k, n + 1 - k)`` (module docstring)."""
     check(bool(factors) and all(math.isfinite(a) and a > 0 for a in factors), "factors", "non-empty and > 0", factors)
     pairs = getattr(model, "rescaling_pairs", None)
     if pairs is None:
         raise TypeError(f"{type(model).__name__} declares no rescaling_pairs(); it cannot be audited")
-    return [Rescaling(first, second, float(a)) for first, second in pairs() for a in factors]
+    if not combined:
+        return [Rescaling(first, second, float(a)) for first, second in pairs() for a in factors]
+    n = len(pairs())
+    return [
+        CombinedRescaling(
+            tuple(
+                Rescaling(first, second, float(a) ** min(k, n + 1 - k)) for k, (first, second) in enumerate(pairs(), 1)
+            ),
+            float(a),
+        )
+        for a in factors
+    ]
 
 
-def rescale_params(params: Params, rescaling: Rescaling) -> Params:
+def rescale_params(params: Params, rescaling: Rescaling | CombinedRescaling) -> Params:
     """A new parameter dict (by name, ``param_dict`` style) with the rescaling applied; ``params`` is unchanged."""
-    a = rescaling.factor
     out = dict(params)
-    for name in (f"{rescaling.scaled}.weight", f"{rescaling.scaled}.bias", f"{rescaling.divided}.weight"):
-        if name not in params:
-            raise KeyError(f"the rescaling {rescaling.label} needs parameter {name!r}, which the model lacks")
-    out[f"{rescaling.scaled}.weight"] = params[f"{rescaling.scaled}.weight"] * a
-    out[f"{rescaling.scaled}.bias"] = params[f"{rescaling.scaled}.bias"] * a
-    out[f"{rescaling.divided}.weight"] = params[f"{rescaling.divided}.weight"] / a
+    for step in rescaling.steps:
+        a = step.factor
+        for name in (f"{step.scaled}.weight", f"{step.scaled}.bias", f"{step.divided}.weight"):
+            if name not in params:
+                raise KeyError(f"the rescaling {step.label} needs parameter {name!r}, which the model lacks")
+        out[f"{step.scaled}.weight"] = out[f"{step.scaled}.weight"] * a
+        out[f"{step.scaled}.bias"] = out[f"{step.scaled}.bias"] * a
+        out[f"{step.divided}.weight"] = out[f"{step.divided}.weight"] / a
     return out
 
 
-def rescaled(model: nn.Module, rescaling: Rescaling) -> nn.Module:
+def rescaled(model: nn.Module, rescaling: Rescaling | CombinedRescaling) -> nn.Module:
     """A copy of ``model`` with the rescaling applied (same layout, dtype and device; ``model`` is unchanged)."""
     copy_ = copy.deepcopy(model)
     new = rescale_params({n: p.detach() for n, p in model.named_parameters()}, rescaling)
@@ -126,6 +161,18 @@ class InvarianceAudit:
         """True when the measure's ratio is at most ``INVARIANT_RATIO``."""
         return self.ratios[key] <= INVARIANT_RATIO
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InvarianceAudit:
+        """The audit back from :meth:`to_dict`'s JSON (a null value reads as NaN)."""
+        return cls(
+            rescalings=tuple(data["rescalings"]),
+            values={
+                key: tuple(math.nan if v is None else float(v) for v in row["values"])
+                for key, row in data["measures"].items()
+            },
+            output_change=tuple(float(c) for c in data["output_change"]),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: the rescalings, per measure its values, ratio and whether it counts as invariant."""
 
@@ -164,6 +211,7 @@ def audit(
     measure: Callable[[nn.Module, Params | None], Mapping[str, float]],
     *,
     factors: Sequence[float] = (0.5, 2.0, 10.0),
+    combined: bool = False,
     inputs: Tensor,
     init_params: Params | None = None,
     original: Mapping[str, float] | None = None,
@@ -175,6 +223,7 @@ def audit(
         model: the minimum (unchanged by this call).
         measure: ``measure(model, init_params) -> {key: value}``, e.g. ``landscape_core.measure.measure``'s scalars.
         factors: the rescaling factors, each applied to every layer pair (:func:`rescalings`).
+        combined: one copy per factor that moves every pair at once (:func:`rescalings`), not one per pair.
         inputs: images on which each copy must compute the same logits as ``model``.
         init_params: the initial weights, rescaled with the model (for measures that read them), or None.
         original: the measures of ``model`` itself when already computed (saves one call).
@@ -186,7 +235,7 @@ def audit(
     Raises:
         ValueError: a copy does not compute the same function (a wrong ``rescaling_pairs()``).
     """
-    plan = rescalings(model, factors)
+    plan = rescalings(model, factors, combined=combined)
     base = dict(original) if original is not None else dict(measure(model, init_params))
     runs: list[Mapping[str, float]] = [base]
     changes = []

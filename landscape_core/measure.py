@@ -9,10 +9,13 @@ training beside the edge-of-stability threshold (2 + 2 beta) / lr.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +35,7 @@ from landscape_core import (
     sharpness,
     slices,
 )
-from landscape_core.config import AnalysisConfig, HessianConfig
+from landscape_core.config import AnalysisConfig, HessianConfig, TrainConfig
 from landscape_core.functional import Data, Params, flatten, param_dict
 from landscape_core.splits import TrialData
 from landscape_core.trajectory import Checkpoints, trajectory_plane_loss
@@ -44,7 +47,9 @@ __all__ = [
     "RETEST_SKIPS",
     "LambdaMaxTracker",
     "Measurements",
+    "audit_config",
     "audit_invariance",
+    "audit_key",
     "measure",
     "population_barriers",
     "retest",
@@ -546,18 +551,16 @@ def audit_invariance(
     stage: Stage | None = None,
 ) -> invariance.InvarianceAudit:
     """Every measure of the correlation table (``keys.is_measure``) that ``config`` computes (minus
-    ``AUDIT_SKIPS``), recomputed on function-preserving rescalings of ``model``: ``config.invariance.factors`` on
-    every layer pair (``landscape_core.invariance.audit``).
+    ``AUDIT_SKIPS``), recomputed on function-preserving rescalings of ``model`` (``audit_config`` says how).
 
-    ``original``: ``measure``'s scalars of ``model`` with the same ``config``, when already computed (one call
-    fewer). Each copy's Lanczos starts from a random vector, the original's may have had a warm start: both meet the
-    same tolerance.
+    ``original``: ``measure``'s scalars of ``model`` with the same ``config``, when already computed: used when the
+    audit keeps the trial's subsets (``InvarianceConfig.images`` None or no smaller), else the original is measured
+    again on the audit's. Each copy's Lanczos starts from a random vector, the original's may have had a warm start:
+    both meet the same tolerance.
     """
-    audited = dataclasses.replace(
-        config,
-        curvature=dataclasses.replace(config.curvature, fd_check=False),
-        skip=frozenset(config.skip) | AUDIT_SKIPS,
-    )
+    audited = audit_config(config)
+    if audited != _without_audit_skips(config):
+        original = None  # the trial's own values were measured on more images
 
     def scalars(copy: nn.Module, init: Params | None) -> dict[str, float]:
         values = measure(copy, init_params=init, data=data, config=audited, reference=reference).scalars
@@ -567,15 +570,52 @@ def audit_invariance(
         if stage is not None:
             stage(f"invariance audit {done + 1}/{total}" if done < total else "invariance audit done")
 
-    progress(0, len(invariance.rescalings(model, config.invariance.factors)))
+    settings = config.invariance
+    progress(0, len(invariance.rescalings(model, settings.factors, combined=settings.combined)))
     return invariance.audit(
         model,
         scalars,
-        factors=config.invariance.factors,
+        factors=settings.factors,
+        combined=settings.combined,
         inputs=data.train[0][:256],
         init_params=init_params,
         original=original,
         progress=progress,
+    )
+
+
+def audit_config(config: AnalysisConfig) -> AnalysisConfig:
+    """The analyses the invariance audit runs on each copy: ``config`` minus ``AUDIT_SKIPS`` and the curvature's
+    finite-difference check, its subsets capped at ``InvarianceConfig.images`` images."""
+    images = config.invariance.images
+    audited = _without_audit_skips(config)
+    return audited if images is None else audited.capped(images)
+
+
+def audit_key(train: TrainConfig, analysis: AnalysisConfig) -> str:
+    """What the invariance audit's values depend on, hashed (16 hex digits): the code of every module of
+    ``landscape_core``, the audited analyses (``audit_config``) and the audit's settings, the training protocol (all
+    but the seeds and the device) and torch's version. Sweeps with one key can share one audit
+    (``tracking.invariance.find_audit``); a change of any measure's code gives a new key."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    protocol = dataclasses.replace(train, seed=0, init_seed=None, order_seed=None, device="any")
+    settings = {
+        "train": dataclasses.asdict(protocol),
+        "analysis": dataclasses.asdict(audit_config(analysis)),
+        "torch": torch.__version__,
+    }
+    digest.update(json.dumps(settings, sort_keys=True, default=sorted).encode())
+    return digest.hexdigest()[:16]
+
+
+def _without_audit_skips(config: AnalysisConfig) -> AnalysisConfig:
+    return dataclasses.replace(
+        config,
+        curvature=dataclasses.replace(config.curvature, fd_check=False),
+        skip=frozenset(config.skip) | AUDIT_SKIPS,
     )
 
 

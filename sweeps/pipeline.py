@@ -25,7 +25,7 @@ from landscape_core.config import Preset, TrainConfig
 from landscape_core.devices import resolve_device
 from landscape_core.ensemble import train_ensemble
 from landscape_core.instability import train_branches
-from landscape_core.measure import LambdaMaxTracker, audit_invariance, measure, retest
+from landscape_core.measure import LambdaMaxTracker, audit_invariance, audit_key, measure, retest
 from landscape_core.splits import TrialData, subsets_used
 from landscape_core.train import DivergenceError, TrainResult, UpdateCallback, train
 from landscape_core.trajectory import Checkpoints
@@ -33,7 +33,7 @@ from sweeps.claims import OWNER, this_worker
 from sweeps.progress import SweepProgress
 from sweeps.reference import ReferenceModels
 from sweeps.space import SweepSpace, configs_from_trial, point_key
-from tracking.invariance import log_invariance
+from tracking.invariance import find_audit, log_invariance
 from tracking.provenance import log_datasets, provenance_tags, system_metrics
 from tracking.reliability import RETEST_SECONDS, retest_key
 from tracking.runs import RunLogger, flatten_config, start_child
@@ -196,6 +196,37 @@ def _reference(trial: optuna.Trial, preset: Preset, context: TrialContext) -> nn
     return model
 
 
+def _audit_invariance(
+    preset: Preset,
+    context: TrialContext,
+    result: TrainResult,
+    reference: nn.Module | None,
+    original: dict[str, float],
+    run_id: str,
+) -> None:
+    """The sweep's invariance audit on the parent run: an earlier sweep's with the same key (same measure code and
+    protocol) when the store has one, else measured on this trial's minimum."""
+    key = audit_key(preset.train, preset.analysis)
+    parent = RunLogger(context.store.client(), context.parent_run_id)
+    found = find_audit(context.store, key)
+    if found is not None:
+        audit, source, origin = found
+        log_invariance(parent, audit, source=source, key=key, reused_from=origin)
+        if context.progress:
+            context.progress.note(f"invariance audit: reused from parent run {origin} (same code and protocol)")
+        return
+    audit = audit_invariance(
+        result.model,
+        init_params=result.init_params,
+        data=result.data,
+        config=preset.analysis,
+        reference=reference,
+        original=original,
+        stage=context.progress.stage if context.progress else None,
+    )
+    log_invariance(parent, audit, source=run_id, key=key)
+
+
 def _is_audited(trial: optuna.Trial, context: TrialContext) -> bool:
     """The one trial per sweep whose minimum gets the invariance audit: the first point of the sweep (trial 0 of an
     adaptive one), whichever worker runs it."""
@@ -341,16 +372,7 @@ def _train_measure_log(
     )
     log_measurements(run, measurements)
     if preset.analysis.runs("invariance") and _is_audited(trial, context):
-        audit = audit_invariance(
-            result.model,
-            init_params=result.init_params,
-            data=result.data,
-            config=preset.analysis,
-            reference=reference,
-            original=measurements.scalars,
-            stage=stage,
-        )
-        log_invariance(RunLogger(context.store.client(), context.parent_run_id), audit, source=run.run_id)
+        _audit_invariance(preset, context, result, reference, measurements.scalars, run.run_id)
     if _is_retested(trial, preset, context):
         start = time.perf_counter()
         again = retest(

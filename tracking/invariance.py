@@ -4,6 +4,11 @@ The parent run gets ``data/invariance.json`` (per measure: its values on the aud
 the ratio max / min, and whether that counts as invariant), ``invariance.txt`` (the same as a table) and one metric
 per measure, ``invariance/<measure key>`` = the ratio (a ratio that is infinite, a sign change or a zero next to a
 non-zero, is logged as -1, since MLflow metrics must be finite).
+
+An audit is shared between sweeps (issue 24): its parent run is tagged ``invariance_key``
+(``landscape_core.measure.audit_key``: the measure code, the audited analyses, the protocol), and a later sweep with
+the same key finds it (``find_audit``) and logs it again on its own parent, tagged ``invariance_reused_from`` with
+the parent run that measured it, instead of spending the audit's minutes again.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from tracking.store import TrackingStore
 
 __all__ = [
     "ARTIFACT",
+    "find_audit",
     "format_ratio",
     "invariance_text",
     "load_invariance",
@@ -57,12 +63,48 @@ def invariance_text(audit: InvarianceAudit) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_invariance(parent: RunLogger, audit: InvarianceAudit, *, source: str) -> None:
-    """Log the audit of the minimum of run ``source`` to the parent run."""
+def log_invariance(
+    parent: RunLogger, audit: InvarianceAudit, *, source: str, key: str | None = None, reused_from: str | None = None
+) -> None:
+    """Log the audit of the minimum of run ``source`` to the parent run; ``key`` (``audit_key``) lets later sweeps
+    find it, ``reused_from`` names the parent run of the sweep that measured it when it was found, not measured."""
     parent.json({"source_run_id": source, **audit.to_dict()}, Path(ARTIFACT).stem)
-    parent.text(invariance_text(audit), "invariance.txt")
+    note = (
+        f"Reused from the audit of parent run {reused_from} (same measure code and protocol).\n" if reused_from else ""
+    )
+    parent.text(note + invariance_text(audit), "invariance.txt")
     parent.metrics({keys.invariance(k): (v if math.isfinite(v) else -1.0) for k, v in audit.ratios.items()})
-    parent.tags({"invariance_source_run_id": source})
+    tags = {"invariance_source_run_id": source}
+    if key:
+        tags["invariance_key"] = key
+    if reused_from:
+        tags["invariance_reused_from"] = reused_from
+    parent.tags(tags)
+
+
+def find_audit(store: TrackingStore, key: str) -> tuple[InvarianceAudit, str, str] | None:
+    """An audit logged with ``key`` in this tracking store, by any sweep: ``(audit, its source run, the parent run
+    it was measured on)``; None when there is none (or it cannot be read)."""
+    client = store.client()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    found = client.search_runs(
+        experiments,
+        filter_string=f"tags.invariance_key = '{key}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=20,
+    )
+    for run in found:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                data = json.loads(Path(client.download_artifacts(run.info.run_id, ARTIFACT, tmp)).read_text())
+                audit = InvarianceAudit.from_dict(data)
+            except Exception:  # an audit that cannot be read is not reused: it is measured again
+                continue
+        origin = run.data.tags.get("invariance_reused_from") or run.info.run_id
+        return audit, str(data.get("source_run_id", "")), origin
+    return None
 
 
 def load_invariance(client: MlflowClient, parent_run_id: str | None) -> dict[str, float]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from landscape_core import hessian as hs
 from landscape_core import invariance, invariant
-from landscape_core.config import ANALYSES, AnalysisConfig, HessianConfig, InvarianceConfig, get_preset
+from landscape_core.config import ANALYSES, IMAGE_FIELDS, AnalysisConfig, HessianConfig, InvarianceConfig, get_preset
 from landscape_core.functional import flatten, param_dict
 from landscape_core.measure import audit_invariance, measure
 from landscape_core.models import TinyCNN
@@ -42,6 +42,66 @@ def test_every_rescaling_preserves_the_function_and_moves_the_parameters(trained
         assert float(moved.abs().max()) > 1e-3, r.label
     for k, v in trained_tiny.state_dict().items():
         assert torch.equal(v, before[k]), k  # the original is untouched
+
+
+def test_a_combined_rescaling_moves_every_layer_by_the_factor_and_keeps_the_function(
+    trained_tiny, learnable_data
+) -> None:
+    """One copy per factor (issue 24): pairs at a, a^2, a, so conv1 and conv2 are multiplied by a, fc1 and fc2
+    divided by it, and the biases multiplied by a, a^2, a; the logits stay the same."""
+    plan = invariance.rescalings(trained_tiny, FACTORS, combined=True)
+    assert [r.label for r in plan] == [f"all pairs x{a:g}" for a in FACTORS]
+    before = param_dict(trained_tiny)
+    x = learnable_data[0]
+    for a, r in zip(FACTORS, plan, strict=True):
+        copy = invariance.rescaled(trained_tiny, r)
+        torch.testing.assert_close(copy(x), trained_tiny(x), rtol=1e-11, atol=1e-12)
+        after = param_dict(copy)
+        want = {"conv1": (a, a), "conv2": (a, a * a), "fc1": (1 / a, a), "fc2": (1 / a, 1.0)}
+        for layer, (weight, bias) in want.items():
+            torch.testing.assert_close(after[f"{layer}.weight"], before[f"{layer}.weight"] * weight, rtol=1e-12, atol=0)
+            torch.testing.assert_close(after[f"{layer}.bias"], before[f"{layer}.bias"] * bias, rtol=1e-12, atol=0)
+
+
+def test_the_combined_audit_gives_every_measure_the_verdict_of_the_audit_of_every_pair(
+    trained_tiny, learnable_data
+) -> None:
+    """3 copies instead of 9 (issue 24), and the same verdict for every measure of the smoke preset's table."""
+    n = learnable_data[0].shape[0]
+    config = dataclasses.replace(
+        get_preset("smoke").analysis,
+        hessian=HessianConfig(subset=n, chunk_size=n, top_k=1, max_iter=60, tol=1e-8, trace_probes=4),
+        skip=frozenset({"connectivity", "flatness"}),
+    )
+    data = TrialData(train=learnable_data, test=learnable_data)
+    verdicts = {}
+    for combined in (False, True):
+        settings = InvarianceConfig(factors=FACTORS, combined=combined)
+        audit = audit_invariance(
+            trained_tiny, init_params=None, data=data, config=dataclasses.replace(config, invariance=settings)
+        )
+        assert len(audit.rescalings) == (len(FACTORS) if combined else 3 * len(FACTORS))
+        verdicts[combined] = {key: audit.invariant(key) for key in audit.values}
+    assert verdicts[True] == verdicts[False]
+    assert sum(verdicts[True].values()) >= 3 and not all(verdicts[True].values())  # both kinds are present
+
+
+def test_capped_puts_every_analysis_on_at_most_that_many_images_and_keeps_the_rest() -> None:
+    paper = get_preset("paper").analysis
+    capped = paper.capped(256)
+    for part in dataclasses.fields(paper):
+        before, after = getattr(paper, part.name), getattr(capped, part.name)
+        if not dataclasses.is_dataclass(before):
+            assert before == after, part.name
+            continue
+        for f in dataclasses.fields(before):
+            value = getattr(after, f.name)
+            if f.name in IMAGE_FIELDS:
+                assert value == min(getattr(before, f.name) or 256, 256), (part.name, f.name)
+            else:
+                assert value == getattr(before, f.name), (part.name, f.name)
+    assert paper.sharpness.subset == 2048 and capped.sharpness.subset == 256
+    assert capped.noise.test_subset == 256  # None (every test image) included
 
 
 def test_the_audit_refuses_a_rescaling_that_changes_the_function(trained_tiny, learnable_data) -> None:

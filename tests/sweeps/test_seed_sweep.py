@@ -144,6 +144,27 @@ def test_the_parent_run_holds_the_invariance_audit_of_the_first_point(seed_sweep
     assert max(audit["output_change"]) < 1e-4
 
 
+def test_a_second_sweep_of_the_same_code_and_protocol_reuses_the_audit(seed_sweep, tmp_path, capsys):
+    """Issue 24: the audit's verdict is a property of the measures and the protocol, so a later sweep in the same
+    store logs the first sweep's audit on its own parent instead of measuring it again."""
+    root, _ = seed_sweep
+    copy = tmp_path / "mlruns"
+    shutil.copytree(root, copy)  # the other tests count the parents of the fixture's store
+    assert seeds.main(["--n", "1", *SMOKE, "--root", str(copy), "--study-name", "seeds-again"]) == 0
+    out = capsys.readouterr().out
+    client = client_for(copy)
+    parents = {r.data.tags["study"]: r for r in _runs(copy)[1]}
+    first, again = parents["seeds-smoke"], parents["seeds-again"]
+    assert again.data.tags["invariance_reused_from"] == first.info.run_id
+    assert again.data.tags["invariance_key"] == first.data.tags["invariance_key"]
+    assert again.data.tags["invariance_source_run_id"] == first.data.tags["invariance_source_run_id"]
+    ratios = {k: v for k, v in first.data.metrics.items() if k.startswith("invariance/")}
+    assert ratios and {k: again.data.metrics[k] for k in ratios} == ratios
+    assert "invariance audit: reused" in out
+    text = client.download_artifacts(again.info.run_id, "invariance.txt", str(tmp_path))
+    assert open(text).read().startswith(f"Reused from the audit of parent run {first.info.run_id}")
+
+
 def test_the_parents_barrier_matrix_is_the_population_barriers_of_its_minima(seed_sweep, fashion, tmp_path):
     root, _ = seed_sweep
     client, parents, _ = _runs(root)

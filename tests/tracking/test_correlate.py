@@ -23,7 +23,7 @@ from landscape_core.invariance import InvarianceAudit
 from tracking import correlate
 from tracking.correlate import main, report_sweep, scatter_measures
 from tracking.correlation import CorrelationReport, analyze, power_note
-from tracking.invariance import load_invariance, log_invariance
+from tracking.invariance import find_audit, load_invariance, log_invariance
 from tracking.population import Population, PopulationRun, load_population
 from tracking.population_stats import (
     CorrelationRow,
@@ -470,7 +470,11 @@ def test_an_audit_logged_on_a_run_reads_back_as_its_ratios(planted):
         values={"hessian/lambda_max": (2.0, 23.4), "norm/fisher_rao": (3.0, 3.0), "curvature/random_mean": (-1.0, 1.0)},
         output_change=(1e-7,),
     )
-    log_invariance(RunLogger(client, run.info.run_id), audit, source="abc")
+    assert find_audit(planted.store, "key-of-this-test") is None
+    log_invariance(RunLogger(client, run.info.run_id), audit, source="abc", key="key-of-this-test")
+    found, source, origin = find_audit(planted.store, "key-of-this-test")  # what a later sweep with the key reuses
+    assert found == audit and source == "abc" and origin == run.info.run_id
+    assert find_audit(planted.store, "another-key") is None
     ratios = load_invariance(client, run.info.run_id)
     assert ratios["hessian/lambda_max"] == pytest.approx(11.7)
     assert ratios["norm/fisher_rao"] == 1.0 and math.isinf(ratios["curvature/random_mean"])
