@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from landscape_core.cli import ArgumentParser, require
+from landscape_core.cli import ArgumentParser, exit_process, require
 from landscape_core.errors import UsageError
 from sweeps.cli import base_parser, options_from_args, preset_from_args, run_sweep_cli, sweep_widths
 from sweeps.options import SweepOptions
@@ -98,4 +98,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from landscape_core.cli import ArgumentParser, require
+from landscape_core.cli import ArgumentParser, exit_process, require
 from sweeps.cli import base_parser, options_from_args, plan_from_args, preset_from_args, run_sweep_cli, sweep_widths
 from sweeps.options import SweepOptions
 from sweeps.space import SweepSpace
@@ -36,4 +36,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

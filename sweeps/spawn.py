@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from landscape_core.cli import ArgumentParser, require
+from landscape_core.cli import ArgumentParser, exit_process, require
 from landscape_core.config import ANALYSES
 from landscape_core.errors import UsageError
 from landscape_core.instability import INDEPENDENT
@@ -85,4 +85,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

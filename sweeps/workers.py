@@ -90,7 +90,7 @@ def _worker_process(options: SweepOptions, threads: int) -> None:
     try:
         work(open_sweep(options, prepare=False), None)
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        exit_process(130)  # its trial is recorded; no wait for a library's leftover threads (landscape_core.cli)
 
 
 def run_workers(sweep: OpenSweep, progress: SweepProgress) -> None:

@@ -110,3 +110,40 @@ def test_a_bug_in_a_benchmark_exits_1_with_its_traceback(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback (most recent call last)" in result.stdout + result.stderr
     assert "ValueError: injected fault" in result.stdout + result.stderr
+
+
+#: A sweep process after its trial was interrupted, as a SIGTERM at the wrong instant leaves it: the trial recorded,
+#: the "interrupted:" line printed, and Optuna's heartbeat thread (not a daemon) still beating, because the signal
+#: landed between the thread's start and its ``with`` block (``landscape_core.cli.exit_process``).
+LEFT_BEHIND = """
+import sys
+import optuna
+from optuna.storages._heartbeat import HeartbeatThread
+from landscape_core.cli import exit_process
+
+storage = optuna.storages.RDBStorage(f"sqlite:///{sys.argv[1]}", heartbeat_interval=60, grace_period=120)
+trial = optuna.create_study(storage=storage).ask()
+HeartbeatThread(trial._trial_id, storage).start()  # never joined
+print("interrupted: rerun the same command to resume the sweep.")
+exit_process(143)
+"""
+
+
+def test_an_interrupted_sweep_exits_143_with_its_line_though_optunas_heartbeat_thread_is_left_running(tmp_path):
+    """Issue 24: a scancelled SLURM task hung until KillWait's SIGKILL (exit 0:9, no "interrupted:" line in its log)
+    when the SIGTERM landed inside Optuna's heartbeat start or stop: Python's exit waited for that thread forever.
+    (Reproduced with plain Optuna: 1 hang in 40 SIGTERMs at random instants of a sweep of short trials.)"""
+    script = tmp_path / "left_behind.py"
+    script.write_text(LEFT_BEHIND)
+    log = tmp_path / "task.out"  # a file, as in a batch job: stdout is block-buffered
+    with log.open("w") as out:
+        result = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "study.db")],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert "interrupted: rerun the same command" in log.read_text()
