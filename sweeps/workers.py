@@ -15,7 +15,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from landscape_core.cli import raise_terminated
+from landscape_core.cli import exit_process, raise_terminated
 from sweeps.looks import stopped, take_looks
 from sweeps.options import SweepOptions
 from sweeps.pipeline import NotPlanned, TrialContext, TrialDiverged, make_objective, run_batch
