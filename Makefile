@@ -90,7 +90,7 @@ ui: install
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-# PyHessian 0.1 is a benchmark-only baseline (unmaintained): installed without its pinned dependencies.
+# PyHessian 0.1 and hessian-eigenthings 1.0.0a5 are benchmark-only peers: installed without their pinned dependencies.
 bench: install data
-	$(PY) -m pip install --quiet --no-deps pyhessian==0.1
+	$(PY) -m pip install --quiet --no-deps pyhessian==0.1 hessian-eigenthings==1.0.0a5
 	$(PY) -m benchmarks.run --quick

@@ -26,13 +26,13 @@ from typing import Any
 import torch
 
 from benchmarks.common import ROOT, Context, Result, run_process, timed
-from landscape_core import keys
-from landscape_core.config import PRESETS
-from landscape_core.measure import LambdaMaxTracker, measure
+from landscape_core import invariance, keys
+from landscape_core.config import PRESETS, InvarianceConfig
+from landscape_core.measure import LambdaMaxTracker, audit_config, audit_invariance, measure
 from landscape_core.splits import TrialData
 from landscape_core.train import train
 
-__all__ = ["BASELINE_COMMIT", "paper_trial", "paper_trial_analysis_vs_training"]
+__all__ = ["BASELINE_COMMIT", "invariance_audit_vs_per_pair", "paper_trial", "paper_trial_analysis_vs_training"]
 
 #: main when issue 16 started: the analysis this issue speeds up.
 BASELINE_COMMIT = "6d956cc6047d48f9cdcd51a0bc7aac0926455891"
@@ -239,6 +239,53 @@ def paper_trial_analysis_vs_training(ctx: Context) -> list[Result]:
                 "per_analysis": rows,
                 "ours": ours,
                 "baseline": base,
+            },
+        )
+    ]
+
+
+def invariance_audit_vs_per_pair(ctx: Context) -> list[Result]:
+    """The invariance audit of a paper-protocol minimum as a sweep runs it now (one combined rescaling per factor,
+    every analysis on at most ``InvarianceConfig.images`` images, the original measured again on them) against the
+    audit before issue 24 (every layer pair at every factor, the trial's own subsets, the original reused): that one
+    is its copies' count times one copy's measured seconds (one copy at the paper's subsets is timed; every copy
+    runs the same analyses). Target: <= 3 min at the paper preset. The ratio is the speedup."""
+    trial = paper_trial(ctx)
+    model, config = trial["model"], PRESETS["paper"].analysis
+    inputs = dict(init_params=trial["init"], data=trial["splits"], reference=trial["reference"])
+    ctx.log("  the invariance audit as a sweep runs it ...")
+    seconds, audit = timed(lambda: audit_invariance(model, config=config, **inputs), ctx.device)
+    old = dataclasses.replace(
+        config, invariance=InvarianceConfig(factors=config.invariance.factors, combined=False, images=None)
+    )
+    copies = len(invariance.rescalings(model, old.invariance.factors, combined=False))
+    one = invariance.rescaled(model, invariance.rescalings(model, old.invariance.factors, combined=False)[0])
+    ctx.log(f"  one copy of the per-pair audit at the paper's subsets (of {copies}) ...")
+    copy_seconds, _ = timed(lambda: measure(one, config=audit_config(old), **inputs), ctx.device)
+    baseline = copies * copy_seconds
+    flagged = sorted(key for key in audit.values if not audit.invariant(key))
+    note = (
+        f"{len(audit.rescalings)} copies + the original on <= {config.invariance.images} images: {seconds:.0f} s; "
+        f"per pair: {copies} copies x {copy_seconds:.0f} s; not invariant: {len(flagged)} of {len(audit.values)}"
+    )
+    return [
+        Result(
+            "invariance_audit_vs_per_pair",
+            seconds,
+            baseline,
+            baseline / seconds,
+            "s per sweep (ratio = speedup)",
+            "combined rescalings, audit-sized subsets",
+            f"{copies} per-pair copies at the trial's subsets",
+            "<= 180 s",
+            bool(seconds <= 180),
+            note,
+            {
+                "seconds": seconds,
+                "copy_seconds": copy_seconds,
+                "copies_per_pair": copies,
+                "ratios": {k: v for k, v in audit.ratios.items()},
+                "not_invariant": flagged,
             },
         )
     ]

@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 
 from landscape_core.data import FashionMNIST, load_fashion_mnist
 
-__all__ = ["Context", "ProcessRun", "Result", "machine_info", "run_process", "synchronize", "timed"]
+__all__ = ["Context", "ProcessRun", "Result", "busy_machine", "machine_info", "run_process", "synchronize", "timed"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,6 +154,24 @@ def run_process(
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, kilobytes on Linux
     max_rss = int(rss_path.read_text()) / scale if rss_path.exists() else math.nan
     return ProcessRun(returncode, seconds, max_rss, log_path.read_text(errors="replace"))
+
+
+@contextmanager
+def busy_machine(processes: int) -> Iterator[None]:
+    """``processes`` other programs that keep the CPU busy while the block runs (each a Python loop, as a user's
+    other work beside a sweep): the busy machine of issue 24 is 4 of them on 2 cores (load about 5)."""
+    others = [
+        subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(processes)
+    ]
+    try:
+        yield
+    finally:
+        for other in others:
+            other.kill()
+            other.wait()
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

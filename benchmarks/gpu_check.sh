@@ -14,7 +14,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   && export PYTHONPATH=/tmp/site:$PWD || { echo "wheels did not install: run benchmarks/gpu_prepare.sh first"; exit 2; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -m benchmarks.run --device cuda \
-  --only paper_trial_analysis_vs_training,lambda_max_vs_pyhessian,trace_vs_pyhessian,eval_throughput \
+  --only paper_trial_analysis_vs_training,lambda_max_vs_peers,trace_vs_peers,eval_throughput \
   --json "$OUT/bench-cuda.json" 2>&1 | tee "$OUT/bench-cuda.txt"
 start=$(date +%s)
 python3 -m sweeps.seeds --n 20 --preset paper --device cuda --batch-trials 20 --root /tmp/mlruns 2>&1 \

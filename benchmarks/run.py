@@ -26,13 +26,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.analysis import paper_trial_analysis_vs_training
-from benchmarks.common import Context, Result, machine_info
+from benchmarks.analysis import invariance_audit_vs_per_pair, paper_trial_analysis_vs_training
+from benchmarks.common import Context, Result, busy_machine, machine_info
 from benchmarks.curvature import lambda_max_vs_power_double_backward
 from benchmarks.sweep_runs import memory_4n_vs_n, workers2_vs_1
 from benchmarks.training import batched_vs_sequential, eval_throughput, flops_vs_peak, train_vs_dataloader
-from benchmarks.versus_pyhessian import lambda_max_vs_pyhessian, trace_vs_pyhessian
-from landscape_core.cli import ArgumentParser, require_writable, run_command
+from benchmarks.versus_pyhessian import lambda_max_vs_peers, trace_vs_peers
+from landscape_core.cli import ArgumentParser, require, require_writable, run_command
 from landscape_core.data import find_data_dir
 from landscape_core.devices import resolve_device
 from landscape_core.errors import UsageError
@@ -48,10 +48,11 @@ BENCHMARKS: dict[str, Benchmark] = {
     "eval_throughput": eval_throughput,
     "batched_vs_sequential": batched_vs_sequential,
     "lambda_max_vs_power_double_backward": lambda_max_vs_power_double_backward,
-    # one paper-protocol trial (trained once per run, --quick: one epoch) serves these three
+    # one paper-protocol trial (trained once per run, --quick: one epoch) serves these four
     "paper_trial_analysis_vs_training": paper_trial_analysis_vs_training,
-    "lambda_max_vs_pyhessian": lambda_max_vs_pyhessian,
-    "trace_vs_pyhessian": trace_vs_pyhessian,
+    "invariance_audit_vs_per_pair": invariance_audit_vs_per_pair,
+    "lambda_max_vs_peers": lambda_max_vs_peers,
+    "trace_vs_peers": trace_vs_peers,
     "workers2_vs_1": workers2_vs_1,
     "memory_4n_vs_n": memory_4n_vs_n,
 }
@@ -117,6 +118,13 @@ def parser() -> ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files ($LANDSCAPE_DATA_DIR)")
+    p.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="K",
+        help="run beside K processes that keep the CPU busy (a user's other work; issue 24's busy machine: 4)",
+    )
     return p
 
 
@@ -137,9 +145,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     find_data_dir(args.data_dir)  # every benchmark trains on Fashion-MNIST: a missing one is bad input, exit 2
     # torch's forward-mode AD registers its decompositions with torch.jit.script, which warns on first use.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    require(args.busy >= 0, "--busy", ">= 0", args.busy)
     device = resolve_device(args.device)
-    machine = machine_info(device)
-    with tempfile.TemporaryDirectory(prefix="landscape-bench-") as workdir:
+    machine = {**machine_info(device), "busy_processes": args.busy}
+    with tempfile.TemporaryDirectory(prefix="landscape-bench-") as workdir, busy_machine(args.busy):
         ctx = Context(
             quick=args.quick,
             device=device,
@@ -156,6 +165,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     mode = "quick" if args.quick else "full"
     load = machine.get("loadavg_start")
     title = f"benchmarks ({mode}, {device}, {machine['torch_threads']} threads"
+    title += f", beside {args.busy} busy processes" if args.busy else ""
     title += f", load {load[0]:.1f})" if load else ")"
     console.print(render(rows, title=title))
     for name, error in errors.items():

@@ -32,6 +32,14 @@ until the end of the run; instead the run stops, and its remaining evaluations g
 one shortened to fit the budget). So there are at least ``restarts`` runs, and exactly ``restarts`` when no run
 stops early (the usual case in L2). Every evaluated point is a candidate.
 
+A linear objective ends the search (issue 24). When run 0's best point is still its first-order point, the
+objective rose to it as its linear prediction says (``|f(x_1) - f(0) - g_0 . x_1| <= LINEAR_TOL g_0 . x_1``), and
+the run either reached a fixed point there or went two checkpoints without any gain (its step size halved twice around
+that point), the first-order point is the maximum of the linear objective and the ascent found nothing better around
+it: the search stops, leaving the rest of its budget unspent (``Ascent.saved``). This is the adaptive L2 search on a
+trained network, whose ball is so small that the loss is linear on it. It never fires at a minimum (no first-order
+point) nor where the first-order point is beaten, so the quadratics' standard below holds.
+
 This budget recycling is the main departure from Croce & Hein's APGD with restarts (the other, minor one: after a
 reset to the best point the momentum term starts from zero, where Algorithm 1 keeps the last step). It matters for
 L-infinity on a (locally) convex loss, whose many local maxima sit at vertices, where sign steps stop after a few
@@ -60,6 +68,7 @@ __all__ = ["MOMENTUM", "NORMS", "STEP_FRACTION", "Ascent", "checkpoints", "maxim
 NORMS = ("l2", "linf")
 MOMENTUM = 0.75  # alpha: weight of the gradient step against the previous step
 STEP_FRACTION = 0.75  # rho: fewer improving steps than this fraction of a checkpoint interval halves the step size
+LINEAR_TOL = 0.01  # run 0's rise to its first-order point within 1 % of the linear prediction: a linear objective
 
 ValueAndGrad = Callable[[Tensor], tuple[float, Tensor]]
 
@@ -72,9 +81,10 @@ class Ascent:
         value: the largest objective value seen, ``>= base``.
         u: the point where it was seen (``[P]``, inside the ball or box; zeros if no point beat ``u = 0``).
         base: ``f(0)``.
-        n_evals: calls of ``value_and_grad``, ``steps * restarts``.
+        n_evals: calls of ``value_and_grad``: ``steps * restarts`` less ``saved``.
         run_values: the best value seen by each APGD run, in order (run 0's includes ``f(0)``); at least
-            ``restarts`` runs, more when runs end early at a fixed point.
+            ``restarts`` runs, more when runs end early at a fixed point, fewer when the objective is linear.
+        saved: evaluations of the budget left unspent because the objective was linear (module docstring).
     """
 
     value: float
@@ -82,6 +92,7 @@ class Ascent:
     base: float
     n_evals: int
     run_values: tuple[float, ...]
+    saved: int = 0
 
     @property
     def runs(self) -> int:
@@ -136,6 +147,15 @@ def random_start(like: Tensor, *, radius: float, norm: str, generator: torch.Gen
     return z * (length / torch.linalg.vector_norm(z))
 
 
+@dataclass(frozen=True)
+class _Run:
+    best: float
+    best_x: Tensor
+    evals: int
+    f_start: float
+    linear: bool  # a first-order run that ended at its first-order point, reached as a linear objective rises
+
+
 def _run(
     value_and_grad: ValueAndGrad,
     x: Tensor,
@@ -145,15 +165,16 @@ def _run(
     length: int,
     first_order: bool,
     generator: torch.Generator,
-) -> tuple[float, Tensor, int, float]:
-    """One APGD run of at most ``length`` evaluations from ``x``: ``(best value, best point, evaluations, f(x))``.
+) -> _Run:
+    """One APGD run of at most ``length`` evaluations from ``x``.
 
     ``first_order``: the run starts at ``u = 0`` and its first step goes to the first-order point (or, if the
     gradient there is zero, to a random point from ``generator``). The run ends early, before ``length``
     evaluations, at a fixed point: the next iterate equals the current one, which is the run's best point, and the
     projected gradient step does not move it (on the box: every coordinate on the boundary with the gradient pointing
     outwards, or a zero gradient; in the ball: on the sphere with the gradient along the radius, or a zero gradient).
-    That holds for every step size, so APGD would evaluate this point again until the end of the run.
+    That holds for every step size, so APGD would evaluate this point again until the end of the run. A first-order
+    run also ends when its objective is linear (module docstring).
     """
     f, g = value_and_grad(x)
     evals, f_start = 1, f
@@ -162,6 +183,12 @@ def _run(
     x_prev = x
     marks = set(checkpoints(length))
     improved, last_mark, reduced_last, best_at_mark = 0, 0, False, f
+    linear_gain, first_point, stalled = math.nan, None, 0
+
+    def linear() -> bool:
+        rise = best - f_start
+        return best_x is first_point and linear_gain > 0 and abs(rise - linear_gain) <= LINEAR_TOL * linear_gain
+
     for k in range(1, length):
         if k == 1:
             step = _direction(g, norm)
@@ -169,12 +196,14 @@ def _run(
                 z = random_start(x, radius=radius, norm=norm, generator=generator)
             else:
                 z = _project(x + eta * step, radius, norm)
+                if first_order:
+                    linear_gain, first_point = float(torch.dot(g.reshape(-1).to(z.dtype), (z - x).reshape(-1))), z
             x_new = z
         else:
             z = _project(x + eta * _direction(g, norm), radius, norm)
             x_new = _project(x + MOMENTUM * (z - x) + (1 - MOMENTUM) * (x - x_prev), radius, norm)
         if torch.equal(x_new, x) and torch.equal(z, x) and torch.equal(x, best_x):
-            break
+            return _Run(best, best_x, evals, f_start, linear())
         x_prev, x = x, x_new
         f_new, g = value_and_grad(x)
         evals += 1
@@ -184,12 +213,15 @@ def _run(
             best, best_x, best_g = f, x, g
         if k in marks:
             no_progress = best <= best_at_mark
+            stalled = stalled + 1 if no_progress else 0
+            if stalled >= 2 and linear():
+                return _Run(best, best_x, evals, f_start, True)
             reduce = improved < STEP_FRACTION * (k - last_mark) or (not reduced_last and no_progress)
             if reduce:
                 eta /= 2
                 x, x_prev, f, g = best_x, best_x, best, best_g
             improved, last_mark, reduced_last, best_at_mark = 0, k, reduce, best
-    return best, best_x, evals, f_start
+    return _Run(best, best_x, evals, f_start, False)
 
 
 def maximize(
@@ -227,25 +259,22 @@ def maximize(
     budget = steps * restarts
     best_value, best_u, base = -math.inf, zero, math.nan
     run_values: list[float] = []
-    n_evals = 0
-    while n_evals < budget:
+    n_evals = saved = 0
+    while n_evals + saved < budget:
         first = not run_values
         start = zero if first else random_start(like, radius=radius, norm=norm, generator=generator)
-        value, u, evals, f_start = _run(
-            value_and_grad,
-            start,
-            radius=radius,
-            norm=norm,
-            length=min(steps, budget - n_evals),
-            first_order=first,
-            generator=generator,
+        length = min(steps, budget - n_evals - saved)
+        run = _run(
+            value_and_grad, start, radius=radius, norm=norm, length=length, first_order=first, generator=generator
         )
         if first:
-            base = f_start
-        n_evals += evals
-        run_values.append(value)
-        if value > best_value:
-            best_value, best_u = value, u
+            base = run.f_start
+        n_evals += run.evals
+        run_values.append(run.best)
+        if run.best > best_value:
+            best_value, best_u = run.best, run.best_x
+        if run.linear:
+            saved = budget - n_evals  # a linear objective: the first-order point is its maximum
     if not best_value >= base:  # NaN objective values never win; u = 0 is always a candidate
         best_value, best_u = base, zero
-    return Ascent(value=best_value, u=best_u, base=base, n_evals=n_evals, run_values=tuple(run_values))
+    return Ascent(value=best_value, u=best_u, base=base, n_evals=n_evals, run_values=tuple(run_values), saved=saved)

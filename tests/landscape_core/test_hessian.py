@@ -272,6 +272,31 @@ def test_lanczos_matches_dense_tiny_cnn(tiny_model, tiny_data, tiny_dense):
     torch.testing.assert_close(dense_residuals, result.residuals, atol=1e-9, rtol=0)
 
 
+def test_multilevel_lanczos_converges_to_the_full_operators_eigenvalues(tiny_model, tiny_data, tiny_dense):
+    """Issue 24: the coarse level (the first 32 of 256 examples) only supplies the start; the answer is the full
+    Hessian's to the same residual test, and a run that must be a random-start probe keeps its random start."""
+    op = hs.HessianOperator(tiny_model, tiny_data, chunk_size=100)
+    coarse_top = float(torch.linalg.eigvalsh(dense_hessian_tiny(tiny_model, _head(tiny_data, 32)))[-1])
+    result = hs.top_eigenvalues(op, k=2, max_iter=100, tol=1e-6, coarse=32)
+    exact = tiny_dense.eigenvalues[-2:].flip(0)
+    assert ((result.eigenvalues - exact).abs() / exact.abs()).max() < 1e-4
+    assert abs(coarse_top - float(exact[0])) / float(exact[0]) > 1e-2  # the coarse level alone would be wrong
+    assert result.converged and result.coarse_hvp > 0 and not result.krylov.random_start
+    dense_residuals = torch.linalg.vector_norm(
+        result.eigenvectors @ tiny_dense.hessian - result.eigenvalues[:, None] * result.eigenvectors, dim=1
+    )
+    torch.testing.assert_close(dense_residuals, result.residuals, atol=1e-9, rtol=0)
+    for kept in (dict(coarse=None), dict(coarse=32, min_iter=5), dict(coarse=32, v0=result.eigenvectors[0])):
+        single = hs.top_eigenvalues(op, k=1, max_iter=100, tol=1e-6, **kept)
+        assert single.coarse_hvp == 0, kept
+    assert hs.top_eigenvalues(op, k=1, tol=1e-6, coarse=32, min_iter=5).krylov.random_start
+    assert op.coarse(65) is None  # fewer than 4x the coarse level's examples: no coarse level
+
+
+def _head(data, n):
+    return data[0][:n], data[1][:n]
+
+
 def test_power_iteration_matches_dense_tiny_cnn(tiny_model, tiny_data, tiny_dense):
     op = hs.HessianOperator(tiny_model, tiny_data)
     result = hs.top_eigenvalues(op, k=1, method="power", max_iter=100, tol=1e-3)  # PyHessian's

@@ -101,7 +101,8 @@ def test_eps_sharpness_linear_loss_matches_closed_form(linear_case, norm, dual) 
     assert result.base_loss == pytest.approx(base, abs=1e-12)
     assert result.value == pytest.approx(expected, rel=1e-10)
     assert result.max_loss - result.base_loss == pytest.approx(gain, rel=1e-10)
-    assert (result.steps, result.restarts, result.n_grad) == (20, 2, 40)
+    # a linear loss: the search stops at its first-order point (landscape_core.ascent), within its 20 x 2 budget
+    assert (result.steps, result.restarts) == (20, 2) and result.n_grad < 20
 
 
 def test_eps_sharpness_ascent_reaches_corner_where_gradient_vanishes() -> None:
