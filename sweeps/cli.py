@@ -2,6 +2,10 @@
 
 The error policy is ``landscape_core.cli.run_command``'s: bad input (a ``UsageError``) prints one line and exits 2,
 a bug keeps its traceback and exits 1, Ctrl-C / SIGTERM end the running trial cleanly and exit 130 / 143.
+
+Optuna, MLflow and the trial pipeline are imported inside the functions that need them, so that bad input found
+early (``--n 0``, an unknown option) is refused without them (torch still comes with the parser: ``--skip``'s help
+lists ``landscape_core.config.ANALYSES``).
 """
 
 from __future__ import annotations
@@ -11,22 +15,20 @@ import dataclasses
 import logging
 import warnings
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import optuna
 from rich.console import Console
 
 from landscape_core import keys
 from landscape_core.cli import ArgumentParser, require, run_command
-from landscape_core.config import ANALYSES, Preset, get_preset
-from landscape_core.devices import resolve_device
 from landscape_core.errors import UsageError
 from sweeps.options import SweepOptions
-from sweeps.runner import run_sweep
 from sweeps.space import SweepSpace
-from sweeps.storage import check_storage_url
 from tracking.plan import AnalysisPlan, SequentialPlan, parse_primary
-from tracking.sequential import make_design
 from tracking.store import check_tracking_uri
+
+if TYPE_CHECKING:
+    from landscape_core.config import Preset
 
 __all__ = ["base_parser", "options_from_args", "parse_widths", "preset_from_args", "preset_line", "run_sweep_cli"]
 
@@ -57,6 +59,8 @@ INTERRUPTED = "the running trial was recorded as failed (its run KILLED); rerun 
 def base_parser(prog: str, description: str, *, grid: bool = False) -> ArgumentParser:
     """Options every sweep has: protocol (preset and overrides), analyses, and where results go. With ``grid``, the
     options of ``GRID_FIELDS`` take comma-separated lists (``sweeps.grid``): several values make an axis."""
+    from landscape_core.config import ANALYSES  # imports torch: only the parser of a sweep needs it, for --skip
+
     parser = ArgumentParser(prog=prog, description=description)
     protocol = parser.add_argument_group("protocol")
     axis = {"type": str, "help": "one value, or a comma-separated list: an axis of the grid"}
@@ -181,6 +185,8 @@ def parse_widths(text: str | None) -> tuple[float, ...] | None:
 
 def preset_name(args: argparse.Namespace) -> tuple[str, str]:
     """The preset ``--preset`` names, and why: ``auto`` is ``paper`` on a GPU and ``quick`` on a CPU."""
+    from landscape_core.devices import resolve_device
+
     if args.preset != "auto":
         return args.preset, "as asked"
     if resolve_device(args.device or "auto").type == "cuda":
@@ -190,6 +196,8 @@ def preset_name(args: argparse.Namespace) -> tuple[str, str]:
 
 def preset_line(args: argparse.Namespace, n_trials: int) -> str:
     """The first line a sweep prints: the preset it runs, why, and how long that takes where it was measured."""
+    from landscape_core.devices import resolve_device
+
     name, why = preset_name(args)
     device = resolve_device(args.device or "auto").type
     seconds = MEASURED_TRIAL_SECONDS.get((name, device))
@@ -212,6 +220,8 @@ def _duration(seconds: float) -> str:
 def preset_from_args(args: argparse.Namespace) -> Preset:
     """The named preset with every command-line override applied (validated by the configs). A single ``--width``
     value is an override too; a list is an axis (``sweep_widths``)."""
+    from landscape_core.config import get_preset
+
     preset = get_preset(preset_name(args)[0])
     overrides = {field: getattr(args, field, None) for field in TRAIN_OVERRIDES}
     widths = parse_widths(getattr(args, "width", None))
@@ -241,6 +251,8 @@ def plan_from_args(args: argparse.Namespace) -> AnalysisPlan:
         return AnalysisPlan(hypotheses=hypotheses)
     chosen = {name: value for name, value in design.items() if value is not None}
     if args.max_n is None:  # the smallest cap that reaches the planned power at the planned rho
+        from tracking.sequential import make_design
+
         default = SequentialPlan(**{**chosen, "max_n": 10**6})
         chosen["max_n"] = make_design(
             default.first,
@@ -266,6 +278,9 @@ def options_from_args(args: argparse.Namespace, space: SweepSpace, preset: Prese
     machine has), the storage URL and the tracking URI (known schemes). What needs the data or a server (a
     ``--train-size`` beyond the data set, an unreachable database) is checked by ``open_sweep``, still before
     anything is written."""
+    from landscape_core.devices import resolve_device
+    from sweeps.storage import check_storage_url  # imports Optuna
+
     require(args.heartbeat is None or args.heartbeat >= 1, "--heartbeat", ">= 1", args.heartbeat)
     require(args.batch_trials >= 1, "--batch-trials", ">= 1", args.batch_trials)
     require(args.workers >= 1, "--workers", ">= 1", args.workers)
@@ -310,13 +325,17 @@ def run_sweep_cli(
     """Parse, build the options (``build`` validates them), run the sweep; exit statuses as ``run_command``'s."""
     # torch's forward-mode AD registers its decompositions with torch.jit.script, which warns on first use.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-    # Heartbeats and their retry callback are "experimental" in Optuna; that is no news to a user, at every start.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 
     def command(args: argparse.Namespace, console: Console) -> int:
         options = build(args)
+        import optuna  # once the options are valid: bad input is refused before Optuna and MLflow are imported
+
+        from sweeps.runner import run_sweep
+
+        # Heartbeats and their retry callback are "experimental" in Optuna; that is no news to a user, at every start.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         run_sweep(options, console, headline=preset_line(args, options.space.n_trials))
         return 0
 

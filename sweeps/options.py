@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from landscape_core.config import Preset
-from sweeps.space import SweepSpace
 from tracking.plan import AnalysisPlan
+
+if TYPE_CHECKING:
+    from landscape_core.config import Preset
+    from sweeps.space import SweepSpace
 
 __all__ = ["SweepOptions"]
 

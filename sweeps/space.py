@@ -6,13 +6,16 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import optuna
-from scipy.stats import qmc
 
-from landscape_core.config import Preset
 from landscape_core.errors import UsageError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from landscape_core.config import Preset
 
 __all__ = ["GRID_FIELDS", "REFERENCE_SEED", "SweepSpace", "configs_from_trial", "lr_grid", "point_key"]
 
@@ -106,6 +109,8 @@ def lr_grid(n: int, lr_min: float, lr_max: float, sampler: str = "grid", seed: i
     if sampler == "grid":
         values = np.geomspace(lr_min, lr_max, n) if n > 1 else np.array([math.sqrt(lr_min * lr_max)])
     elif sampler == "qmc":
+        from scipy.stats import qmc  # scipy.stats takes a second to import: only qmc sweeps need it
+
         unit = qmc.Sobol(d=1, scramble=True, rng=np.random.default_rng(seed)).random(n)[:, 0]
         values = np.exp(np.log(lr_min) + unit * (np.log(lr_max) - np.log(lr_min)))
     else:

@@ -30,16 +30,14 @@ from rich.console import Console
 from landscape_core import keys
 from landscape_core.cli import ArgumentParser, require, require_writable, run_command
 from landscape_core.errors import UsageError
-from landscape_core.plots.correlation import scatter_grid
 from tracking.correlation import CorrelationReport, analyze, resolve_targets
-from tracking.headline import log_headline
-from tracking.invariance import population_invariance
 from tracking.plan import read_plan, read_sequential
 from tracking.population import Population, add_selection_options, load_population, select_population
 from tracking.reliability import reliabilities
-from tracking.render import render, render_text
-from tracking.runs import RunLogger
 from tracking.store import TrackingStore
+
+# The modules that import MLflow, torch or matplotlib (logging, the invariance audit, the tables, the figure) are
+# imported in the functions that use them: ``python -m tracking.correlate`` refuses bad input without them.
 
 __all__ = [
     "MAX_SCATTER_MEASURES",
@@ -95,6 +93,8 @@ def analyze_population(
     """``tracking.correlation.analyze`` with what the sweep left on its parent run and trial runs: the analysis
     plan declared on the parent (``tracking.plan``; none: the default plan, post hoc), the invariance audit and the
     reliability audit's re-measurements (``tracking.reliability``). ``options`` go to ``analyze``."""
+    from tracking.invariance import population_invariance
+
     return analyze(
         population,
         plan=read_plan(store.client(), parent_run_id),
@@ -120,6 +120,11 @@ def log_report(store: TrackingStore, parent_run_id: str, report: CorrelationRepo
     The scatter grid (``scatter_measures`` x all targets, coloured by lr) is skipped for an empty report. The run's
     description and headline metrics are ``tracking.headline.log_headline``.
     """
+    from landscape_core.plots.correlation import scatter_grid
+    from tracking.headline import log_headline
+    from tracking.render import render_text
+    from tracking.runs import RunLogger
+
     run = RunLogger(store.client(), parent_run_id)
     run.json(report.to_json(), "correlation")
     run.text(render_text(report), "correlation.txt")
@@ -176,6 +181,8 @@ def report_sweep(
     Returns:
         The report, or None when there was nothing to report or it failed.
     """
+    from tracking.render import render
+
     console = console or Console()
     try:
         client = store.client()
@@ -295,6 +302,8 @@ def _correlate(args: argparse.Namespace, console: Console) -> int:
         parent = found
         if parent is None:
             raise UsageError("--log-to-parent needs one parent run: give --study or --parent-run")
+
+    from tracking.render import render
 
     if report.status == "ok":
         render(report, console, full=args.full, where=full_tables_hint(found))

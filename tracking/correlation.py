@@ -25,7 +25,6 @@ import numpy as np
 
 from landscape_core import keys
 from landscape_core.errors import UsageError
-from landscape_core.invariance import INVARIANT_RATIO
 from tracking.pairs import PairAgreement, SignError, claim_sentence, pair_agreement, sign_error
 from tracking.plan import AnalysisPlan, Hypothesis, PrimaryTest
 from tracking.population import Population
@@ -133,6 +132,8 @@ class CorrelationEntry:
     @property
     def invariant(self) -> bool | None:
         """True when audited and invariant, False when audited and not, None when not audited."""
+        from landscape_core.invariance import INVARIANT_RATIO  # imports torch: not when a CLI only checks its input
+
         if math.isnan(self.invariance_ratio):
             return None
         return self.invariance_ratio <= INVARIANT_RATIO
@@ -785,6 +786,8 @@ def _flag_note(flagged: int, excluded: bool) -> str:
 
 def _invariance_note(ratio: float) -> str:
     """What the verdict adds for a measure that a function-preserving rescaling changes (nothing otherwise)."""
+    from landscape_core.invariance import INVARIANT_RATIO
+
     if math.isnan(ratio) or ratio <= INVARIANT_RATIO:
         return ""
     change = "flips sign" if math.isinf(ratio) else f"changes x{ratio:.3g}"

@@ -24,7 +24,6 @@ from rich.console import Console
 from landscape_core.cli import ArgumentParser, require_writable, run_command
 from landscape_core.errors import UsageError
 from tracking.population import Population, add_selection_options, select_population
-from tracking.runs import RunLogger
 from tracking.store import TrackingStore
 
 __all__ = ["FORMATS", "log_population", "main", "population_rows", "read_rows", "write_rows"]
@@ -93,6 +92,8 @@ def _typed(column: str, value: str) -> Any:
 
 def log_population(store: TrackingStore, parent_run_id: str, population: Population) -> None:
     """Log the population as ``population.csv`` on the parent run."""
+    from tracking.runs import RunLogger  # imports MLflow and torch: ``python -m tracking.export`` never logs
+
     RunLogger(store.client(), parent_run_id).text(_csv_text(population_rows(population)), "population.csv")
 
 

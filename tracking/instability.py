@@ -30,7 +30,6 @@ from landscape_core.instability import INDEPENDENT
 from landscape_core.plots.curves import instability_figure
 from tracking.population import Population, load_population
 from tracking.report import CSS, Claim, claims_table, figure_html, t_interval, threshold_verdict
-from tracking.runs import RunLogger
 from tracking.store import TrackingStore
 
 __all__ = ["STABLE_ERROR", "InstabilityReport", "instability_report", "log_instability_report", "main"]
@@ -162,6 +161,8 @@ def _fmt_ci(values: np.ndarray) -> str:
 def log_instability_report(store: TrackingStore, parent_run_id: str, console: Console) -> InstabilityReport:
     """Print the report of a finished spawn sweep and log it on its parent run (``report.html``, the figure, and
     ``instability/*`` headline metrics)."""
+    from tracking.runs import RunLogger  # imports MLflow: ``python -m tracking.instability`` only prints
+
     population = load_population(store, parent_run_id=parent_run_id)
     report = instability_report(population)
     render(report, console)

@@ -34,13 +34,15 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from mlflow import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from landscape_core import keys
 from landscape_core.errors import UsageError
-from tracking.runs import RunLogger
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from tracking.runs import RunLogger
 
 __all__ = [
     "ADJUSTMENTS",

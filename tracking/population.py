@@ -15,16 +15,20 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mlflow.entities import Run, ViewType
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from landscape_core import keys
-from landscape_core.config import OPTIMIZERS
 from landscape_core.errors import UsageError
 from tracking.store import DEFAULT_ROOT, StoreError, TrackingStore
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+# MLflow (and torch, through landscape_core.config) are imported where runs are read: the commands that read a
+# population refuse bad input before they import either.
 
 __all__ = [
     "DEFAULT_EXPERIMENTS",
@@ -128,6 +132,8 @@ class Population:
         """Shape (n,) float values of a training hyperparameter per run (its logged param; NaN when missing). A named
         one (``optimizer``) reads as its index in ``OPTIMIZERS``: a label, so that it groups like any other axis."""
         if name == "optimizer":
+            from landscape_core.config import OPTIMIZERS
+
             codes = {label: float(i) for i, label in enumerate(OPTIMIZERS)}
             return np.array([codes.get(run.params.get(name, ""), math.nan) for run in self.runs], dtype=float)
         return np.array([_float(run.params.get(name)) for run in self.runs], dtype=float)
@@ -178,6 +184,8 @@ def _quote(value: str) -> str | None:
 
 def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
     """Every matching active run, following ``page_token`` (a population can exceed one page)."""
+    from mlflow.entities import ViewType
+
     runs: list[Run] = []
     token: str | None = None
     while True:
@@ -210,6 +218,8 @@ def _float(value: str | None) -> float:
 
 
 def _to_population_run(run: Run) -> PopulationRun:
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
     tags, params = run.data.tags, run.data.params
     return PopulationRun(
         run_id=run.info.run_id,
@@ -287,6 +297,8 @@ def load_population(
         PopulationError: When both ``study`` and ``parent_run_id`` are given, the experiment or parent run does not
             exist, or none of the default experiments exists.
     """
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
     if study is not None and parent_run_id is not None:
         raise PopulationError("give either a study or a parent run, not both")
     client = store.client()
@@ -353,6 +365,8 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 
 def _all_experiments(client: MlflowClient) -> list:
+    from mlflow.entities import ViewType
+
     experiments, token = [], None
     while True:
         page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=token)

@@ -44,7 +44,6 @@ from scipy import stats
 
 from landscape_core import keys
 from landscape_core.cli import ArgumentParser, require_writable, run_command
-from landscape_core.config import OPTIMIZERS
 from landscape_core.errors import UsageError
 from landscape_core.plots import population as figures
 from landscape_core.plots.correlation import ForestRow, correlation_heatmap, forest_plot, primary_scatter, scatter_grid
@@ -52,9 +51,10 @@ from landscape_core.plots.curves import barrier_population_figure, three_paths_f
 from tracking.correlate import analyze_population
 from tracking.correlation import CorrelationReport
 from tracking.population import Population, add_selection_options, select_population
-from tracking.render import render
-from tracking.runs import RunLogger
 from tracking.store import TrackingStore
+
+# landscape_core.config and the modules that import MLflow (logging, the tables) are imported where they are used:
+# they import torch, and ``python -m tracking.report`` refuses bad input without it.
 
 __all__ = [
     "CSS",
@@ -250,6 +250,8 @@ def _generalization_claim(correlation: CorrelationReport | None) -> Claim:
 def _sgd_only(population: Population, key: str) -> np.ndarray:
     """``key``'s column with every run that did not train with SGD set to NaN: SAM's own sharpness penalty and GD's
     zero noise would otherwise count as effects of the noise scale."""
+    from landscape_core.config import OPTIMIZERS
+
     optimizer = population.hyperparameter("optimizer")
     sgd = np.isnan(optimizer) | (optimizer == OPTIMIZERS.index("sgd"))  # no param: a run from before the optimizer
     return np.where(sgd, population.column(key), np.nan)
@@ -446,6 +448,8 @@ def claims(population: Population, correlation: CorrelationReport | None) -> lis
 
 def _figures(data: PopulationArrays) -> dict[str, Figure]:
     """The paper's six figures, those the population's arrays support."""
+    from landscape_core.config import OPTIMIZERS
+
     out: dict[str, Figure] = {}
     history = {
         name: data.stack(lambda a, name=name: [e[name] for e in a["history"]])
@@ -715,6 +719,8 @@ def _num(value: float | None) -> float:
 def _correlation_section(correlation: CorrelationReport, population: Population) -> list[str]:
     """The plan and the primary verdicts, then figures (each primary hypothesis raw and given train loss, a forest
     plot of every row, a heatmap of measure by target), then the full tables collapsed."""
+    from tracking.render import render
+
     plan = correlation.plan
     parts = [f"<p><b>Analysis plan</b>: {html.escape(plan.summary())}.</p>", _primary_html(correlation)]
     if correlation.sequential:
@@ -783,6 +789,8 @@ def log_html_report(
     store: TrackingStore, parent_run_id: str, population: Population, correlation: CorrelationReport | None
 ) -> str:
     """Write ``report.html`` on the parent run; returns the HTML."""
+    from tracking.runs import RunLogger
+
     page = _page(store, population, correlation, parent_run_id)
     RunLogger(store.client(), parent_run_id).text(page, "report.html")
     return page

@@ -6,11 +6,13 @@ import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from mlflow.tracking import MlflowClient
-
 from landscape_core.errors import UsageError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 __all__ = [
     "EXPERIMENT_KIND_TAG",
@@ -137,6 +139,8 @@ class TrackingStore:
                 raise StoreError(f"the store directory {directory} is not writable")
 
     def client(self) -> MlflowClient:
+        from mlflow.tracking import MlflowClient  # imported on first use: the CLIs check their input without MLflow
+
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def experiment_id(self, name: str) -> str:

@@ -148,6 +148,7 @@ BENCHMARK_OPTIONS = [
     (["--device", "gpu"], "Expected `--device` one of auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     (["--device", "cuda:99"], "device 'cuda:99' is not available"),
     (["--data-dir", "{empty}"], "Fashion-MNIST not found"),
+    (["--busy", "-1"], "Expected `--busy` >= 0, got -1"),
 ]
 #: The one table: (command, its parser, its main, the bad options) for every command line of the project.
 COMMANDS = {
