@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,15 +13,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import Context, Result, at_least, timed
+from benchmarks.common import Context, Result, at_least, busy_machine, timed
 from landscape_core.config import PRESETS
+from landscape_core.devices import cpu_threads_for_load
 from landscape_core.functional import Data, effective_chunk
 from landscape_core.hessian import HessianOperator, top_eigenvalues
 from landscape_core.measure import LambdaMaxTracker
+from landscape_core.models import build_model, count_parameters
 from landscape_core.splits import TrialData
 from landscape_core.train import train
 
-__all__ = ["PowerResult", "lambda_max_vs_power_double_backward", "power_iteration_double_backward"]
+__all__ = ["PowerResult", "hvp_under_load", "lambda_max_vs_power_double_backward", "power_iteration_double_backward"]
 
 ACCURACY = 0.01  # the 1 % the comparison is about
 PYHESSIAN_TOL = 1e-3  # PyHessian's default: stop when the relative change of the estimate is below this
@@ -234,3 +239,85 @@ def lambda_max_vs_power_double_backward(ctx: Context) -> list[Result]:
         label = f"power, double backward, batches of {ours_chunk}"
         rows.append(row("lambda_max_vs_power_same_chunks", lanczos_warm, (t_same, same, label), None))
     return rows
+
+
+#: The busy machine of issue 24: 4 busy processes beside the benchmark on 2 cores (load about 5), measured after
+#: the 1-minute load average has caught up with them (``BUSY_SETTLE`` s).
+BUSY_PROCESSES = 4
+BUSY_SETTLE = 60.0
+HVP_IMAGES = 2048
+
+
+def _double_backward_hvp(model: nn.Module, data: Data, *, chunk: int, retain: bool) -> Callable[[torch.Tensor], Any]:
+    """One HVP by double backward over ``data`` in passes of ``chunk`` images; ``retain`` keeps every pass's
+    ``create_graph`` gradient (PyHessian's single-batch mode) so that each HVP is one backward pass through it."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    inputs, targets = data
+    n = inputs.shape[0]
+    bounds = [(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+
+    def gradients(start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        loss = nn.functional.cross_entropy(model(inputs[start:stop]), targets[start:stop])
+        return torch.autograd.grad(loss, params, create_graph=True)
+
+    kept = [gradients(start, stop) for start, stop in bounds] if retain else None
+
+    def product(v: torch.Tensor) -> list[torch.Tensor]:
+        pieces = [t.reshape(p.shape) for t, p in zip(torch.split(v, [p.numel() for p in params]), params, strict=True)]
+        total = [torch.zeros_like(p) for p in params]
+        for i, (start, stop) in enumerate(bounds):
+            g = kept[i] if kept is not None else gradients(start, stop)
+            hv = torch.autograd.grad(g, params, grad_outputs=pieces, retain_graph=retain)
+            total = [t + h.detach() * ((stop - start) / n) for t, h in zip(total, hv, strict=True)]
+        return total
+
+    return product
+
+
+def hvp_under_load(ctx: Context) -> list[Result]:
+    """Seconds per HVP of SeedCNN over 2,048 images (best of 3, alternating), idle and then beside 4 busy
+    processes: ours (forward-over-reverse in passes of 128, on the threads the load leaves free:
+    ``devices.threads_for_load``) against PyHessian's retained graph and plain double backward over all 2,048.
+    The ratio is the retained graph's slowdown over ours: >= 1 means ours degrades no worse. Training the model
+    does not change an HVP's cost, so the model is SeedCNN at its initialization."""
+    torch.manual_seed(0)
+    model = build_model("seed_cnn", device=ctx.device)
+    config = dataclasses.replace(PRESETS["paper"].train, device=str(ctx.device))
+    data = TrialData.build(ctx.dataset, config).subset("hessian", HVP_IMAGES)
+    v = torch.randn(count_parameters(model), device=ctx.device)
+    runs = {
+        "ours": HessianOperator(model, data).matvec,
+        "retained_graph": _double_backward_hvp(model, data, chunk=HVP_IMAGES, retain=True),
+        "double_backward": _double_backward_hvp(model, data, chunk=HVP_IMAGES, retain=False),
+    }
+    seconds: dict[str, dict[str, float]] = {}
+    for machine in ("idle", "busy"):
+        with busy_machine(BUSY_PROCESSES if machine == "busy" else 0):
+            if machine == "busy":
+                ctx.log(f"  beside {BUSY_PROCESSES} busy processes: {BUSY_SETTLE:.0f} s for the load average ...")
+                time.sleep(BUSY_SETTLE)
+            load = os.getloadavg()[0]
+            best = {name: math.inf for name in runs}
+            for _ in range(3):
+                for name, run in runs.items():
+                    best[name] = min(best[name], timed(lambda run=run: run(v), ctx.device)[0])
+            seconds[machine] = {**best, "load": load, "ours_threads": cpu_threads_for_load(torch.get_num_threads())}
+            ctx.log(f"  {machine} (load {load:.1f}): " + ", ".join(f"{k} {s:.2f} s" for k, s in best.items()))
+    slowdown = {name: seconds["busy"][name] / seconds["idle"][name] for name in runs}
+    return [
+        Result(
+            "hvp_under_load",
+            slowdown["ours"],
+            slowdown["retained_graph"],
+            slowdown["retained_graph"] / slowdown["ours"],
+            "busy / idle seconds per HVP (ratio = the retained graph's slowdown over ours)",
+            f"forward-over-reverse, passes of 128: {seconds['idle']['ours']:.2f} -> {seconds['busy']['ours']:.2f} s "
+            f"({seconds['busy']['ours_threads']} thread(s) when busy)",
+            f"retained graph: {seconds['idle']['retained_graph']:.2f} -> {seconds['busy']['retained_graph']:.2f} s; "
+            f"double backward {seconds['idle']['double_backward']:.2f} -> {seconds['busy']['double_backward']:.2f} s",
+            ">= 1",
+            bool(slowdown["retained_graph"] >= slowdown["ours"]),
+            f"{HVP_IMAGES} images; busy: {BUSY_PROCESSES} busy processes, load {seconds['busy']['load']:.1f}",
+            {"seconds": seconds, "slowdown": slowdown},
+        )
+    ]

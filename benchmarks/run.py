@@ -28,7 +28,7 @@ from rich.table import Table
 
 from benchmarks.analysis import invariance_audit_vs_per_pair, paper_trial_analysis_vs_training
 from benchmarks.common import Context, Result, busy_machine, machine_info
-from benchmarks.curvature import lambda_max_vs_power_double_backward
+from benchmarks.curvature import hvp_under_load, lambda_max_vs_power_double_backward
 from benchmarks.sweep_runs import memory_4n_vs_n, workers2_vs_1
 from benchmarks.training import batched_vs_sequential, eval_throughput, flops_vs_peak, train_vs_dataloader
 from benchmarks.versus_pyhessian import lambda_max_vs_peers, trace_vs_peers
@@ -48,6 +48,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "eval_throughput": eval_throughput,
     "batched_vs_sequential": batched_vs_sequential,
     "lambda_max_vs_power_double_backward": lambda_max_vs_power_double_backward,
+    "hvp_under_load": hvp_under_load,
     # one paper-protocol trial (trained once per run, --quick: one epoch) serves these four
     "paper_trial_analysis_vs_training": paper_trial_analysis_vs_training,
     "invariance_audit_vs_per_pair": invariance_audit_vs_per_pair,

@@ -38,6 +38,7 @@ from torch.func import grad, jvp, vmap
 
 from landscape_core import rng
 from landscape_core.common import check, check_count, check_positive
+from landscape_core.devices import threads_for_load
 from landscape_core.functional import (
     DEFAULT_CHUNK,
     Data,
@@ -245,7 +246,7 @@ class HessianOperator:
         v = self._check_vectors(v, 1)
         tangent = self._to_dict(v, batched=False)
         total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
-        with eval_mode(self.model):
+        with eval_mode(self.model), threads_for_load(self.device):
             for batch, weight in self.batches:
                 total += self._flat(self._hvp_chunk(batch, tangent), batched=False) * weight
         self.n_hvp += 1
