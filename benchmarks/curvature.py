@@ -67,23 +67,7 @@ def power_iteration_double_backward(
     """
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
-    inputs, targets = data
-    n = inputs.shape[0]
-    bounds = [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
-
-    def gradients(start: int, stop: int) -> tuple[torch.Tensor, ...]:
-        loss = nn.functional.cross_entropy(model(inputs[start:stop]), targets[start:stop])
-        return torch.autograd.grad(loss, params, create_graph=True)
-
-    kept = [gradients(start, stop) for start, stop in bounds] if retain_graph else None
-
-    def hvp(v: list[torch.Tensor]) -> list[torch.Tensor]:
-        total = [torch.zeros_like(p) for p in params]
-        for i, (start, stop) in enumerate(bounds):
-            g = kept[i] if kept is not None else gradients(start, stop)
-            hv = torch.autograd.grad(g, params, grad_outputs=v, retain_graph=retain_graph)
-            total = [t + h.detach() * ((stop - start) / n) for t, h in zip(total, hv)]
-        return total
+    hvp = _double_backward_hvp(model, data, chunk=chunk_size, retain=retain_graph)
 
     generator = torch.Generator().manual_seed(seed)
     v = _normalize([torch.randn(p.shape, generator=generator).to(p) for p in params])
@@ -248,9 +232,14 @@ BUSY_SETTLE = 60.0
 HVP_IMAGES = 2048
 
 
-def _double_backward_hvp(model: nn.Module, data: Data, *, chunk: int, retain: bool) -> Callable[[torch.Tensor], Any]:
-    """One HVP by double backward over ``data`` in passes of ``chunk`` images; ``retain`` keeps every pass's
-    ``create_graph`` gradient (PyHessian's single-batch mode) so that each HVP is one backward pass through it."""
+def _double_backward_hvp(
+    model: nn.Module, data: Data, *, chunk: int, retain: bool
+) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """PyHessian's HVP, ``v`` and ``H v`` as one tensor per parameter: double backward over ``data`` in passes of
+    ``chunk`` images (``g = grad(L, create_graph=True)``, then the gradient of ``g . v``), weighted by pass size.
+    ``retain`` keeps every pass's ``create_graph`` gradient (PyHessian's single-batch mode), so that each HVP is one
+    backward pass through it; otherwise the forward and first backward are redone for every HVP (its data-loader
+    mode)."""
     params = [p for p in model.parameters() if p.requires_grad]
     inputs, targets = data
     n = inputs.shape[0]
@@ -262,12 +251,11 @@ def _double_backward_hvp(model: nn.Module, data: Data, *, chunk: int, retain: bo
 
     kept = [gradients(start, stop) for start, stop in bounds] if retain else None
 
-    def product(v: torch.Tensor) -> list[torch.Tensor]:
-        pieces = [t.reshape(p.shape) for t, p in zip(torch.split(v, [p.numel() for p in params]), params, strict=True)]
+    def product(v: list[torch.Tensor]) -> list[torch.Tensor]:
         total = [torch.zeros_like(p) for p in params]
         for i, (start, stop) in enumerate(bounds):
             g = kept[i] if kept is not None else gradients(start, stop)
-            hv = torch.autograd.grad(g, params, grad_outputs=pieces, retain_graph=retain)
+            hv = torch.autograd.grad(g, params, grad_outputs=v, retain_graph=retain)
             total = [t + h.detach() * ((stop - start) / n) for t, h in zip(total, hv, strict=True)]
         return total
 
@@ -285,10 +273,17 @@ def hvp_under_load(ctx: Context) -> list[Result]:
     config = dataclasses.replace(PRESETS["paper"].train, device=str(ctx.device))
     data = TrialData.build(ctx.dataset, config).subset("hessian", HVP_IMAGES)
     v = torch.randn(count_parameters(model), device=ctx.device)
+    pieces = [
+        t.reshape(p.shape)
+        for t, p in zip(torch.split(v, [p.numel() for p in model.parameters()]), model.parameters(), strict=True)
+    ]
+    operator = HessianOperator(model, data)
+    retained = _double_backward_hvp(model, data, chunk=HVP_IMAGES, retain=True)
+    plain = _double_backward_hvp(model, data, chunk=HVP_IMAGES, retain=False)
     runs = {
-        "ours": HessianOperator(model, data).matvec,
-        "retained_graph": _double_backward_hvp(model, data, chunk=HVP_IMAGES, retain=True),
-        "double_backward": _double_backward_hvp(model, data, chunk=HVP_IMAGES, retain=False),
+        "ours": lambda: operator.matvec(v),
+        "retained_graph": lambda: retained(pieces),
+        "double_backward": lambda: plain(pieces),
     }
     seconds: dict[str, dict[str, float]] = {}
     for machine in ("idle", "busy"):
@@ -300,7 +295,7 @@ def hvp_under_load(ctx: Context) -> list[Result]:
             best = {name: math.inf for name in runs}
             for _ in range(3):
                 for name, run in runs.items():
-                    best[name] = min(best[name], timed(lambda run=run: run(v), ctx.device)[0])
+                    best[name] = min(best[name], timed(run, ctx.device)[0])
             seconds[machine] = {**best, "load": load, "ours_threads": cpu_threads_for_load(torch.get_num_threads())}
             ctx.log(f"  {machine} (load {load:.1f}): " + ", ".join(f"{k} {s:.2f} s" for k, s in best.items()))
     slowdown = {name: seconds["busy"][name] / seconds["idle"][name] for name in runs}

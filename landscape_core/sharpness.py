@@ -77,10 +77,10 @@ class SharpnessResult:
             ``m_sharpness`` the mean of the per-batch maxima).
         steps: APGD gradient evaluations per restart.
         restarts: planned APGD runs.
-        n_grad: gradient evaluations in all, ``steps * restarts`` (times ``batches`` for ``m_sharpness``, each over
-            one batch).
-        runs: APGD runs made, ``>= restarts`` (more when runs stop early at a fixed point; summed over the batches
-            for ``m_sharpness``).
+        n_grad: gradient evaluations in all, at most ``steps * restarts`` (times ``batches`` for ``m_sharpness``,
+            each over one batch): a linear objective stops the search early (``landscape_core.ascent``).
+        runs: APGD runs made: ``restarts``, more when runs stop early at a fixed point, 1 when the objective is
+            linear (summed over the batches for ``m_sharpness``).
         batches: the batches searched separately (1 except for ``m_sharpness``).
     """
 
