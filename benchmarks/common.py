@@ -157,9 +157,9 @@ def run_process(
 
 
 @contextmanager
-def busy_machine(processes: int) -> Iterator[None]:
+def busy_machine(processes: int) -> Iterator[list[subprocess.Popen]]:
     """``processes`` other programs that keep the CPU busy while the block runs (each a Python loop, as a user's
-    other work beside a sweep): the busy machine of issue 24 is 4 of them on 2 cores (load about 5)."""
+    other work beside a sweep), ended after it: the busy machine of issue 24 is 4 of them on 2 cores (load about 5)."""
     others = [
         subprocess.Popen(
             [sys.executable, "-c", "while True: pass"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -167,7 +167,7 @@ def busy_machine(processes: int) -> Iterator[None]:
         for _ in range(processes)
     ]
     try:
-        yield
+        yield others
     finally:
         for other in others:
             other.kill()

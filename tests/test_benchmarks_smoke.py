@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import run as bench_run
-from benchmarks.common import Context, Result, run_process
+from benchmarks.common import Context, Result, busy_machine, run_process
 from benchmarks.curvature import power_iteration_double_backward
 from benchmarks.training import seed_cnn_forward_flops, tutorial_dataset
 from landscape_core.config import TrainConfig
@@ -109,3 +109,11 @@ def test_cli_rejects_unknown_benchmarks(tmp_path) -> None:
     out = tmp_path / "bench.json"
     assert bench_run.main(["--only", "nope", "--json", str(out)]) == 2
     assert not out.exists()
+
+
+def test_a_busy_machine_runs_its_processes_during_the_block_and_ends_them() -> None:
+    with busy_machine(2) as others:
+        assert len(others) == 2 and all(other.poll() is None for other in others)
+    assert all(other.poll() is not None for other in others)
+    with busy_machine(0) as none:
+        assert none == []
