@@ -52,6 +52,7 @@ PEER_NAMES = {
     "eigenthings_lanczos": "hessian-eigenthings 1.0.0a5 Lanczos",
     "eigenthings_power": "hessian-eigenthings 1.0.0a5 power iteration",
 }
+TRACE_PEER_NAMES = {"pyhessian": "PyHessian 0.1 Hutchinson", "eigenthings": "hessian-eigenthings 1.0.0a5 Hutch++"}
 
 
 def _pyhessian() -> Any:
@@ -222,7 +223,7 @@ def trace_vs_peers(ctx: Context) -> list[Result]:
             "s to one standard error (ratio = speedup over the faster peer)",
             f"deflated Hutchinson: {run.n_hvp} Lanczos + {trace.n_hvp} probe HVPs, "
             f"{trace.estimate:.4g} ± {trace.stderr:.2g}",
-            PEER_NAMES[fastest],
+            TRACE_PEER_NAMES[fastest],
             target,
             met and agree,
             f"PyHessian 0.1: {TRACE_PROBES} probes, {py_trace:.4g} ± {goal:.2g} in {t_py:.1f} s; hessian-eigenthings "
