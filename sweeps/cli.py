@@ -325,13 +325,16 @@ def run_sweep_cli(
     """Parse, build the options (``build`` validates them), run the sweep; exit statuses as ``run_command``'s."""
     # torch's forward-mode AD registers its decompositions with torch.jit.script, which warns on first use.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 
     def command(args: argparse.Namespace, console: Console) -> int:
         options = build(args)
         import optuna  # once the options are valid: bad input is refused before Optuna and MLflow are imported
 
         from sweeps.runner import run_sweep
+
+        # After MLflow's import, which sets its logger to INFO: "Creating initial MLflow database tables...", and
+        # the system metrics monitor's start and stop at every trial, are no news to a user.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
         # Heartbeats and their retry callback are "experimental" in Optuna; that is no news to a user, at every start.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

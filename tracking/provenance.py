@@ -9,6 +9,7 @@ import json
 import platform
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ __all__ = ["dataset_inputs", "log_datasets", "provenance_tags", "system_metrics"
 PACKAGES = ("torch", "torchvision", "mlflow", "optuna", "numpy", "scipy")
 #: MLflow's sampling interval for system metrics on trial runs (its default, 10 s, misses short trials).
 SYSTEM_METRICS_SECONDS = 1.0
+#: How long an interrupted trial waits for the system metrics monitor to stop.
+STOP_SECONDS = 5.0
 
 
 def _git(*args: str) -> str:
@@ -133,5 +136,12 @@ def system_metrics(run: RunLogger, tracking_uri: str) -> Iterator[None]:
     monitor.start()
     try:
         yield
-    finally:
-        monitor.finish()
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or failed: stop the monitor, but wait for its thread at most
+        # STOP_SECONDS, so that nothing inside MLflow's monitor can hold up the trial's clean end (a SIGTERM test
+        # once waited 120 s in its join). Its thread is a daemon: an unfinished one does not keep the process.
+        stopper = threading.Thread(target=monitor.finish, name="stop-system-metrics", daemon=True)
+        stopper.start()
+        stopper.join(STOP_SECONDS)
+        raise
+    monitor.finish()
