@@ -138,8 +138,9 @@ def system_metrics(run: RunLogger, tracking_uri: str) -> Iterator[None]:
         yield
     except BaseException:
         # Interrupted (Ctrl-C, SIGTERM) or failed: stop the monitor, but wait for its thread at most
-        # STOP_SECONDS, so that nothing inside MLflow's monitor can hold up the trial's clean end (a SIGTERM test
-        # once waited 120 s in its join). Its thread is a daemon: an unfinished one does not keep the process.
+        # STOP_SECONDS. A SIGTERM raised inside the main thread's import machinery can leak the import lock, and the
+        # monitor's thread, which imports in MlflowClient(), then blocks forever (py-spy on a hung test worker).
+        # Its thread is a daemon: an unfinished one does not keep the process.
         stopper = threading.Thread(target=monitor.finish, name="stop-system-metrics", daemon=True)
         stopper.start()
         stopper.join(STOP_SECONDS)
