@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import Context, Result, at_least, busy_machine, timed
+from benchmarks.common import Context, Result, at_least, best_of, busy_machine
 from landscape_core.config import PRESETS
 from landscape_core.devices import cpu_threads_for_load
 from landscape_core.functional import Data, effective_chunk
@@ -140,14 +139,8 @@ def lambda_max_vs_power_double_backward(ctx: Context) -> list[Result]:
     }
     if ours_chunk != chunk and not ctx.quick:
         contenders["power_same"] = lambda: power_iteration_double_backward(model, data, chunk_size=ours_chunk)
-    # Alternate the contenders and keep each one's best time: machine load then hits all of them alike.
     repeats = 2  # best of two, alternating: one HVP costs +-25% from one second to the next on a shared 2-core VM
-    best: dict[str, tuple[float, Any]] = {}
-    for _ in range(repeats):
-        for name, run in contenders.items():
-            seconds, value = timed(run, ctx.device)
-            if name not in best or seconds < best[name][0]:
-                best[name] = (seconds, value)
+    best = best_of(contenders, ctx, rounds=repeats)
     (t_ours, ours), (t_warm, warm) = best["lanczos"], best["lanczos_warm"]
     (t_power, power), (t_kept, kept) = best["power"], best["power_kept"]
     same_chunks = best.get("power_same")
@@ -292,10 +285,7 @@ def hvp_under_load(ctx: Context) -> list[Result]:
                 ctx.log(f"  beside {BUSY_PROCESSES} busy processes: {BUSY_SETTLE:.0f} s for the load average ...")
                 time.sleep(BUSY_SETTLE)
             load = os.getloadavg()[0]
-            best = {name: math.inf for name in runs}
-            for _ in range(3):
-                for name, run in runs.items():
-                    best[name] = min(best[name], timed(run, ctx.device)[0])
+            best = {name: found[0] for name, found in best_of(runs, ctx, rounds=3).items()}
             seconds[machine] = {**best, "load": load, "ours_threads": cpu_threads_for_load(torch.get_num_threads())}
             ctx.log(f"  {machine} (load {load:.1f}): " + ", ".join(f"{k} {s:.2f} s" for k, s in best.items()))
     slowdown = {name: seconds["busy"][name] / seconds["idle"][name] for name in runs}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,7 @@ import torch
 from torch import nn
 
 from benchmarks.analysis import paper_trial
-from benchmarks.common import Context, Result, at_least, timed
+from benchmarks.common import Context, Result, at_least, best_of, timed
 from landscape_core.hessian import HessianOperator, hessian_trace, top_eigenvalues
 
 __all__ = ["lambda_max_vs_peers", "trace_vs_peers"]
@@ -97,17 +96,6 @@ def _theirs(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> Any:
     return _pyhessian()(copied, nn.CrossEntropyLoss(), data=data, cuda=data[0].is_cuda)
 
 
-def _best_of(runs: dict[str, Callable[[], Any]], ctx: Context, rounds: int = 2) -> dict[str, tuple[float, Any]]:
-    """Each run's best seconds (and its value) over ``rounds`` rounds, alternating: machine load hits all alike."""
-    best: dict[str, tuple[float, Any]] = {}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            seconds, value = timed(run, ctx.device)
-            if name not in best or seconds < best[name][0]:
-                best[name] = (seconds, value)
-    return best
-
-
 def lambda_max_vs_peers(ctx: Context) -> list[Result]:
     """Seconds to lambda_max at tolerance 1e-3 from a random start: our Lanczos against the faster of PyHessian's
     power iteration and hessian-eigenthings' Lanczos (module docstring)."""
@@ -138,7 +126,7 @@ def lambda_max_vs_peers(ctx: Context) -> list[Result]:
         return float(he.lanczos(theirs_op, k=1, max_iter=steps, tol=TOL, seed=0).eigenvalues[0]), steps
 
     ours(), pyhessian()  # warm-ups: allocator, forward-AD decompositions
-    best = _best_of({"ours": ours, "pyhessian": pyhessian, "eigenthings_lanczos": eigenthings_lanczos}, ctx)
+    best = best_of({"ours": ours, "pyhessian": pyhessian, "eigenthings_lanczos": eigenthings_lanczos}, ctx)
 
     def eigenthings_power() -> tuple[float, int]:
         value, _, _, iterations, _ = he.power_iteration_one(theirs_op, tol=TOL, max_iter=100, seed=0)

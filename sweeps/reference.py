@@ -34,8 +34,9 @@ from landscape_core.splits import TrialData
 from landscape_core.train import train
 from sweeps.claims import is_dead, process_fingerprint, this_worker
 from sweeps.space import REFERENCE_SEED
+from sweeps.study import end_killed
 from tracking.checkpoints import load_run_model
-from tracking.runs import RunLogger, running_children, start_child
+from tracking.runs import running_children, start_child
 from tracking.store import TrackingStore
 from tracking.trial_log import log_training
 
@@ -90,9 +91,7 @@ class ReferenceModels:
             ).items():
                 worker, fingerprint = tags.get("worker", ""), tags.get("worker_fingerprint") or None
                 if is_dead(worker, fingerprint, host):
-                    run = RunLogger(self.store.client(), run_id)
-                    run.tags({"failure": "worker killed"})
-                    run.finish("KILLED")
+                    end_killed(self.store, run_id)
                 elif float(tags.get("width", "nan")) == width and worker.rpartition(":")[0] == host:
                     training |= worker != this_worker()
             pinned = self.study.user_attrs.get(key)

@@ -40,6 +40,7 @@ __all__ = [
     "OpenSweep",
     "declare_plan",
     "config_params",
+    "end_killed",
     "enqueue_missing",
     "is_done",
     "mark_killed",
@@ -113,9 +114,14 @@ def mark_killed(store: TrackingStore, trial: FrozenTrial) -> None:
     """Tag the trial's MLflow run (if it has one) as killed and end it KILLED."""
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
-        run = RunLogger(store.client(), run_id)
-        run.tags({"failure": "worker killed"})
-        run.finish("KILLED")
+        end_killed(store, run_id)
+
+
+def end_killed(store: TrackingStore, run_id: str) -> None:
+    """Tag the MLflow run of a worker found dead (a trial's or a reference's) as killed and end it KILLED."""
+    run = RunLogger(store.client(), run_id)
+    run.tags({"failure": "worker killed"})
+    run.finish("KILLED")
 
 
 def reap_dead_local_workers(study: optuna.Study, store: TrackingStore) -> None:

@@ -96,12 +96,11 @@ def find_audit(store: TrackingStore, key: str) -> tuple[InvarianceAudit, str, st
         max_results=20,
     )
     for run in found:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                data = json.loads(Path(client.download_artifacts(run.info.run_id, ARTIFACT, tmp)).read_text())
-                audit = InvarianceAudit.from_dict(data)
-            except Exception:  # an audit that cannot be read is not reused: it is measured again
-                continue
+        try:
+            data = _audit_json(client, run.info.run_id)
+            audit = InvarianceAudit.from_dict(data)
+        except Exception:  # an audit that cannot be read is not reused: it is measured again
+            continue
         origin = run.data.tags.get("invariance_reused_from") or run.info.run_id
         return audit, str(data.get("source_run_id", "")), origin
     return None
@@ -111,17 +110,24 @@ def load_invariance(client: MlflowClient, parent_run_id: str | None) -> dict[str
     """Per measure key, the audited ratio of the parent run's audit (inf for a sign flip); {} when there is none."""
     if not parent_run_id:
         return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(parent_run_id, ARTIFACT, tmp)
-        except Exception:  # no audit on this parent (skipped, or an older sweep): the report says "not audited"
-            return {}
-        data = json.loads(Path(path).read_text())
+    data = _audit_json(client, parent_run_id)
+    if data is None:  # no audit on this parent (skipped, or an older sweep): the report says "not audited"
+        return {}
     out = {}
     for key, row in data.get("measures", {}).items():
         value = row.get("ratio")
         out[key] = math.inf if value == "inf" else (math.nan if value is None else float(value))
     return out
+
+
+def _audit_json(client: MlflowClient, run_id: str) -> dict | None:
+    """The parent run's ``data/invariance.json``, parsed; None when the run has none (or it cannot be downloaded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, ARTIFACT, tmp)
+        except Exception:
+            return None
+        return json.loads(Path(path).read_text())
 
 
 def population_invariance(store: TrackingStore, population: Population) -> dict[str, float]:
