@@ -125,6 +125,11 @@ def base_parser(prog: str, description: str, *, grid: bool = False) -> ArgumentP
         help="the reliability audit: re-measure the first K minima on independent images (default: the preset's, "
         "10; smoke 0)",
     )
+    protocol.add_argument(
+        "--curve-trials",
+        help="the trained curve to the reference minimum on K designated minima, or 'all' (default: the preset's, "
+        "paper 10, others all)",
+    )
     plan = parser.add_argument_group("analysis plan (declared on the parent run before the first trial)")
     plan.add_argument(
         "--primary",
@@ -183,6 +188,16 @@ def parse_widths(text: str | None) -> tuple[float, ...] | None:
     return widths
 
 
+def parse_curve_trials(text: str) -> int | None:
+    """``--curve-trials``: ``all`` (None) or a count of designated minima (``CurveConfig.trials`` checks it)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"Expected `--curve-trials` as a whole number or 'all', got {text!r}") from None
+
+
 def preset_name(args: argparse.Namespace) -> tuple[str, str]:
     """The preset ``--preset`` names, and why: ``auto`` is ``paper`` on a GPU and ``quick`` on a CPU."""
     from landscape_core.devices import resolve_device
@@ -233,6 +248,9 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     analysis = dataclasses.replace(preset.analysis, skip=frozenset(skip))
     if getattr(args, "retest_trials", None) is not None:
         analysis = dataclasses.replace(analysis, retest_trials=args.retest_trials)
+    if getattr(args, "curve_trials", None) is not None:
+        curve = dataclasses.replace(analysis.curve, trials=parse_curve_trials(args.curve_trials))
+        analysis = dataclasses.replace(analysis, curve=curve)
     if getattr(args, "track_every", None) is not None:
         analysis = dataclasses.replace(
             analysis, hessian=dataclasses.replace(analysis.hessian, track_every=args.track_every)

@@ -3,13 +3,15 @@
 ``TrialContext`` is what every trial of a sweep shares; it is immutable and built by keyword. The reference minimum
 of the barriers is trained once per study and loaded once per worker by ``sweeps.reference.ReferenceModels``, the
 one cache a sweep keeps. One trial per sweep (its first point) also runs the invariance audit on its minimum and
-logs it to the parent run; the first ``AnalysisConfig.retest_trials`` trials (by number) also run the reliability
-audit, a second measurement of their minimum on independent images, logged as ``retest/<measure>`` on their own run
-(``tracking.reliability`` turns those into each measure's test-retest reliability).
+logs it to the parent run; ``AnalysisConfig.retest_trials`` designated minima also run the reliability audit, a second
+measurement of their minimum on independent images, logged as ``retest/<measure>`` on their own run
+(``tracking.reliability`` turns those into each measure's test-retest reliability), and ``CurveConfig.trials``
+designated minima (all, when None) get the trained curve to the reference (``trial_analysis``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -21,7 +23,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from landscape_core import connectivity, keys
-from landscape_core.config import Preset, TrainConfig
+from landscape_core.config import AnalysisConfig, Preset, TrainConfig
 from landscape_core.devices import resolve_device
 from landscape_core.ensemble import train_ensemble
 from landscape_core.instability import train_branches
@@ -55,6 +57,7 @@ __all__ = [
     "make_objective",
     "run_batch",
     "run_trial",
+    "trial_analysis",
 ]
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -236,15 +239,14 @@ def _is_audited(trial: optuna.Trial, context: TrialContext) -> bool:
     return trial.number == 0
 
 
-def _is_retested(trial: optuna.Trial, preset: Preset, context: TrialContext) -> bool:
-    """The reliability audit's minima: ``retest_trials`` points of the sweep. The first K of a seeds sweep (its points
-    differ only by seed, and an ``--until-decided`` sweep has them all by its first look); K spread evenly over the
-    points of an lr or grid sweep, so that they span its hyperparameters (the first K would all share one lr, and a
-    narrow spread between minima biases the reliability down); trials 0..K-1 of an adaptive sweep."""
-    k = preset.analysis.retest_trials
-    if k == 0 or not preset.analysis.runs("reliability"):
+def _is_designated(trial: optuna.Trial, k: int, space: SweepSpace) -> bool:
+    """Whether this trial's minimum is one of K designated minima of the sweep (the reliability audit's, the trained
+    curve's): the first K of a seeds sweep (its points differ only by seed, and an ``--until-decided`` sweep has them
+    all by its first look); K spread evenly over the points of an lr or grid sweep, so that they span its
+    hyperparameters (the first K would all share one lr, and a narrow spread between minima biases a reliability
+    down); trials 0..K-1 of an adaptive sweep."""
+    if k == 0:
         return False
-    space = context.space
     if not space.planned:
         return trial.number < k
     points = space.points()
@@ -253,6 +255,22 @@ def _is_retested(trial: optuna.Trial, preset: Preset, context: TrialContext) -> 
     else:
         chosen = [points[round(i * (len(points) - 1) / (k - 1))] for i in range(k)]
     return point_key(trial.params) in {point_key(p) for p in chosen}
+
+
+def _is_retested(trial: optuna.Trial, preset: Preset, context: TrialContext) -> bool:
+    """The reliability audit's minima: ``retest_trials`` designated minima (``_is_designated``)."""
+    k = preset.analysis.retest_trials
+    return preset.analysis.runs("reliability") and _is_designated(trial, k, context.space)
+
+
+def trial_analysis(trial: optuna.Trial, preset: Preset, space: SweepSpace) -> AnalysisConfig:
+    """The analyses this trial's minimum gets: the preset's, less the trained curve when ``CurveConfig.trials``
+    designates other minima (``_is_designated``)."""
+    config = preset.analysis
+    k = config.curve.trials
+    if k is None or not config.runs("curve") or _is_designated(trial, k, space):
+        return config
+    return dataclasses.replace(config, skip=frozenset(config.skip) | {"curve"})
 
 
 def lambda_tracker(preset: Preset, context: TrialContext) -> LambdaMaxTracker | None:
@@ -364,7 +382,7 @@ def _train_measure_log(
         result.model,
         init_params=result.init_params,
         data=result.data,
-        config=preset.analysis,
+        config=trial_analysis(trial, preset, context.space),
         reference=reference,
         stage=stage,
         v0=tracker.vector if tracker is not None else None,

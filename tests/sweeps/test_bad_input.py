@@ -94,6 +94,8 @@ SWEEP_OPTIONS = [
     (["--n", "0"], "`--n` >= 1, got 0"),
     (["--seed-start=-1"], "`--seed-start` >= 0, got -1"),
     (["--retest-trials=-1"], "`retest_trials` >= 0, got -1"),
+    (["--curve-trials", "0"], "`trials` >= 1 or None, got 0"),
+    (["--curve-trials", "some"], "`--curve-trials` as a whole number or 'all', got 'some'"),
     (["--primary", "nope"], "unknown measure 'nope' in --primary"),
     (["--primary", "lambda_max:accuracy"], "unknown target 'accuracy'"),
     (["--until-decided=yes"], "argument --until-decided: ignored explicit argument 'yes'"),
