@@ -30,6 +30,7 @@ from benchmarks.analysis import invariance_audit_vs_per_pair, paper_trial_analys
 from benchmarks.common import Context, Result, busy_machine, machine_info
 from benchmarks.curvature import hvp_under_load, lambda_max_vs_power_double_backward
 from benchmarks.sweep_runs import memory_4n_vs_n, workers2_vs_1
+from benchmarks.thread_split import thread_split_vs_shared
 from benchmarks.training import batched_vs_sequential, eval_throughput, flops_vs_peak, train_vs_dataloader
 from benchmarks.versus_pyhessian import lambda_max_vs_peers, trace_vs_peers
 from landscape_core.cli import ArgumentParser, require, require_writable, run_command
@@ -54,6 +55,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "invariance_audit_vs_per_pair": invariance_audit_vs_per_pair,
     "lambda_max_vs_peers": lambda_max_vs_peers,
     "trace_vs_peers": trace_vs_peers,
+    "thread_split_vs_shared": thread_split_vs_shared,
     "workers2_vs_1": workers2_vs_1,
     "memory_4n_vs_n": memory_4n_vs_n,
 }
