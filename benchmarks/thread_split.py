@@ -39,7 +39,9 @@ def _work(threads: int, device: str, data_dir: str | None) -> dict[str, float]:
     from landscape_core.train import train
 
     dataset = load_fashion_mnist(data_dir)
-    config = dataclasses.replace(PRESETS["paper"].train, epochs=1, train_size=TRAIN_IMAGES, test_size=128, device=device)
+    config = dataclasses.replace(
+        PRESETS["paper"].train, epochs=1, train_size=TRAIN_IMAGES, test_size=128, device=device
+    )
     warm = dataclasses.replace(config, train_size=256)
     train(warm, TrialData.build(dataset, warm))
     data = TrialData.build(dataset, config)
