@@ -31,6 +31,7 @@ from landscape_core.config import PRESETS, InvarianceConfig
 from landscape_core.measure import LambdaMaxTracker, audit_config, audit_invariance, measure
 from landscape_core.splits import TrialData
 from landscape_core.train import train
+from landscape_core.trajectory import Checkpoints
 
 __all__ = ["BASELINE_COMMIT", "invariance_audit_vs_per_pair", "paper_trial", "paper_trial_analysis_vs_training"]
 
@@ -67,8 +68,10 @@ def paper_trial(ctx: Context) -> dict[str, Any]:
         config = dataclasses.replace(protocol, seed=1, epochs=epochs, device=str(ctx.device))
         splits = TrialData.build(ctx.dataset, config)
         tracker = LambdaMaxTracker(splits, PRESETS["paper"].analysis.hessian, threshold=config.stability_threshold)
+        checkpoints = Checkpoints.along_training(PRESETS["paper"].analysis.trajectory.checkpoints)  # as a sweep keeps
         ctx.log(f"  training the paper CNN ({epochs} epoch(s) of 60,000 images) ...")
-        seconds, trained = timed(lambda: train(config, splits, on_epoch=tracker), ctx.device)
+        seconds, trained = timed(lambda: train(config, splits, on_epoch=tracker, on_update=checkpoints), ctx.device)
+        checkpoints.add(trained.steps, trained.model)
         # any other minimum serves the barriers' timing: seed 2, one epoch (a sweep's reference is trained by the same
         # protocol from sweeps.space.REFERENCE_SEED; the path's cost does not depend on where it leads)
         reference = train(dataclasses.replace(config, seed=2, epochs=1), splits).model
@@ -78,6 +81,7 @@ def paper_trial(ctx: Context) -> dict[str, Any]:
             "model": trained.model,
             "init": trained.init_params,
             "v0": tracker.vector,
+            "checkpoints": checkpoints,
             "reference": reference,
             "train_seconds": seconds * protocol.epochs / epochs,
             "measured_train_seconds": seconds,
@@ -200,6 +204,7 @@ def paper_trial_analysis_vs_training(ctx: Context) -> list[Result]:
             config=config,
             reference=trial["reference"],
             v0=trial["v0"],
+            trajectory=trial["checkpoints"],
         ),
         ctx.device,
     )
@@ -217,6 +222,9 @@ def paper_trial_analysis_vs_training(ctx: Context) -> list[Result]:
         + (f", {base['total']:.0f} s on main {BASELINE_COMMIT[:7]}" if base else "; no baseline (no git history)")
         + f"; forward passes in {out.arrays['precision']['forward_dtype']}"
     )
+    if base:
+        new = sorted(set(ours["seconds"]) - set(base["seconds"]))
+        note += f"; analyses main lacks: {', '.join(new)} ({sum(ours['seconds'][n] for n in new):.0f} s)" if new else ""
     return [
         Result(
             "paper_trial_analysis_vs_training",

@@ -3,7 +3,9 @@
 A ``--workers 2`` sweep runs two trials at once on half the CPU threads each (``sweeps.workers``). Whether that
 pays depends on how well one trial's kernels use every thread: on a CPU the many small parallel regions of SeedCNN's
 training step and of an HVP each wait for all their threads. This row times the same work both ways: a slice of a
-paper trial's training (the paper protocol's batches on 10,240 images) and 4 HVPs over 2,048 images.
+paper trial's training (the paper protocol's batches on 10,240 images), 4 HVPs over 2,048 images, and a loss slice of
+21 points over 2,048 images in the forward dtype a trial uses (the slices, barriers, curves and noise of a trial's
+analysis are such forward-only passes: in a 2-worker paper sweep they slowed down most, about 2.4x per process).
 
 ``python -m benchmarks.thread_split THREADS`` is the child: it runs the work once on THREADS threads and prints its
 seconds as JSON.
@@ -27,6 +29,7 @@ __all__ = ["thread_split_vs_shared"]
 TRAIN_IMAGES = 80 * 128
 HVPS = 4
 HVP_IMAGES = 2048
+SLICE_POINTS = 21
 
 
 def _work(threads: int, device: str, data_dir: str | None) -> dict[str, float]:
@@ -34,7 +37,10 @@ def _work(threads: int, device: str, data_dir: str | None) -> dict[str, float]:
     torch.set_num_threads(threads)
     from landscape_core.config import PRESETS
     from landscape_core.data import load_fashion_mnist
+    from landscape_core.devices import forward_dtype
+    from landscape_core.directions import random_filter_normalized
     from landscape_core.hessian import HessianOperator
+    from landscape_core.slices import slice_1d
     from landscape_core.splits import TrialData
     from landscape_core.train import train
 
@@ -54,7 +60,12 @@ def _work(threads: int, device: str, data_dir: str | None) -> dict[str, float]:
     start = time.perf_counter()
     for _ in range(HVPS):
         operator.matvec(v)
-    return {"train": trained, "hvp": (time.perf_counter() - start) / HVPS}
+    hvp = time.perf_counter() - start
+    dtype = forward_dtype(PRESETS["paper"].analysis.forward_dtype, device)
+    direction = random_filter_normalized(model, seed=0)
+    start = time.perf_counter()
+    slice_1d(model, operator.data, direction, torch.linspace(-1, 1, SLICE_POINTS), dtype=dtype)
+    return {"train": trained, "hvp": hvp, "slice": time.perf_counter() - start}
 
 
 def _children(ctx: Context, threads: int, count: int) -> list[dict[str, float]]:
@@ -76,9 +87,9 @@ def thread_split_vs_shared(ctx: Context) -> list[Result]:
     shared, split = [], []
     for _ in range(ctx.pick(quick=1, full=2)):
         one = _children(ctx, cores, 1)[0]
-        shared.append(2 * (one["train"] + one["hvp"] * HVPS))
+        shared.append(2 * sum(one.values()))
         both = _children(ctx, cores // 2, 2)
-        split.append(max(r["train"] + r["hvp"] * HVPS for r in both))
+        split.append(max(sum(r.values()) for r in both))
         ctx.log(f"  {cores} threads: {one}; 2 x {cores // 2}: {both}")
     ours, base = min(split), min(shared)
     target, met = at_least(base / ours, None)
@@ -93,7 +104,8 @@ def thread_split_vs_shared(ctx: Context) -> list[Result]:
             f"1 process x {cores} threads, in turn",
             target,
             met,
-            f"each: paper-protocol training on {TRAIN_IMAGES:,} images and {HVPS} HVPs over {HVP_IMAGES:,}",
+            f"each: paper-protocol training on {TRAIN_IMAGES:,} images, {HVPS} HVPs over {HVP_IMAGES:,}, a "
+            f"{SLICE_POINTS}-point loss slice over {HVP_IMAGES:,}",
             {"split": split, "shared": shared, "cores": cores},
         )
     ]

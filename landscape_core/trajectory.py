@@ -59,6 +59,13 @@ class Checkpoints:
         self._steps: list[int] = []
         self._flats: list[Tensor] = []
 
+    @classmethod
+    def along_training(cls, checkpoints: int) -> Checkpoints:
+        """The trajectory's hook for a training of any length: between ``checkpoints`` and twice as many copies
+        (``TrajectoryConfig.checkpoints``), evenly spaced over however many steps it takes (a stop rule may end it
+        early)."""
+        return cls(1, limit=2 * checkpoints)
+
     def __call__(self, step: int, model: nn.Module) -> None:
         """The per-update hook (``train``'s ``on_update``): ``step`` is the optimizer steps taken so far (0 at
         initialization)."""

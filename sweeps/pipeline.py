@@ -288,7 +288,7 @@ def trajectory_checkpoints(preset: Preset) -> Checkpoints | None:
     initial weights included."""
     if not preset.analysis.runs("trajectory"):
         return None
-    return Checkpoints(1, limit=2 * preset.analysis.trajectory.checkpoints)
+    return Checkpoints.along_training(preset.analysis.trajectory.checkpoints)
 
 
 def _updates(tracker: LambdaMaxTracker | None, checkpoints: Checkpoints | None) -> UpdateCallback | None:
