@@ -44,6 +44,14 @@ class SweepProgress:
     def stage(self, text: str) -> None:
         self.progress.update(self.epochs, info=text)
 
+    def workers_running(self, alive: int, workers: int, threads: int) -> None:
+        """The second bar while ``--workers K`` processes run the trials (they draw no bars of their own): how many
+        of the K are still running."""
+        info = f"{threads} thread{'s' if threads > 1 else ''} each"
+        self.progress.update(
+            self.epochs, description="worker processes running", completed=alive, total=workers, info=info, visible=True
+        )
+
     def note(self, text: str) -> None:
         """A line printed above the bars (e.g. a diverged trial)."""
         self.progress.console.print(text)

@@ -104,7 +104,7 @@ def run_workers(sweep: OpenSweep, progress: SweepProgress) -> None:
     try:
         while any(p.is_alive() for p in processes):
             progress.trials_done(len(tally(sweep.study)))
-            progress.stage(f"{k} workers, {threads} threads each")
+            progress.workers_running(sum(p.is_alive() for p in processes), k, threads)
             time.sleep(1.0)
     except KeyboardInterrupt:
         for process in processes:
