@@ -773,6 +773,11 @@ def hessian_trace(
     dominates a trained network's Hessian (measured on the paper's CNN: ``benchmarks`` row
     ``paper_trial_analysis_vs_training``).
 
+    Standalone, a Lanczos run of about 1.5 x the number of classes (15 for Fashion-MNIST) is the deflation to use: the
+    Hessian of a C-class network has about C outliers (Papyan 2020) that carry most of the probes' variance, and steps
+    beyond them cost more HVPs than the probes they save (``benchmarks`` row ``trace_vs_peers``). In a trial the
+    deflation is the 30-step top-k run that the density needs anyway, at no product of its own.
+
     Probes are drawn block by block from one generator and pushed through the operator's ``matmat`` (for a
     :class:`HessianOperator`, its ``vectorize`` flag chooses vmap or a loop).
 
