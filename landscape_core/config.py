@@ -339,8 +339,8 @@ class CurveConfig:
 
     ``trials``: the curve runs on K designated minima of a sweep (the first K of a seeds sweep, K spread over the
     points of an lr or grid sweep; the reliability audit's rule), None on every minimum. The paper preset sets 10: the
-    curve costs 89 s of a paper trial's 326 s of analysis, and what lies between minima is a population question,
-    which 10 curves answer beside the line barriers that every trial measures (issue 24)."""
+    curve costs 89-143 s of a paper trial's 326-530 s of analysis on a 2-core CPU, and what lies between minima is a
+    population question, which 10 curves answer beside the line barriers that every trial measures (issue 24)."""
 
     train_subset: int = 8192
     epochs: int = 4

@@ -47,10 +47,9 @@ TRAIN_OVERRIDES = (
     "optimizer",
     "sam_rho",
 )
-#: Seconds per trial (training and every analysis), measured on the 2-core CPU reference machine (README, Presets).
-#: Seconds per trial, one worker on a 2-core CPU: paper is the mean of a 20-seed sweep's trials measured piece by piece
-#: on 2026-12-05 (training 120 s, analysis 387 s, plus the curve's 143 s and the reliability audit's ~181 s on the 10
-#: designated minima; README, "The paper protocol at population scale").
+#: Seconds per trial (training and every analysis), one worker on a 2-core CPU. Paper: the mean over a 20-seed sweep's
+#: trials, measured piece by piece on 2026-12-05 (training 120 s, analysis 387 s, plus the curve's 143 s and the
+#: reliability audit's ~181 s on the 10 designated minima; README, "The paper protocol at population scale").
 MEASURED_TRIAL_SECONDS = {("paper", "cpu"): 680.0, ("quick", "cpu"): 45.0, ("smoke", "cpu"): 13.0}
 #: Options that go into SweepOptions as they are.
 PASSED_THROUGH = ("root", "storage", "tracking_uri", "data_dir", "heartbeat", "max_pairs", "workers", "batch_trials")
