@@ -23,6 +23,14 @@ import time
 import torch
 
 from benchmarks.common import ROOT, Context, Result, at_least
+from landscape_core.config import PRESETS
+from landscape_core.data import load_fashion_mnist
+from landscape_core.devices import forward_dtype
+from landscape_core.directions import random_filter_normalized
+from landscape_core.hessian import HessianOperator
+from landscape_core.slices import slice_1d
+from landscape_core.splits import TrialData
+from landscape_core.train import train
 
 __all__ = ["thread_split_vs_shared"]
 
@@ -35,15 +43,6 @@ SLICE_POINTS = 21
 def _work(threads: int, device: str, data_dir: str | None) -> dict[str, float]:
     """The work of one trial, timed on ``threads`` threads (a warm-up step first: allocator, kernels)."""
     torch.set_num_threads(threads)
-    from landscape_core.config import PRESETS
-    from landscape_core.data import load_fashion_mnist
-    from landscape_core.devices import forward_dtype
-    from landscape_core.directions import random_filter_normalized
-    from landscape_core.hessian import HessianOperator
-    from landscape_core.slices import slice_1d
-    from landscape_core.splits import TrialData
-    from landscape_core.train import train
-
     dataset = load_fashion_mnist(data_dir)
     config = dataclasses.replace(
         PRESETS["paper"].train, epochs=1, train_size=TRAIN_IMAGES, test_size=128, device=device

@@ -96,8 +96,10 @@ def find_audit(store: TrackingStore, key: str) -> tuple[InvarianceAudit, str, st
         max_results=20,
     )
     for run in found:
+        data = _audit_json(client, run.info.run_id)
+        if data is None:  # no audit file on that run: look further
+            continue
         try:
-            data = _audit_json(client, run.info.run_id)
             audit = InvarianceAudit.from_dict(data)
         except Exception:  # an audit that cannot be read is not reused: it is measured again
             continue
