@@ -7,9 +7,11 @@ are refused. ``SweepRDBStorage`` rides it out in two layers:
 - every new connection waits for the server, for up to ``RECONNECT_SECONDS`` (a SQLAlchemy ``do_connect`` hook,
   added once the storage has opened, so that a wrong URL still fails at once); pooled connections are pinged before
   use (``pool_pre_ping``), so a connection the restart closed is replaced, not used;
-- every call of Optuna's storage interface that loses its connection midway is retried, for as long. A retried
-  write cannot land twice: finishing a trial that the lost attempt already finished is recognized and succeeds;
-  other writes are upserts or create at most a spare WAITING copy of a point, which ``sweeps.pipeline`` drops.
+- every call of Optuna's storage interface that loses its connection midway is retried, for as long, and so is every
+  private method that Optuna's own ``_CachedStorage`` calls instead. A retried write cannot land twice: finishing a
+  trial that the lost attempt already finished is recognized and succeeds; a parameter set twice is a duplicate key
+  that Optuna ignores; other writes are upserts or create at most a spare WAITING copy of a point, which
+  ``sweeps.pipeline`` drops.
 
 Claims (``sweeps.claims``) are marked by a heartbeat written before Optuna's claim, and while this process holds a
 trial a thread of its own keeps beating for it, whichever code runs the trial (``study.optimize`` or the batched
@@ -38,8 +40,15 @@ __all__ = ["RECONNECT_SECONDS", "SweepRDBStorage", "is_disconnect"]
 
 #: How long a lost database is waited for before the call fails.
 RECONNECT_SECONDS = 60.0
-#: Optuna's storage calls that are retried when their connection is lost (its public interface).
+#: Optuna's storage calls that are retried when their connection is lost: its public interface, and the private
+#: methods that Optuna's own code calls on an ``RDBStorage`` (``_CachedStorage``, which ``optuna.create_study`` wraps
+#: around it, and ``fail_stale_trials``, run at every trial's start). A name Optuna drops fails this module's import.
 RETRIED = (
+    "_create_new_trial",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+    "_get_trials",
+    "_set_trial_param",
     "check_trial_is_updatable",
     "create_new_study",
     "create_new_trial",

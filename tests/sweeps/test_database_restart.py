@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 import psycopg2
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from sweeps.storage import open_storage
@@ -158,6 +159,58 @@ def test_a_tell_and_a_heartbeat_written_while_the_database_is_down_get_through(c
     assert err.count("warning: lost the Optuna database") == 2 and err.count("the Optuna database is back") == 2, err
     [finished] = optuna.load_study(study_name="writes", storage=url).trials
     assert finished.state == TrialState.COMPLETE and finished.value == 0.5 and finished.params == {"x": 1.0}
+
+
+def test_every_storage_call_a_sweep_makes_survives_losing_its_connection_midway(cluster, capsys):
+    """A connection that the server ends in the middle of a call (as ``pg_ctl -m fast`` does to whatever runs at that
+    instant): the call is retried, for every call a sweep makes through Optuna. Optuna wraps an ``RDBStorage`` in its
+    ``_CachedStorage``, which calls private methods of it (``_create_new_trial``, ``_set_trial_param``, ``_get_trials``,
+    ``_get_best_trial_id``); ``fail_stale_trials`` calls ``_get_stale_trial_ids`` at every trial's start.
+
+    The cut is exact: a SQLAlchemy hook ends this connection's server process (``pg_terminate_backend``) just before
+    the call's first statement runs on it."""
+    url = _create_database(cluster, "midway")
+    storage = open_storage(url, heartbeat=30)
+    study = optuna.create_study(study_name="midway", storage=storage)
+    admin = psycopg2.connect(cluster.url("postgres"))
+    admin.autocommit = True
+    armed: list[str] = []  # the start of the statement to cut, once per entry
+
+    def cut(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if armed and statement.lstrip().upper().startswith(armed[0]):
+            armed.pop()
+            with admin.cursor() as terminate:  # waits up to 5 s for the process to end
+                terminate.execute("SELECT pg_terminate_backend(%s, 5000)", (cursor.connection.info.backend_pid,))
+
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", cut)
+    held: dict[str, Any] = {}
+
+    def ask() -> None:
+        held["trial"] = study.ask()
+
+    # Each use, and the statement cut in it: the one its private method runs (a use runs others before it). Optuna
+    # itself retries a trial's creation 5 times, without waiting for the server: the cut ends all 5 attempts.
+    uses = {
+        "ask": (ask, "INSERT INTO TRIALS", 5),
+        "suggest": (lambda: held["trial"].suggest_float("x", 0.0, 2.0), "INSERT INTO TRIAL_PARAMS", 1),
+        "heartbeat": (lambda: storage.record_heartbeat(held["trial"]._trial_id), "SELECT", 1),
+        "stale check": (lambda: optuna.storages.fail_stale_trials(study), "SELECT NOW()", 1),
+        "trials": (lambda: study.trials, "SELECT", 1),
+        "tell": (lambda: study.tell(held["trial"], 0.5), "UPDATE TRIALS", 1),
+        "best trial": (lambda: study.best_trial, "SELECT TRIALS.TRIAL_ID", 1),
+    }
+    try:
+        for name, (use, statement, cuts) in uses.items():
+            capsys.readouterr()
+            armed.extend([statement] * cuts)
+            use()
+            assert not armed, f"{name} ran no statement {statement}..."
+            err = capsys.readouterr().err
+            assert "warning: lost the Optuna database during" in err and "the Optuna database is back" in err, name
+    finally:
+        admin.close()
+    [finished] = optuna.load_study(study_name="midway", storage=url).trials
+    assert finished.state == TrialState.COMPLETE and finished.value == 0.5 and 0.0 <= finished.params["x"] <= 2.0
 
 
 def test_a_database_restart_mid_sweep_loses_and_duplicates_no_trial(cluster, tmp_path):
