@@ -29,6 +29,7 @@ from rich.table import Table
 from benchmarks.analysis import invariance_audit_vs_per_pair, paper_trial_analysis_vs_training
 from benchmarks.common import Context, Result, busy_machine, machine_info
 from benchmarks.curvature import hvp_under_load, lambda_max_vs_power_double_backward
+from benchmarks.statistics import cluster_bootstrap_vs_per_resample
 from benchmarks.sweep_runs import memory_4n_vs_n, workers2_vs_1
 from benchmarks.thread_split import thread_split_vs_shared
 from benchmarks.training import batched_vs_sequential, eval_throughput, flops_vs_peak, train_vs_dataloader
@@ -50,6 +51,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "batched_vs_sequential": batched_vs_sequential,
     "lambda_max_vs_power_double_backward": lambda_max_vs_power_double_backward,
     "hvp_under_load": hvp_under_load,
+    "cluster_bootstrap_vs_per_resample": cluster_bootstrap_vs_per_resample,
     # one paper-protocol trial (trained once per run, --quick: one epoch) serves these four
     "paper_trial_analysis_vs_training": paper_trial_analysis_vs_training,
     "invariance_audit_vs_per_pair": invariance_audit_vs_per_pair,
