@@ -15,7 +15,9 @@ A reference in training is held like a trial (``sweeps.claims``): its run is tag
 process on this host is gone as KILLED (a sweep killed while its reference trained leaves nothing RUNNING), and it
 waits for one that a live process on this host is training instead of training a second. A worker on another host
 cannot tell whether a process there is alive, so two hosts that start a new study at the same instant may both train
-it: training is deterministic, and the first pin wins for every later trial.
+it (as may two commands on one host that both look before either starts its run): training is deterministic, and
+the first pin wins for every later trial. A reference is pinned before its run ends, so a waiting worker never finds
+it neither RUNNING nor pinned.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import dataclasses
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import optuna
 from torch import nn
@@ -64,9 +67,13 @@ class ReferenceModels:
         experiment_id: str,
         parent_run_id: str,
         by_width: bool,
+        note: Callable[[str], None] | None = None,
     ) -> None:
+        """``note`` prints a line for the user (the sweep's progress display): here, that this worker waits for a
+        reference another process trains."""
         self.store, self.study, self.preset, self.data = store, study, preset, data
         self.experiment_id, self.parent_run_id, self.by_width = experiment_id, parent_run_id, by_width
+        self.note = note
         self.device = resolve_device(preset.train.device)
         self._loaded: dict[float, tuple[str, nn.Module]] = {}
 
@@ -84,8 +91,9 @@ class ReferenceModels:
         """The pinned reference run of ``width``, once no live process on this host is training one (waiting for
         it); None when this worker should train it. Reference runs of dead processes on this host end KILLED."""
         host = socket.gethostname()
+        told = False
         while True:
-            training = False
+            training = ""
             for run_id, tags in running_children(
                 self.store, self.experiment_id, self.parent_run_id, "reference"
             ).items():
@@ -93,10 +101,13 @@ class ReferenceModels:
                 if is_dead(worker, fingerprint, host):
                     end_killed(self.store, run_id)
                 elif float(tags.get("width", "nan")) == width and worker.rpartition(":")[0] == host:
-                    training |= worker != this_worker()
+                    training = worker if worker != this_worker() else training
             pinned = self.study.user_attrs.get(key)
             if pinned is not None or not training:
                 return pinned
+            if self.note is not None and not told:
+                self.note(f"waiting for the reference minimum (width {width:g}) that process {training} trains")
+                told = True
             time.sleep(WAIT_POLL)
 
     def _train(self, width: float, key: str) -> str:
@@ -120,12 +131,13 @@ class ReferenceModels:
         )
         try:
             log_training(run, train(config, self.data), config)
+            # Pin before the run ends: a worker waiting for this run then never sees it neither RUNNING nor pinned
+            # (and trains a second reference). Another worker may have pinned one meanwhile: the first pin wins.
+            pinned = self.study.user_attrs.get(key)
+            if pinned is None:
+                self.study.set_user_attr(key, run.run_id)
         except BaseException:
             run.finish("FAILED")
             raise
         run.finish("FINISHED")
-        pinned = self.study.user_attrs.get(key)  # another worker may have pinned one meanwhile: the first pin wins
-        if pinned is None:
-            self.study.set_user_attr(key, run.run_id)
-            return run.run_id
-        return pinned
+        return pinned or run.run_id

@@ -47,6 +47,7 @@ def trial_context(sweep: OpenSweep, progress: SweepProgress | None) -> TrialCont
             experiment_id=sweep.experiment_id,
             parent_run_id=sweep.parent.run_id,
             by_width=options.space.widths is not None,
+            note=progress.note if progress is not None else None,
         ),
     )
 

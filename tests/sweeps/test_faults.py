@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
@@ -131,41 +132,81 @@ def test_sigterm_ends_the_trial_cleanly_exits_143_and_a_rerun_completes(tmp_path
     assert_recovered(optuna.load_study(study_name=STUDY, storage=journal(root)), root, victim, 2, "Terminated")
 
 
-def test_sigkill_while_the_reference_trains_leaves_nothing_running_and_one_finished_reference(tmp_path, capsys):
-    """Issue 24: a sweep killed while its study's reference minimum trains used to leave that run RUNNING forever
-    beside the second reference its resumed sweep trained."""
-    root = tmp_path / "mlruns"
-    skip = ",".join(a for a in ANALYSES if a != "connectivity")
-    # a reference that trains for a few seconds, so that the kill lands inside it
-    args = ["--n", "1", *SMOKE, "--train-size", "512", "--test-size", "128", "--epochs", "30", "--skip", skip]
-    args += ["--max-pairs", "0", "--root", str(root)]
-    worker = start_cli("sweeps.seeds", *args)
+#: A sweep whose reference minimum trains for a few seconds (so that a test can act while it trains), with no analysis
+#: but the barriers that need it.
+SLOW_REFERENCE = [
+    *SMOKE,
+    *("--train-size", "512", "--test-size", "128", "--epochs", "30", "--max-pairs", "0"),
+    *("--skip", ",".join(a for a in ANALYSES if a != "connectivity")),
+]
+
+
+def running_reference(root: Path, worker: subprocess.Popen) -> list[str]:
+    """The run ids of the reference runs RUNNING in ``root``, waited for while ``worker`` lives (empty if it ended
+    first)."""
     client = client_for(root)
     deadline = time.monotonic() + 180
-    killed = []
-    while not killed and time.monotonic() < deadline and worker.poll() is None:
+    while time.monotonic() < deadline and worker.poll() is None:
         try:
             experiments = [e.experiment_id for e in client.search_experiments()]
             runs = client.search_runs(experiments, filter_string="tags.run_kind = 'reference'") if experiments else []
         except Exception:  # the store is not created yet
             runs = []
-        killed = [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+        if running := [r.info.run_id for r in runs if r.info.status == "RUNNING"]:
+            return running
         time.sleep(0.05)
+    return []
+
+
+def references(root: Path) -> dict[str, Any]:
+    """Every reference run in ``root``, by id."""
+    client = client_for(root)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    return {r.info.run_id: r for r in runs if r.data.tags.get("run_kind") == "reference"}
+
+
+def test_sigkill_while_the_reference_trains_leaves_nothing_running_and_one_finished_reference(tmp_path, capsys):
+    """Issue 24: a sweep killed while its study's reference minimum trains used to leave that run RUNNING forever
+    beside the second reference its resumed sweep trained."""
+    root = tmp_path / "mlruns"
+    args = ["--n", "1", *SLOW_REFERENCE, "--root", str(root)]
+    worker = start_cli("sweeps.seeds", *args)
+    killed = running_reference(root, worker)
     worker.send_signal(signal.SIGKILL)
     worker.communicate()
     assert killed, "the sweep ended before its reference minimum was seen training"
 
     assert seeds.main(args) == 0, capsys.readouterr().out[-3000:]
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments)
-    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
-    references = {r.info.run_id: r for r in runs if r.data.tags.get("run_kind") == "reference"}
-    assert references[killed[0]].info.status == "KILLED"
-    assert references[killed[0]].data.tags["failure"] == "worker killed"
-    assert sorted(r.info.status for r in references.values()) == ["FINISHED", "KILLED"]
+    found = references(root)
+    assert found[killed[0]].info.status == "KILLED"
+    assert found[killed[0]].data.tags["failure"] == "worker killed"
+    assert sorted(r.info.status for r in found.values()) == ["FINISHED", "KILLED"]
     study = optuna.load_study(study_name=STUDY, storage=journal(root))
-    finished = next(r for r in references.values() if r.info.status == "FINISHED")
+    finished = next(r for r in found.values() if r.info.status == "FINISHED")
     assert study.user_attrs["reference_run_id"] == finished.info.run_id
+
+
+def test_a_second_command_waits_for_the_reference_a_live_process_trains_and_trains_none(tmp_path, capsys):
+    """Two commands on one store: the second, started while the first trains the study's reference minimum, waits
+    for it (and says so) instead of training a second one."""
+    root = tmp_path / "mlruns"
+    args = ["--n", "1", *SLOW_REFERENCE, "--root", str(root)]
+    first = start_cli("sweeps.seeds", *args)
+    try:
+        training = running_reference(root, first)
+        assert training, "the first sweep ended before its reference minimum was seen training"
+        assert seeds.main(args) == 0, capsys.readouterr().out[-3000:]
+        out, err = first.communicate(timeout=180)
+        assert first.returncode == 0, out[-3000:] + err[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert "waiting for the reference minimum (width 1) that process" in capsys.readouterr().out
+    found = references(root)
+    assert list(found) == training and found[training[0]].info.status == "FINISHED"
+    study = optuna.load_study(study_name=STUDY, storage=journal(root))
+    assert study.user_attrs["reference_run_id"] == training[0]
 
 
 def test_a_diverging_lr_is_recorded_as_failed_with_its_epoch_and_the_sweep_goes_on(tmp_path, capsys):
