@@ -34,7 +34,7 @@ from benchmarks.sweep_runs import memory_4n_vs_n, workers2_vs_1
 from benchmarks.thread_split import thread_split_vs_shared
 from benchmarks.training import batched_vs_sequential, eval_throughput, flops_vs_peak, train_vs_dataloader
 from benchmarks.versus_pyhessian import lambda_max_vs_peers, trace_vs_peers
-from landscape_core.cli import ArgumentParser, require, require_writable, run_command
+from landscape_core.cli import ArgumentParser, Terminated, require, require_writable, run_command
 from landscape_core.data import find_data_dir
 from landscape_core.devices import resolve_device
 from landscape_core.errors import UsageError
@@ -42,6 +42,8 @@ from landscape_core.errors import UsageError
 __all__ = ["BENCHMARKS", "main", "render", "run_benchmarks"]
 
 Benchmark = Callable[[Context], list[Result]]
+#: The error recorded for the benchmark that Ctrl-C or SIGTERM interrupted, and the exit status it leads to.
+INTERRUPTED = {"interrupted (Ctrl-C)": 130, "interrupted (SIGTERM)": 143}
 
 # Name -> function, in the order they run (cheap in-process ones first; the sweeps last).
 BENCHMARKS: dict[str, Benchmark] = {
@@ -95,7 +97,9 @@ def render(rows: Sequence[Result], *, title: str) -> Table:
 
 
 def run_benchmarks(ctx: Context, names: Sequence[str]) -> tuple[list[Result], dict[str, str]]:
-    """Run the named benchmarks in registry order; a failing one is reported and the others still run."""
+    """Run the named benchmarks in registry order; a failing one is reported and the others still run. Ctrl-C or
+    SIGTERM ends the run at the benchmark it interrupts, which is reported as interrupted: the rows already measured
+    are kept (a busy full run takes hours)."""
     rows: list[Result] = []
     errors: dict[str, str] = {}
     for name in [n for n in BENCHMARKS if n in names]:
@@ -106,6 +110,10 @@ def run_benchmarks(ctx: Context, names: Sequence[str]) -> tuple[list[Result], di
         except Exception as error:  # one broken benchmark must not hide the others
             errors[name] = f"{type(error).__name__}: {error}"
             ctx.log(traceback.format_exc())
+        except KeyboardInterrupt as interrupt:
+            errors[name] = "interrupted (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted (Ctrl-C)"
+            ctx.log(f"[benchmark] {name}: interrupted after {time.perf_counter() - start:.1f} s; the rest skipped")
+            break
         ctx.log(f"[benchmark] {name}: {time.perf_counter() - start:.1f} s")
     return rows, errors
 
@@ -186,7 +194,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2, default=str))
         console.print(f"wrote {args.json}")
-    return 1 if errors else 0
+    statuses = [INTERRUPTED[e] for e in errors.values() if e in INTERRUPTED]
+    return statuses[0] if statuses else 1 if errors else 0
 
 
 if __name__ == "__main__":

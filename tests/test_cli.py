@@ -4,6 +4,7 @@ traceback, whatever the exception's type. A ValueError deep inside a trial is a 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -110,6 +111,39 @@ def test_a_bug_in_a_benchmark_exits_1_with_its_traceback(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback (most recent call last)" in result.stdout + result.stderr
     assert "ValueError: injected fault" in result.stdout + result.stderr
+
+
+def test_a_sigterm_during_a_benchmark_keeps_the_rows_already_measured(tmp_path):
+    # A busy full run takes hours: a SIGTERM (a real one, to the process itself) ends it at the benchmark it
+    # interrupts, and the table and the JSON still hold the rows measured before. The status is 143.
+    code = (
+        "import os, signal, sys\n"
+        "import benchmarks.run as run\n"
+        "from benchmarks.common import Result\n"
+        "def measured(ctx):\n"
+        "    return [Result('measured_row', 1.0, 3.0, 3.0, 's', 'ours', 'baseline')]\n"
+        "def interrupted(ctx):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    raise AssertionError('the signal did not interrupt')\n"
+        "def never(ctx):\n"
+        "    raise AssertionError('ran after the interruption')\n"
+        "run.BENCHMARKS.clear()\n"
+        "run.BENCHMARKS.update(first=measured, second=interrupted, third=never)\n"
+        "sys.exit(run.main(['--json', sys.argv[1], '--device', 'cpu']))\n"
+    )
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 143, result.stdout + result.stderr
+    assert "measured_row" in result.stdout and "second failed: interrupted (SIGTERM)" in result.stdout
+    payload = json.loads(out.read_text())
+    assert payload["ratios"] == {"measured_row": 3.0}
+    assert payload["errors"] == {"second": "interrupted (SIGTERM)"}
 
 
 #: A sweep process after its trial was interrupted, as a SIGTERM at the wrong instant leaves it: the trial recorded,
