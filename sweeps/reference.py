@@ -101,7 +101,8 @@ class ReferenceModels:
                 if is_dead(worker, fingerprint, host):
                     end_killed(self.store, run_id)
                 elif float(tags.get("width", "nan")) == width and worker.rpartition(":")[0] == host:
-                    training = worker if worker != this_worker() else training
+                    if worker != this_worker():
+                        training = worker
             pinned = self.study.user_attrs.get(key)
             if pinned is not None or not training:
                 return pinned

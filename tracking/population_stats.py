@@ -914,7 +914,8 @@ def _ci_clean(
 def _cluster_rhos(x: np.ndarray, y: np.ndarray, members: list[np.ndarray], draws: np.ndarray) -> np.ndarray:
     """Spearman rho of each cluster resample: row ``b`` of ``draws`` picks whole groups (``members[g]``, the rows of
     group ``g``). Resamples of equal length are ranked in one vectorized call (all of them when the groups are of one
-    size): the same numbers as one call per resample, about 100x faster."""
+    size): the same numbers as one call per resample, 20x faster on an lr sweep of 8 lrs x 3 seeds (``benchmarks``
+    row ``cluster_bootstrap_vs_per_resample``)."""
     sizes = np.array([m.size for m in members])
     lengths = sizes[draws].sum(axis=1)
     rhos = np.empty(draws.shape[0])
